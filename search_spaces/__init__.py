@@ -1,0 +1,187 @@
+"""Search spaces as data: distributions by knob name, the metric and its direction, and seeds.
+
+A space is plain data so it can be printed (``--dry-run``), overridden from the command line
+(``--space learning_rate=1e-5:1e-3 --space r=8,16``) and turned into Ray Tune distributions, which
+``OptunaSearch`` converts to Optuna's. Knobs keep their library names (``r``, ``lora_alpha``,
+``use_rslora`` from peft.LoraConfig; ``packing`` from TRL; ``warmup_ratio``, ``learning_rate`` from
+transformers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from trainers.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple
+
+    def describe(self) -> str:
+        return "{" + ", ".join(map(str, self.values)) + "}"
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    def describe(self) -> str:
+        return f"uniform[{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+    def describe(self) -> str:
+        return f"log-uniform[{self.low:g}, {self.high:g}]"
+
+
+Dist = Choice | Uniform | LogUniform
+
+# What each knob may take at all: (kind, low, high, low inclusive). Checked on every space,
+# so a typo in a recipe is caught like a typo on the command line.
+_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
+    "r": (int, 1, 4096, True),
+    "lora_alpha": (int, 1, 1 << 16, True),
+    "use_rslora": (bool, 0, 1, True),
+    "packing": (bool, 0, 1, True),
+    "warmup_ratio": (float, 0.0, 1.0, True),  # [0, 1): 1.0 would warm up for the whole run
+    "learning_rate": (float, 0.0, 1.0, False),  # (0, 1]
+}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    params: dict[str, Dist]
+    metric: str = "eval_loss"
+    mode: str = "min"
+    # Known-good points evaluated before the searcher proposes anything (Optuna enqueues them).
+    seeds: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def validate(self) -> "SearchSpace":
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"search space `mode` is {self.mode!r}; choose min or max")
+        for name, dist in self.params.items():
+            _check_dist(name, dist)
+        for i, seed in enumerate(self.seeds):
+            missing = set(self.params) - set(seed)
+            if missing:
+                raise ConfigError(f"seed point {i} lacks {sorted(missing)}; give every searched knob a value")
+            for name, value in seed.items():
+                if name in self.params:
+                    _check_value(name, value, where=f"seed point {i}")
+        return self
+
+    def override(self, spec: str) -> "SearchSpace":
+        """``name=v1,v2,...`` -> a choice; ``name=low:high`` -> same kind as before, new range
+        (``name=log:low:high`` / ``name=uniform:low:high`` to pick the kind)."""
+        if "=" not in spec:
+            raise ConfigError(f"`--space {spec}` must look like name=a,b,c or name=low:high")
+        name, _, value = spec.partition("=")
+        name = name.strip()
+        if name not in _BOUNDS:
+            raise ConfigError(f"`--space {spec}`: unknown knob {name!r}; searchable: {', '.join(_BOUNDS)}")
+        kind = _BOUNDS[name][0]
+        try:
+            if ":" in value:
+                parts = value.split(":")
+                if len(parts) == 3:
+                    cls = {"log": LogUniform, "uniform": Uniform}[parts[0]]
+                    parts = parts[1:]
+                else:
+                    old = self.params.get(name)
+                    cls = type(old) if isinstance(old, (Uniform, LogUniform)) else Uniform
+                dist: Dist = cls(float(parts[0]), float(parts[1]))
+            else:
+                dist = Choice(tuple(_parse(kind, v) for v in value.split(",") if v.strip() != ""))
+        except (KeyError, ValueError, IndexError):
+            raise ConfigError(f"`--space {spec}` is not name=a,b,c, name=low:high or name=log:low:high") from None
+        _check_dist(name, dist)
+        return replace(self, params={**self.params, name: dist})
+
+    def to_tune(self) -> dict:
+        from ray import tune
+
+        out = {}
+        for name, dist in self.params.items():
+            if isinstance(dist, Choice):
+                out[name] = tune.choice(list(dist.values))
+            elif isinstance(dist, LogUniform):
+                out[name] = tune.loguniform(dist.low, dist.high)
+            else:
+                out[name] = tune.uniform(dist.low, dist.high)
+        return out
+
+    def describe(self) -> list[str]:
+        return [f"{name}: {dist.describe()}" for name, dist in self.params.items()]
+
+
+def _parse(kind: type, text: str):
+    text = text.strip()
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(text)
+    return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+
+
+def _check_value(name: str, value, where: str) -> None:
+    kind, low, high, low_inclusive = _BOUNDS[name]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: `{name}` is {value!r}; it must be true or false")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: `{name}` is {value!r}; it must be a number")
+    if kind is int and not float(value).is_integer():
+        raise ConfigError(f"{where}: `{name}` is {value!r}; it must be a whole number")
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or value > high or (name == "warmup_ratio" and value >= 1):
+        allowed = f"{'[' if low_inclusive else '('}{low:g}, {high:g}{')' if name == 'warmup_ratio' else ']'}"
+        raise ConfigError(f"{where}: `{name}` is {value!r}; allowed range is {allowed}")
+
+
+def _check_dist(name: str, dist) -> None:
+    where = f"search space `{name}`"
+    if name not in _BOUNDS:
+        raise ConfigError(f"{where}: unknown knob; searchable: {', '.join(_BOUNDS)}")
+    if isinstance(dist, Choice):
+        if not dist.values:
+            raise ConfigError(f"{where} has no choices; give at least one value")
+        for v in dist.values:
+            _check_value(name, v, where)
+        return
+    if not isinstance(dist, (Uniform, LogUniform)):
+        raise ConfigError(f"{where} is {dist!r}; use Choice, Uniform or LogUniform")
+    if _BOUNDS[name][0] is not float:
+        raise ConfigError(f"{where}: `{name}` takes a list of values (e.g. {name}=8,16), not a range")
+    _check_value(name, dist.low, where)
+    _check_value(name, dist.high, where)
+    if dist.low > dist.high:
+        raise ConfigError(f"{where} has low {dist.low:g} > high {dist.high:g}; swap them")
+    if isinstance(dist, LogUniform) and dist.low <= 0:
+        raise ConfigError(f"{where} is log-uniform with low {dist.low:g}; it needs low > 0")
+
+
+def project(space: SearchSpace, point: dict) -> dict:
+    """A seed point moved into ``space``: a choice goes to the nearest allowed value, a number is
+    clipped into its range. Used when ``--space`` narrows a recipe's space below its seeds."""
+    out = dict(point)
+    for name, dist in space.params.items():
+        v = point[name]
+        if isinstance(dist, Choice):
+            if v not in dist.values:
+                numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in dist.values)
+                out[name] = min(dist.values, key=lambda c: abs(c - v)) if numeric else dist.values[0]
+        else:
+            out[name] = min(max(v, dist.low), dist.high)
+    return out

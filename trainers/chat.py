@@ -1,0 +1,222 @@
+"""Chat data: rows -> messages -> token ids with assistant-only labels -> (packed) batches.
+
+Runs inside Ray Train workers, so it depends only on the tokenizer and plain Python/torch.
+
+Two row schemas are understood, both as real datasets ship them:
+  * ShareGPT (FineTome-100k, many others): ``conversations: [{"from": "human"|"gpt"|"system", "value": str}]``
+  * OpenAI/TRL messages: ``messages: [{"role": "user"|"assistant"|"system", "content": str}]``
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from trainers.errors import ConfigError
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+# ShareGPT role names (and the few aliases found in the wild) -> chat-template roles.
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
+
+
+class SkipRow(Exception):
+    """A row that cannot be used; ``reason`` is the key under which it is counted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def to_messages(row: dict) -> list[dict]:
+    """Normalise one dataset row to ``[{"role", "content"}]`` or raise SkipRow."""
+    if "conversations" in row and row["conversations"] is not None:
+        turns, role_key, text_key = row["conversations"], "from", "value"
+    elif "messages" in row and row["messages"] is not None:
+        turns, role_key, text_key = row["messages"], "role", "content"
+    else:
+        raise SkipRow("no conversations")
+    if not isinstance(turns, list) or not turns:
+        raise SkipRow("empty conversation")
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise SkipRow("malformed turn")
+        role = ROLE_ALIASES.get(str(turn.get(role_key, "")).strip().lower())
+        if role is None:
+            raise SkipRow("unknown role")
+        text = turn.get(text_key)
+        if not isinstance(text, str) or not text.strip():
+            raise SkipRow("empty text")
+        messages.append({"role": role, "content": text})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise SkipRow("no assistant turn")
+    return messages
+
+
+def require_chat_columns(column_names: list[str], source: str) -> None:
+    if "conversations" not in column_names and "messages" not in column_names:
+        raise ConfigError(
+            f"dataset {source!r} has columns {sorted(column_names)} but needs `conversations` "
+            '(ShareGPT: [{"from": "human"|"gpt"|"system", "value": ...}]) or `messages` '
+            '([{"role": ..., "content": ...}])'
+        )
+
+
+def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
+    """Render with the tokenizer's chat template; label only the assistant turns.
+
+    The spans come from rendering growing prefixes of the conversation: the assistant's span is what
+    ``messages[:i+1]`` adds to ``messages[:i]`` + the generation prompt, so it covers the reply and
+    its end-of-turn token (which the model must learn to emit) and nothing of the template's headers.
+    Working on characters and mapping to tokens through offsets avoids re-tokenising fragments,
+    which changes merges at the boundaries.
+    """
+    render = lambda msgs, gen=False: tokenizer.apply_chat_template(  # noqa: E731
+        msgs, tokenize=False, add_generation_prompt=gen
+    )
+    full = render(messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(messages[:i], gen=True)) if i else 0
+        end = len(render(messages[: i + 1]))
+        spans.append((start, end))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = []
+    for tok, (s, e) in zip(ids, offsets):
+        inside = any(a <= s < b for a, b in spans) and e > s
+        labels.append(tok if inside else IGNORE_INDEX)
+    truncated = len(ids) > max_len
+    ids, labels = ids[:max_len], labels[:max_len]
+    if all(lab == IGNORE_INDEX for lab in labels):
+        raise SkipRow("no assistant tokens within max_seq_length" if truncated else "no assistant tokens")
+    return {"input_ids": ids, "labels": labels, "truncated": truncated}
+
+
+@dataclass
+class TokenizedSplit:
+    examples: list[dict]
+    skipped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.examples)
+
+
+def tokenize_rows(tokenizer, rows, max_len: int) -> TokenizedSplit:
+    out = TokenizedSplit(examples=[])
+    for row in rows:
+        try:
+            ex = tokenize_chat(tokenizer, to_messages(row), max_len)
+        except SkipRow as skip:
+            out.skipped[skip.reason] += 1
+            continue
+        out.truncated += ex.pop("truncated")
+        out.examples.append(ex)
+    return out
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_examples(examples: list[dict], max_len: int) -> list[dict]:
+    """Best-fit-decreasing bin packing of whole examples into rows of at most ``max_len`` tokens.
+
+    Each packed row keeps its documents apart: ``position_ids`` restart at 0 for every document,
+    and with no attention mask Transformers derives a block-diagonal causal mask from those
+    restarts (``masking_utils.find_packed_sequence_indices``), so a token never attends to, nor
+    is scored against, a neighbouring document. Unlike TRL's padding-free packing (one flat row
+    per batch, fast only with FlashAttention) the rows stay ``max_len`` long, so SDPA on CPU or
+    GPU pays for ``rows x max_len^2`` attention, never ``(batch x max_len)^2``.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    bins: list[list[int]] = []
+    space: list[int] = []
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        best = None
+        for b, free in enumerate(space):  # O(n * bins); fine for the sample sizes a trial packs
+            if free >= n and (best is None or free < space[best]):
+                best = b
+        if best is None:
+            bins.append([i])
+            space.append(max_len - n)
+        else:
+            bins[best].append(i)
+            space[best] -= n
+    rows = []
+    for b in bins:
+        ids, labels, pos = [], [], []
+        for i in sorted(b):  # stable order inside a row
+            e = examples[i]
+            ids += e["input_ids"]
+            # The first label of a document is never trained on: it would be predicted from the
+            # previous document's last token.
+            labels += [IGNORE_INDEX] + e["labels"][1:]
+            pos += list(range(len(e["input_ids"])))
+        rows.append({"input_ids": ids, "labels": labels, "position_ids": pos})
+    return rows
+
+
+class Collator:
+    """Right-pads a list of examples. Packed rows carry ``position_ids`` and no attention mask;
+    unpacked rows carry an attention mask. ``num_tokens`` (non-padding tokens) feeds the token
+    budget and is removed before the forward pass."""
+
+    def __init__(self, pad_id: int, packed: bool, pad_to: int | None = None):
+        self.pad_id, self.packed, self.pad_to = pad_id, packed, pad_to
+
+    def __call__(self, batch: list[dict]) -> dict:
+        width = self.pad_to or max(len(e["input_ids"]) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        lengths = [len(e["input_ids"]) for e in batch]
+        out = {"input_ids": ids, "labels": labels}
+        if self.packed:
+            # Padding gets positions 0..k of its own, i.e. it is one more (masked-out) document.
+            pos = torch.zeros((len(batch), width), dtype=torch.long)
+        else:
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, e in enumerate(batch):
+            n = lengths[r]
+            ids[r, :n] = torch.tensor(e["input_ids"])
+            labels[r, :n] = torch.tensor(e["labels"])
+            if self.packed:
+                pos[r, :n] = torch.tensor(e["position_ids"])
+                pos[r, n:] = torch.arange(width - n)
+            else:
+                mask[r, :n] = 1
+        if self.packed:
+            out["position_ids"] = pos
+        else:
+            out["attention_mask"] = mask
+        out["num_tokens"] = torch.tensor(sum(lengths))
+        return out
+
+
+def split_rows(rows: list, eval_fraction: float, eval_rows_max: int, seed: int) -> tuple[list, list]:
+    """Deterministic held-out split: the same seed gives the same eval rows on every worker,
+    every trial and in the reload test."""
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    n_eval = min(eval_rows_max, max(1, int(len(rows) * eval_fraction)))
+    eval_idx = set(idx[:n_eval])
+    train = [rows[i] for i in range(len(rows)) if i not in eval_idx]
+    held = [rows[i] for i in sorted(eval_idx)]
+    return train, held
