@@ -351,9 +351,11 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
                                   reduction_factor=o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    # The trial function only waits on its TorchTrainer; it asks for a token CPU share so the
-    # workers get the whole machine (Tune refuses an empty resource request).
-    trainable = tune.with_resources(lora_trial, {"cpu": 0.01})
+    # The trial function only waits on its TorchTrainer, whose workers ask for their own CPUs/GPUs.
+    # It must not hold a CPU itself: even 0.01 CPU per trial leaves 2 trials x (1 worker CPU +
+    # 0.01) > 2 CPUs, and the second trial's workers wait forever for a CPU its own driver holds.
+    # Tune refuses an empty request, so it asks for one byte of Ray's logical memory.
+    trainable = tune.with_resources(lora_trial, {"memory": 1})
     tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples, max_concurrent_trials=max_concurrent)
     tune_config.trial_dirname_creator = lambda trial: f"trial_{trial.trial_id}"  # not the whole config

@@ -197,6 +197,10 @@ def build_model(config: dict, settings: TrainSettings, precision: str, device=No
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model = load_base_model(settings, precision, device)
+    # No KV cache in training. Besides saving memory this is what keeps packed documents apart:
+    # with a cache object present Transformers skips the position_ids-based packed-sequence mask
+    # and a packed row becomes one long causal sequence (tests/test_chat.py checks this).
+    model.config.use_cache = False
     if settings.quantization != "none":
         model = prepare_model_for_kbit_training(
             model,

@@ -1,0 +1,125 @@
+import pytest
+import torch
+
+from trainers.chat import (IGNORE_INDEX, Collator, SkipRow, pack_examples, split_rows, to_messages,
+                           tokenize_chat, tokenize_rows)
+
+
+def _labelled(tok, ex):
+    return tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
+
+
+def test_sharegpt_and_messages_rows_normalise_alike():
+    a = to_messages({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
+                                       {"from": "gpt", "value": "A"}]})
+    b = to_messages({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                  {"role": "assistant", "content": "A"}]})
+    assert a == b == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                      {"role": "assistant", "content": "A"}]
+
+
+@pytest.mark.parametrize("row,reason", [
+    ({"text": "x"}, "no conversations"),
+    ({"conversations": []}, "empty conversation"),
+    ({"conversations": [{"from": "human", "value": "hi"}]}, "no assistant turn"),
+    ({"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "yo"}]}, "unknown role"),
+    ({"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "yo"}]}, "empty text"),
+])
+def test_unusable_rows_are_skipped_with_a_reason(row, reason):
+    with pytest.raises(SkipRow) as e:
+        to_messages(row)
+    assert e.value.reason == reason
+
+
+def test_only_assistant_turns_are_labelled(tiny_tokenizer):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"},
+            {"role": "assistant", "content": "2 plus 3 is 5."}, {"role": "user", "content": "Reverse: a b"},
+            {"role": "assistant", "content": "b a"}]
+    ex = tokenize_chat(tiny_tokenizer, msgs, 512)
+    assert _labelled(tiny_tokenizer, ex) == "2 plus 3 is 5.<|eot_id|>b a<|eot_id|>"
+    # everything labelled is also in the input at the same place (labels are not shifted here)
+    assert all(lab in (IGNORE_INDEX, tok) for tok, lab in zip(ex["input_ids"], ex["labels"]))
+    full = tiny_tokenizer.decode(ex["input_ids"])
+    assert full.startswith("<|begin_of_text|><|start_header_id|>system") and "Be brief." in full
+
+
+def test_truncation_keeps_the_prefix_and_skips_rows_left_without_answer(tiny_tokenizer):
+    msgs = [{"role": "user", "content": "What is the capital of Kalorven? " * 5}, {"role": "assistant", "content": "Dorel."}]
+    full = tokenize_chat(tiny_tokenizer, msgs, 4096)
+    cut = tokenize_chat(tiny_tokenizer, msgs, len(full["input_ids"]) - 1)
+    assert cut["truncated"] and cut["input_ids"] == full["input_ids"][:-1]
+    with pytest.raises(SkipRow, match="within max_seq_length"):
+        tokenize_chat(tiny_tokenizer, msgs, 10)
+
+
+def test_unicode_survives_formatting_and_tokenisation(tiny_tokenizer):
+    text = "Ünïcödé ✓ — 漢字, emoji 🦙🔥 and a ZWJ family 👨‍👩‍👧"
+    ex = tokenize_chat(tiny_tokenizer, [{"role": "user", "content": "echo"}, {"role": "assistant", "content": text}], 512)
+    assert _labelled(tiny_tokenizer, ex) == text + "<|eot_id|>"
+
+
+def _examples(tok, rows):
+    return tokenize_rows(tok, rows, 256).examples
+
+
+def test_packing_restarts_positions_and_never_trains_across_documents(tiny_assets, tiny_tokenizer):
+    from sweeps.samples import finetome_rows
+
+    ex = _examples(tiny_tokenizer, finetome_rows(60, seed=3))
+    packed = pack_examples(ex, 128)
+    assert sum(len(r["input_ids"]) for r in packed) == sum(len(e["input_ids"]) for e in ex)  # nothing lost
+    assert len(packed) < len(ex) / 2 and all(len(r["input_ids"]) <= 128 for r in packed)
+    for row in packed:
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
+        assert starts[0] == 0
+        assert all(row["labels"][s] == IGNORE_INDEX for s in starts)  # no label predicted from the previous doc
+
+
+def test_packed_documents_do_not_see_each_other(tiny_assets, tiny_tokenizer):
+    """Through the model exactly as a trial builds it (PEFT-wrapped, train mode): a token's logits
+    do not change when its neighbour in the packed row changes, and equal the logits of the
+    document run alone."""
+    from trainers.causal_lm import build_model
+    from trainers.config import TrainSettings
+
+    settings = TrainSettings(model=str(tiny_assets["model"]), dataset="unused", quantization="none")
+    knobs = {"r": 8, "lora_alpha": 16, "use_rslora": False}
+    model = build_model(knobs, settings, "fp32")
+    model.train()  # train mode is where a KV cache used to slip in and merge packed documents
+    convs = lambda q: [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]  # noqa: E731
+    a = tokenize_chat(tiny_tokenizer, convs("What is 12 plus 30?"), 256)
+    b1 = tokenize_chat(tiny_tokenizer, convs("Reverse the order of these words: apple river"), 256)
+    b2 = tokenize_chat(tiny_tokenizer, convs("Spell out the digits 9081."), 256)
+    collate = Collator(tiny_tokenizer.pad_token_id, packed=True, pad_to=96)
+
+    def logits_of_a(neighbour):
+        rows = pack_examples([neighbour, a], 96)  # neighbour first: `a` could attend to it
+        assert len(rows) == 1
+        batch = collate(rows)
+        with torch.no_grad():
+            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        start = len(neighbour["input_ids"])
+        assert rows[0]["input_ids"][start:start + len(a["input_ids"])] == a["input_ids"]
+        return out[start : start + len(a["input_ids"])]
+
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([a["input_ids"]])).logits[0]
+    with_b1, with_b2 = logits_of_a(b1), logits_of_a(b2)
+    assert torch.allclose(with_b1, with_b2, atol=1e-5)
+    assert torch.allclose(with_b1, alone, atol=1e-4)
+
+
+def test_collator_counts_only_real_tokens(tiny_tokenizer):
+    ex = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    b = Collator(tiny_tokenizer.pad_token_id, packed=False)(ex)
+    assert b["input_ids"].shape == (2, 3) and int(b["num_tokens"]) == 4
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert b["labels"][1].tolist() == [8, -100, -100]
+
+
+def test_split_is_deterministic_and_disjoint():
+    rows = list(range(1000))
+    t1, e1 = split_rows(rows, 0.1, 50, seed=7)
+    t2, e2 = split_rows(rows, 0.1, 50, seed=7)
+    assert e1 == e2 and len(e1) == 50 and not set(e1) & set(t1) and len(t1) + len(e1) == 1000
+    assert split_rows(rows, 0.1, 50, seed=8)[1] != e1

@@ -1,0 +1,187 @@
+"""DeepSpeed ZeRO-2 across 2 Ray Train workers on the CPU: the trial function as a sweep runs it
+(``trainers.causal_lm.train_func`` in a ``TorchTrainer``), without the Tune layer around it.
+
+DeepSpeed falls back to its CPU accelerator and reuses the gloo process group Ray Train set up.
+Its first run in a fresh environment JIT-builds a small C++ op (``deepspeed_shm_comm``, ~70 s,
+cached under ~/.cache/torch_extensions); after that this module takes about two minutes.
+
+What is checked, from the reports and the checkpoints Ray stored:
+  * DeepSpeed ran ZeRO stage 2 over 2 data-parallel ranks: the DeepSpeed files in every
+    checkpoint say so (``dp_world_size``, the ZeRO stage, one optimizer partition per rank);
+  * Ray merged both ranks' files into one checkpoint folder (rank 1 writes only its optimizer
+    partition and RNG state, rank 0 everything else);
+  * the eval loss went down, and ZeRO-2 computes exactly the same training as plain DDP;
+  * the best checkpoint's adapter is a plain PEFT folder that reloads to the reported eval loss.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("deepspeed")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=True)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def _settings(assets, quantization: str, zero_stage: int):
+    from trainers.config import TrainSettings
+
+    return TrainSettings(
+        model=str(assets["model"]), dataset=str(assets["dataset"]),
+        quantization=quantization, zero_stage=zero_stage,
+        # QLoRA runs as the real recipe does (gradient checkpointing on); the full-precision run is
+        # compared bit-for-bit with DDP, which needs nothing else to differ.
+        gradient_checkpointing=quantization != "none",
+        # 2 workers x 8 packed rows x ~245 tokens = ~3.9k tokens per step: 3 steps, 3 reports
+        max_seq_length=256, per_device_batch_size=8, gradient_accumulation_steps=1,
+        max_tokens=8_000, eval_every=1, eval_fraction=0.1, eval_rows=48,
+    ).validate()
+
+
+def _fit(settings, storage) -> tuple[list[dict], list]:
+    """One Ray Train run; returns every report's metrics and checkpoint, in step order."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainers.causal_lm import train_func
+
+    config = {"settings": settings.to_dict(), "r": 8, "lora_alpha": 16, "use_rslora": False, "packing": True,
+              "warmup_ratio": 0.0, "learning_rate": 1e-3}
+    result = TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=WORKERS, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="run", storage_path=str(storage)),  # keeps every checkpoint
+    ).fit()
+    assert result.error is None, result.error
+    reports = sorted(result.best_checkpoints, key=lambda cm: cm[1]["step"])
+    assert reports and reports[-1][1] == result.metrics
+    return [m for _, m in reports], [c for c, _ in reports]
+
+
+@pytest.fixture(scope="module")
+def runs(local_ray, tiny_assets, tmp_path_factory):
+    cache: dict = {}
+
+    def get(quantization: str, zero_stage: int = 2):
+        key = (quantization, zero_stage)
+        if key not in cache:
+            settings = _settings(tiny_assets, quantization, zero_stage)
+            metrics, ckpts = _fit(settings, tmp_path_factory.mktemp(f"ds-{quantization}-z{zero_stage}"))
+            print(f"\n[{quantization}, zero {zero_stage}] eval_loss by step: "
+                  f"{[(m['step'], round(m['eval_loss'], 4)) for m in metrics]}; "
+                  f"peak_mem_gb {max(m['peak_mem_gb'] for m in metrics):.2f}")
+            cache[key] = settings, metrics, ckpts
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_zero2_runs_on_two_ranks_and_learns(runs, quantization):
+    import torch
+
+    _, metrics, ckpts = runs(quantization)
+    steps = [m["step"] for m in metrics]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3, steps
+    assert metrics[-1]["finished"] and metrics[-1]["tokens_seen"] >= 8_000
+    losses = [m["eval_loss"] for m in metrics]
+    assert losses[-1] < losses[0], losses
+
+    for m, ckpt in zip(metrics, ckpts):
+        with ckpt.as_directory() as d:
+            names = set(os.listdir(d))
+            step_dir = os.path.join(d, f"global_step{m['step']}")
+            assert os.path.isdir(step_dir), names  # DeepSpeed's own checkpoint, not the Trainer's optimizer.pt
+            assert "optimizer.pt" not in names
+            shards = sorted(os.listdir(step_dir))
+            assert shards == ["mp_rank_00_model_states.pt"] + [
+                f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(WORKERS)], shards
+
+            state = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
+                               weights_only=False)
+            assert state["dp_world_size"] == WORKERS
+            assert state["global_steps"] == m["step"]
+            assert state["ds_config"]["zero_optimization"]["stage"] == 2
+            # only the LoRA matrices are trained (and checkpointed) by the engine
+            assert state["param_shapes"] and all(
+                "lora_" in name for group in state["param_shapes"] for name in group)
+
+            sizes = []
+            for r in range(WORKERS):
+                shard = torch.load(os.path.join(step_dir, f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"),
+                                   map_location="cpu", weights_only=False)["optimizer_state_dict"]
+                assert int(shard["zero_stage"]) == 2 and shard["partition_count"] == [WORKERS]
+                sizes.append(sum(t.numel() for t in shard["single_partition_of_fp32_groups"]))
+            # each rank holds its own half of the fp32 master weights + Adam state
+            assert sizes[0] > 0 and abs(sizes[0] - sizes[1]) <= sizes[0] * 0.01, sizes
+
+            # One Ray checkpoint per report holds both ranks' files: rank 1 wrote only its
+            # optimizer partition and RNG state into its own local folder; Ray uploaded both
+            # ranks' folders into the same checkpoint directory.
+            assert {"rng_state_0.pth", "rng_state_1.pth", "adapter_model.safetensors", "adapter_config.json",
+                    "lorasweep_state.json", "trainer_state.json"} <= names, names
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_best_adapter_reloads_with_peft_to_its_eval_loss(runs, tiny_assets, quantization):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from trainers.causal_lm import eval_batches, evaluate_loss, load_base_model, pick_precision, prepare_data
+
+    settings, metrics, ckpts = runs(quantization)
+    best = min(range(len(metrics)), key=lambda i: metrics[i]["eval_loss"])
+    with ckpts[best].as_directory() as d:
+        assert os.path.getsize(os.path.join(d, "adapter_model.safetensors")) > 0
+        tokenizer = AutoTokenizer.from_pretrained(d)
+        _, held = prepare_data(settings, tokenizer)
+        batches = eval_batches(held, tokenizer.pad_token_id)
+        base = load_base_model(settings, pick_precision(settings))  # 4-bit NF4 when the run trained on it
+        base_loss = evaluate_loss(base, batches)
+        model = PeftModel.from_pretrained(base, d)
+    loss = evaluate_loss(model, batches)
+    assert loss < base_loss
+    if loss != pytest.approx(metrics[best]["eval_loss"], rel=1e-4) and _bnb_packs_for_cpu_eval(base):
+        # Not DeepSpeed: on CPUs with AVX512-BF16, bitsandbytes' Linear4bit repacks its weights
+        # for a bf16 kernel the first time it runs in eval mode (absmax cast to bf16, nested
+        # quantisation undone) and only unpacks them, re-quantising absmax, when state_dict() is
+        # called. Every eval + checkpoint in the trial changes the frozen base slightly, and
+        # training steps after an eval run through bitsandbytes::gemv_4bit, which has no
+        # autograd kernel (no gradient through the base layers). Fixed by setting
+        # `support_avx512bf16_for_cpu = False` on each Linear4bit when the base is loaded.
+        pytest.xfail("bitsandbytes repacks 4-bit weights for AVX512-BF16 at eval; the trial's base drifted")
+    assert loss == pytest.approx(metrics[best]["eval_loss"], rel=1e-4)
+
+
+def _bnb_packs_for_cpu_eval(model) -> bool:
+    return any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
+
+
+def test_zero2_trains_exactly_like_ddp(runs):
+    """ZeRO-2 partitions gradients and optimizer state but must compute the same update as DDP."""
+    _, zero2, _ = runs("none", 2)
+    _, ddp, ddp_ckpts = runs("none", 0)
+    with ddp_ckpts[-1].as_directory() as d:
+        assert not any(n.startswith("global_step") for n in os.listdir(d))  # DDP: no DeepSpeed files
+    assert [m["step"] for m in zero2] == [m["step"] for m in ddp]
+    assert [m["tokens_seen"] for m in zero2] == [m["tokens_seen"] for m in ddp]
+    for z, p in zip(zero2, ddp):
+        assert z["eval_loss"] == pytest.approx(p["eval_loss"], rel=1e-5), (zero2, ddp)
