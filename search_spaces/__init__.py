@@ -81,12 +81,13 @@ class SearchSpace:
     def override(self, spec: str) -> "SearchSpace":
         """``name=v1,v2,...`` -> a choice; ``name=low:high`` -> same kind as before, new range
         (``name=log:low:high`` / ``name=uniform:low:high`` to pick the kind)."""
+        shown = spec if spec.isprintable() else repr(spec)[1:-1]  # keep the message on one line
         if "=" not in spec:
-            raise ConfigError(f"`--space {spec}` must look like name=a,b,c or name=low:high")
+            raise ConfigError(f"`--space {shown}` must look like name=a,b,c or name=low:high")
         name, _, value = spec.partition("=")
         name = name.strip()
         if name not in _BOUNDS:
-            raise ConfigError(f"`--space {spec}`: unknown knob {name!r}; searchable: {', '.join(_BOUNDS)}")
+            raise ConfigError(f"`--space {shown}`: unknown knob {name!r}; searchable: {', '.join(_BOUNDS)}")
         kind = _BOUNDS[name][0]
         try:
             if ":" in value:
@@ -94,14 +95,16 @@ class SearchSpace:
                 if len(parts) == 3:
                     cls = {"log": LogUniform, "uniform": Uniform}[parts[0]]
                     parts = parts[1:]
-                else:
+                elif len(parts) == 2:
                     old = self.params.get(name)
                     cls = type(old) if isinstance(old, (Uniform, LogUniform)) else Uniform
+                else:
+                    raise ValueError(value)
                 dist: Dist = cls(float(parts[0]), float(parts[1]))
             else:
                 dist = Choice(tuple(_parse(kind, v) for v in value.split(",") if v.strip() != ""))
         except (KeyError, ValueError, IndexError):
-            raise ConfigError(f"`--space {spec}` is not name=a,b,c, name=low:high or name=log:low:high") from None
+            raise ConfigError(f"`--space {shown}` is not name=a,b,c, name=low:high or name=log:low:high") from None
         _check_dist(name, dist)
         return replace(self, params={**self.params, name: dist})
 
@@ -140,9 +143,11 @@ def _check_value(name: str, value, where: str) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: `{name}` is {value!r}; it must be true or false")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # isfinite() only on floats: it overflows on an int past float range (--space r=1111...1)
+    not_finite = isinstance(value, float) and not math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not_finite:
         raise ConfigError(f"{where}: `{name}` is {value!r}; it must be a number")
-    if kind is int and not float(value).is_integer():
+    if kind is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{where}: `{name}` is {value!r}; it must be a whole number")
     too_low = value < low if low_inclusive else value <= low
     if too_low or value > high or (name == "warmup_ratio" and value >= 1):
@@ -152,8 +157,8 @@ def _check_value(name: str, value, where: str) -> None:
 
 def _check_dist(name: str, dist) -> None:
     where = f"search space `{name}`"
-    if name not in _BOUNDS:
-        raise ConfigError(f"{where}: unknown knob; searchable: {', '.join(_BOUNDS)}")
+    if name not in _BOUNDS:  # repr: a name with control characters must not break the line
+        raise ConfigError(f"search space: unknown knob {name!r}; searchable: {', '.join(_BOUNDS)}")
     if isinstance(dist, Choice):
         if not dist.values:
             raise ConfigError(f"{where} has no choices; give at least one value")
@@ -177,6 +182,8 @@ def project(space: SearchSpace, point: dict) -> dict:
     clipped into its range. Used when ``--space`` narrows a recipe's space below its seeds."""
     out = dict(point)
     for name, dist in space.params.items():
+        if name not in point:  # a knob --space added to the recipe's space: validate() names it
+            continue
         v = point[name]
         if isinstance(dist, Choice):
             if v not in dist.values:

@@ -123,3 +123,18 @@ def test_split_is_deterministic_and_disjoint():
     t2, e2 = split_rows(rows, 0.1, 50, seed=7)
     assert e1 == e2 and len(e1) == 50 and not set(e1) & set(t1) and len(t1) + len(e1) == 1000
     assert split_rows(rows, 0.1, 50, seed=8)[1] != e1
+
+
+def test_a_row_the_chat_template_refuses_is_skipped_and_counted(tiny_tokenizer):
+    """Real templates raise on some conversations (Gemma's on a system turn); that row is skipped."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}"
+                         "{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}")
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Hello."}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]
+    split = tokenize_rows(tok, rows, 64)
+    assert len(split.examples) == 1 and dict(split.skipped) == {"refused by the chat template": 1}

@@ -9,11 +9,13 @@ Two row schemas are understood, both as real datasets ship them:
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+from jinja2.exceptions import TemplateError
 
 from trainers.errors import ConfigError
 
@@ -92,7 +94,10 @@ def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(render(messages[:i], gen=True)) if i else 0
+        if i:
+            start = len(render(messages[:i], gen=True))
+        else:  # transformers refuses to render no messages: the opening is what two 1-turn renders share
+            start = len(os.path.commonprefix([render([{**m, "content": c}]) for c in ("a", "b")]))
         end = len(render(messages[: i + 1]))
         spans.append((start, end))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -126,6 +131,11 @@ def tokenize_rows(tokenizer, rows, max_len: int) -> TokenizedSplit:
             ex = tokenize_chat(tokenizer, to_messages(row), max_len)
         except SkipRow as skip:
             out.skipped[skip.reason] += 1
+            continue
+        except TemplateError:
+            # Some real templates refuse a conversation (Gemma: no system role; Mistral: roles
+            # must alternate). That row is unusable for this model, not a reason to stop.
+            out.skipped["refused by the chat template"] += 1
             continue
         out.truncated += ex.pop("truncated")
         out.examples.append(ex)
