@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -63,7 +62,14 @@ class SweepOptions:
     workers_per_trial: int = 1
     gpus_per_worker: float = -1.0  # -1 = 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0
-    trial_retries: int = 1  # Ray Train restarts a failed worker group from its last checkpoint
+    # Worker-group restarts from the last checkpoint after a worker error. 0: an out-of-memory or a
+    # non-finite loss would only fail again; lost spot nodes are retried by Ray Train regardless
+    # (FailureConfig.max_preemption_failures, unlimited by default).
+    trial_retries: int = 0
+    autoscale: bool = False  # the cluster adds nodes on demand: don't refuse shapes no node has yet
+    dashboard_host: str = "127.0.0.1"  # a local Ray's dashboard; 0.0.0.0 to reach it from elsewhere
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
     resume: bool = False
     dry_run: bool = False
 
@@ -126,6 +132,13 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-worker", type=float, default=argparse.SUPPRESS, help="-1: 1 if the cluster has GPUs, else 0")
     g.add_argument("--cpus-per-worker", type=float, default=argparse.SUPPRESS)
     g.add_argument("--trial-retries", type=int, default=argparse.SUPPRESS, help="worker-group restarts per trial, from its last checkpoint")
+    g.add_argument("--autoscale", action="store_true", default=argparse.SUPPRESS,
+                   help="the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker")
+    g.add_argument("--dashboard-host", default=argparse.SUPPRESS,
+                   help="where a local Ray's dashboard listens (default 127.0.0.1: this machine only)")
+    g.add_argument("--wandb-project", default=argparse.SUPPRESS,
+                   help="log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)")
+    g.add_argument("--wandb-entity", default=argparse.SUPPRESS, help="W&B team or user (default: the key's)")
     g.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue the sweep --name from its storage")
     g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="print the resolved config and exit")
     t = p.add_argument_group("trial (what each Ray Train worker does)")
@@ -201,57 +214,6 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     return ResolvedSweep(recipe, preset_name, settings, options, space)
 
 
-def check_inputs(sweep: ResolvedSweep) -> None:
-    """Cheap checks of what the trials will read, before any cluster work."""
-    from trainers.registry import get_family
-
-    get_family(sweep.settings.family)
-    s = sweep.settings
-    looks_local = s.dataset.startswith((".", "/", "~")) or s.dataset.endswith((".jsonl", ".json", ".parquet"))
-    if looks_local:
-        path = Path(os.path.expanduser(s.dataset))
-        if not path.is_file():
-            raise ConfigError(f"`dataset` path {s.dataset!r} does not exist; pass --dataset with a .jsonl/.parquet file or a Hub id")
-        _check_local_columns(path)
-        s.dataset = str(path.resolve())
-    model_local = s.model.startswith((".", "/", "~"))
-    if model_local:
-        path = Path(os.path.expanduser(s.model))
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"`model` folder {s.model!r} has no config.json; pass --model with a Hub id or a saved model folder")
-        s.model = str(path.resolve())
-    if "://" not in sweep.options.storage_path:
-        root = Path(sweep.options.storage_path)
-        probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
-        if not os.access(probe, os.W_OK):
-            raise ConfigError(f"`--storage-path` {sweep.options.storage_path!r} is not writable; pick a folder you can write")
-        exists = (root / sweep.options.name).exists()
-        if exists and not sweep.options.resume and not sweep.options.dry_run:
-            raise ConfigError(f"sweep `--name {sweep.options.name}` already exists in {root}; pass --resume to continue it "
-                              "or a new --name (nothing was changed)")
-        if sweep.options.resume and not exists:
-            raise ConfigError(f"`--resume`: no sweep named {sweep.options.name!r} in {root}")
-
-
-def _check_local_columns(path: Path) -> None:
-    from trainers.chat import require_chat_columns
-
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        cols = pq.read_schema(path).names
-    else:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline().strip()
-            if path.suffix == ".json" and first.startswith("["):
-                return  # a JSON array: checked when the trial reads it
-            try:
-                cols = list(json.loads(first)) if first else []
-            except json.JSONDecodeError:
-                raise ConfigError(f"`dataset` {str(path)!r}: line 1 is not JSON; expected one JSON object per line") from None
-    require_chat_columns(cols, str(path))
-
-
 # ----------------------------------------------------------------------------- Ray
 
 
@@ -299,8 +261,11 @@ def init_ray(options: SweepOptions) -> None:
     if options.address:
         ray.init(address=options.address)
     else:
-        # Bind the local dashboard to loopback only; a cluster's head sets its own.
-        ray.init(dashboard_host="127.0.0.1", include_dashboard=None, log_to_driver=True)
+        # The dashboard (and its HTTP API) listens on loopback unless --dashboard-host says
+        # otherwise; a cluster's head decides its own (cluster.yaml keeps it on loopback too).
+        # Ray's gRPC ports bind every interface whatever is asked, and Ray 2.60 guards them with
+        # its cluster auth token.
+        ray.init(dashboard_host=options.dashboard_host, include_dashboard=None, log_to_driver=True)
 
 
 def cluster_resources() -> dict:
@@ -310,8 +275,8 @@ def cluster_resources() -> dict:
     return {
         "cpu": sum(n.get("CPU", 0) for n in nodes),
         "gpu": sum(n.get("GPU", 0) for n in nodes),
-        "max_node_cpu": max((n.get("CPU", 0) for n in nodes), default=0),
-        "max_node_gpu": max((n.get("GPU", 0) for n in nodes), default=0),
+        "nodes": nodes,
+        "accelerators": sorted({k for n in nodes for k in n if k.startswith("accelerator_type:")}),
     }
 
 
@@ -324,9 +289,12 @@ def trial_resources(options: SweepOptions, cluster: dict) -> dict:
 
 
 def concurrency(options: SweepOptions, res: dict, cluster: dict) -> int:
-    by_cpu = cluster["cpu"] // (res["cpus"] * res["workers"])
-    by_gpu = cluster["gpu"] // (res["gpus"] * res["workers"]) if res["gpus"] > 0 else by_cpu
-    return max(1, int(min(options.max_concurrent, by_cpu, by_gpu)))
+    """Trials that fit at once: worker slots summed node by node (a worker never spans nodes)."""
+    def slots(node: dict) -> int:
+        by_cpu = int(node.get("CPU", 0) // res["cpus"])
+        return min(by_cpu, int(node.get("GPU", 0) // res["gpus"])) if res["gpus"] > 0 else by_cpu
+
+    return max(1, min(options.max_concurrent, sum(slots(n) for n in cluster["nodes"]) // res["workers"]))
 
 
 def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
@@ -359,8 +327,11 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
     tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples, max_concurrent_trials=max_concurrent)
     tune_config.trial_dirname_creator = lambda trial: f"trial_{trial.trial_id}"  # not the whole config
+    from sweeps.tracking import tune_callbacks
+
     run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1,
-                                failure_config=tune.FailureConfig(max_failures=0))
+                                failure_config=tune.FailureConfig(max_failures=0),
+                                callbacks=tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity))
     if o.resume:
         return tune.Tuner.restore(sweep.sweep_dir, trainable, resume_unfinished=True, resume_errored=False,
                                   param_space=param_space)
@@ -370,15 +341,24 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
 # ----------------------------------------------------------------------------- entry point
 
 
-def dry_run_report(sweep: ResolvedSweep, cluster: dict | None) -> str:
-    s, o = sweep.settings, sweep.options
+def dry_run_report(sweep: ResolvedSweep, inputs, res: dict, cluster: dict, at_once: int) -> str:
+    from sweeps.preflight import estimate
+
     lines = [json.dumps(sweep.summary(), indent=2, default=str)]
-    if cluster is not None:
-        res = trial_resources(o, cluster)
-        n = concurrency(o, res, cluster)
-        lines.append(f"per trial: {res['workers']} worker(s) x ({res['cpus']:g} CPU, {res['gpus']:g} GPU); "
-                     f"{n} trial(s) at once on this cluster ({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU)")
+    if inputs.data:
+        lines.append(data_line(inputs.data))
+    lines.append(f"per trial: {res['workers']} worker(s) x ({res['cpus']:g} CPU, {res['gpus']:g} GPU); "
+                 f"{at_once} trial(s) at once on this cluster ({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, "
+                 f"{len(cluster['nodes'])} node(s))")
+    lines += estimate(sweep, inputs, res, cluster, at_once)
     return "\n".join(lines)
+
+
+def data_line(data: dict) -> str:
+    skipped = ", ".join(f"{k}: {v}" for k, v in data["skipped"].items()) or "none"
+    return (f"data: {data['rows']} rows -> {data['train_examples']} train + {data['eval_examples']} eval examples "
+            f"({data['tokens_per_example']:.0f} tokens each on average); skipped {skipped}; "
+            f"{data['truncated']} truncated to max_seq_length")
 
 
 def assets_cache() -> Path:
@@ -386,39 +366,43 @@ def assets_cache() -> Path:
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> int:
-    from sweeps.results import finish
+    from sweeps import preflight
+    from sweeps.results import finish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
     try:
         sweep = resolve(recipe, argv)
-        check_inputs(sweep)
+        inputs = preflight.check_inputs(sweep)  # paths, the model's limits, the data: still no Ray
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if sweep.options.dry_run:
-        init_ray(sweep.options)
-        print(dry_run_report(sweep, cluster_resources()))
-        return 0
-
+    if inputs.data:
+        print(f"[lorasweep] {data_line(inputs.data)}")
     init_ray(sweep.options)
     cluster = cluster_resources()
     res = trial_resources(sweep.options, cluster)
-    need_cpu = res["cpus"] * res["workers"]
-    if need_cpu > cluster["cpu"] or (res["gpus"] > 0 and res["gpus"] * res["workers"] > cluster["gpu"]):
-        print(f"error: a trial needs {res['workers']} x ({res['cpus']:g} CPU, {res['gpus']:g} GPU) but the cluster has "
-              f"{cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU; lower --workers-per-trial/--gpus-per-worker", file=sys.stderr)
+    try:
+        preflight.check_cluster(sweep.options, res, cluster)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     n = concurrency(sweep.options, res, cluster)
+    if sweep.options.dry_run:
+        print(dry_run_report(sweep, inputs, res, cluster, n))
+        return 0
+
+    write_start(sweep, inputs)
     print(f"[lorasweep] {sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
           f"{res['workers']} worker(s)/trial; results in {sweep.sweep_dir}")
     t0 = time.time()
     tuner = build_tuner(sweep, res, n)
     try:
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: results so far are kept in {sweep.sweep_dir}; resume with the same command plus --resume")
+        grid = tuner.fit()  # a first Ctrl-C makes Tune save its state and return early
+    except KeyboardInterrupt:  # a second one lands here
+        print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
+              f"[lorasweep] resume with: {resume_command(argv)}")
         return 130
-    return finish(sweep, grid, time.time() - t0)
+    return finish(sweep, grid, time.time() - t0, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

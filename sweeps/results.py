@@ -55,7 +55,10 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
             row["error"] = _one_line(result.error)
         rows.append(row)
     sign = 1 if mode == "min" else -1
-    rows.sort(key=lambda r: (r.get("best_eval_loss") is None, sign * (r.get("best_eval_loss") or 0)))
+    # Failed trials go below every healthy one whatever they reached before failing: their
+    # adapters are never exported.
+    rows.sort(key=lambda r: (r["status"] == "failed", r.get("best_eval_loss") is None,
+                             sign * (r.get("best_eval_loss") or 0)))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
@@ -64,7 +67,9 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
 def _one_line(err: BaseException) -> str:
     """The root cause of a trial's error, on one line (Ray wraps it a few times)."""
     text = str(err)
-    for marker in ("FloatingPointError:", "OutOfMemoryError:", "ConfigError:", "RuntimeError:", "Error:"):
+    if "TrialError: " in text:  # ours: already says what happened and at which step
+        return text[text.rindex("TrialError: ") + len("TrialError: "):].strip().splitlines()[0][:300]
+    for marker in ("OutOfMemoryError:", "ConfigError:", "RuntimeError:", "Error:"):
         if marker in text:
             tail = text[text.rindex(marker):]
             return tail.strip().splitlines()[0][:300]
@@ -175,10 +180,11 @@ def _publish(staging: Path, dest: str) -> None:
         fs, path = pafs.FileSystem.from_uri(dest)
         pafs.copy_files(str(staging), path, destination_filesystem=fs)
         return
-    if os.path.exists(dest):
-        os.replace(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}")
+    # Copy next to the destination first (the slow part, which can fail), then two renames.
     tmp = f"{dest}.tmp-{os.getpid()}"
     shutil.copytree(staging, tmp)
+    if os.path.exists(dest):
+        os.replace(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(tmp, dest)
 
 
@@ -202,17 +208,56 @@ def _write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def finish(sweep, grid, elapsed_s: float) -> int:
+def write_start(sweep, inputs) -> None:
+    """At the start: the resolved config and the data audit. A resumed sweep keeps the first ones."""
+    for name, payload in (("sweep_config.json", sweep.summary()), ("data_report.json", inputs.data)):
+        path = _join(sweep.sweep_dir, name)
+        if payload is not None and not (sweep.options.resume and _exists(path)):
+            _write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def _exists(path: str) -> bool:
+    if _is_uri(path):
+        import pyarrow.fs as pafs
+
+        fs, p = pafs.FileSystem.from_uri(path)
+        return fs.get_file_info(p).type != pafs.FileType.NotFound
+    return os.path.exists(path)
+
+
+def resume_command(argv: list[str]) -> str:
+    import shlex
+    import sys
+
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/<recipe>.py"
+    args = [a for a in argv if a != "--resume"]
+    return " ".join(["python", shlex.quote(script), *map(shlex.quote, args), "--resume"])
+
+
+def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
+    from sweeps.tracking import log_summary
+
     knobs = list(sweep.space.params)
     rows = leaderboard_rows(grid, knobs, sweep.space.metric, sweep.space.mode)
     write_leaderboard(rows, knobs, sweep.sweep_dir)
-    exported = export_best(rows, knobs, sweep, sweep.options.top_k)
-    _write_text(_join(sweep.sweep_dir, "sweep_config.json"), json.dumps(sweep.summary(), indent=2, default=str))
     print()
     print(format_table(rows, knobs))
     print()
+    done = grid.num_terminated + grid.num_errors
+    if done < sweep.options.num_samples:
+        # Ctrl-C: Tune saved its state and returned. The leaderboard so far is written; the
+        # adapters are exported when the sweep completes.
+        print(f"[lorasweep] interrupted after {done} of {sweep.options.num_samples} trials; everything written so far "
+              f"is kept in {sweep.sweep_dir}")
+        print(f"[lorasweep] resume with: {resume_command(argv)}")
+        return 130
+    exported = export_best(rows, knobs, sweep, sweep.options.top_k)
+    o = sweep.options
+    log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, knobs, exported, sweep.summary(), o.wandb_entity)
     ok = [r for r in rows if r.get("best_eval_loss") is not None]
-    print(f"[lorasweep] {len(rows)} trials in {elapsed_s:.0f}s; leaderboard: {_join(sweep.sweep_dir, 'leaderboard.csv')}")
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"[lorasweep] {len(rows)} trials in {elapsed_s:.0f}s ({len(failed)} failed); "
+          f"leaderboard: {_join(sweep.sweep_dir, 'leaderboard.csv')}")
     if not exported:
         print("[lorasweep] no trial produced a checkpoint; nothing exported")
         return 1

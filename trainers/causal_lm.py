@@ -29,7 +29,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from trainers.chat import Collator, TokenizedSplit, pack_examples, require_chat_columns, split_rows, tokenize_rows
 from trainers.config import TrainSettings, deepspeed_config
-from trainers.errors import ConfigError
+from trainers.errors import ConfigError, TrialError
 
 STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every checkpoint
 EVAL_BATCH_SIZE = 8
@@ -87,18 +87,32 @@ def load_rows(settings: TrainSettings) -> list[dict]:
     """A Hub dataset id, or a local .jsonl/.json/.parquet file, read with ``datasets``."""
     import datasets
 
+    datasets.disable_progress_bars()  # one bar per file read: noise in every worker's log
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file is our one-line ConfigError
     src = settings.dataset
     if os.path.exists(src):
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(Path(src).suffix.lower())
         if kind is None:
             raise ConfigError(f"`dataset` {src!r} is not .jsonl, .json or .parquet")
-        ds = datasets.load_dataset(kind, data_files=src, split="train")
+        try:
+            ds = datasets.load_dataset(kind, data_files=src, split="train")
+        except Exception as e:  # datasets wraps a bad line in its own error types, several deep
+            raise ConfigError(f"`dataset` {src!r} could not be read as {Path(src).suffix} ({_first_line(e)}); "
+                              "expected one JSON object per line (.jsonl), a JSON array (.json) or parquet") from None
     else:
         ds = datasets.load_dataset(src, split=settings.dataset_split, token=_hf_token())
     require_chat_columns(ds.column_names, src)
     if settings.max_train_rows:
         ds = ds.select(range(min(len(ds), settings.max_train_rows + int(settings.max_train_rows * settings.eval_fraction) + 1)))
     return ds.to_list()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The innermost cause's first line: what actually went wrong, not the wrapper's summary."""
+    while exc.__cause__ is not None:  # `raise ... from`: the wrapped error (not what its handler hit)
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def prepare_data(settings: TrainSettings, tokenizer) -> tuple[TokenizedSplit, TokenizedSplit]:
@@ -110,6 +124,64 @@ def prepare_data(settings: TrainSettings, tokenizer) -> tuple[TokenizedSplit, To
     if not held.examples:
         raise ConfigError(f"`dataset` {settings.dataset!r} has no usable eval rows; raise `eval_fraction`")
     return train, held
+
+
+def audit_data(settings: TrainSettings) -> dict:
+    """Driver-side, before Ray starts: the same reading, split and tokenisation a trial does, to
+    count the rows kept and skipped (by reason) and size the budget. Raises ConfigError when the
+    data is unusable (missing column, no usable rows)."""
+    tokenizer = load_tokenizer(settings)
+    train, held = prepare_data(settings, tokenizer)
+    skipped = train.skipped + held.skipped
+    return {
+        "dataset": settings.dataset,
+        "rows": len(train.examples) + len(held.examples) + sum(skipped.values()),
+        "train_examples": len(train.examples),
+        "eval_examples": len(held.examples),
+        "skipped": dict(sorted(skipped.items())),
+        "truncated": train.truncated + held.truncated,
+        "tokens_per_example": round(train.num_tokens / len(train.examples), 1),
+        "train_tokens": train.num_tokens,
+        "eval_tokens": held.num_tokens,
+    }
+
+
+# QLoRA under ZeRO-3 needs 4-bit weights stored as the compute dtype so ZeRO can partition them
+# (bnb_4bit_quant_storage) and a Trainer that gathers only the adapter on save: PEFT's
+# "QLoRA + DeepSpeed ZeRO-3" guide names these releases as the first that do.
+ZERO3_4BIT_MINIMUM = {"bitsandbytes": "0.43.0", "transformers": "4.39.0", "peft": "0.10.0", "accelerate": "0.28.0",
+                      "deepspeed": "0.13.0"}
+
+
+def zero3_4bit_unsupported(installed: dict[str, str]) -> list[str]:
+    """The packages (``name version < minimum``) too old for 4-bit + ZeRO-3; [] when all fit."""
+    from packaging.version import Version
+
+    return [f"{name} {installed[name]} < {low}" for name, low in ZERO3_4BIT_MINIMUM.items()
+            if name in installed and Version(installed[name]) < Version(low)]
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Pairs of settings that the installed libraries cannot train together (or not usefully)."""
+    if settings.zero_stage != 3 or settings.quantization == "none":
+        return
+    if settings.quantization == "8bit":
+        # It runs, but bitsandbytes' 8-bit forward keeps a whole int8 copy of every weight on
+        # every rank (Linear8bitLt's state.CB), so ZeRO-3 partitions nothing of the base.
+        raise ConfigError("`zero_stage` 3 with `quantization` 8bit saves no memory (bitsandbytes keeps the whole "
+                          "int8 base on every rank); use --quantization 4bit with ZeRO-3, or --zero-stage 2")
+    from importlib.metadata import PackageNotFoundError, version
+
+    installed = {}
+    for name in ZERO3_4BIT_MINIMUM:
+        try:
+            installed[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    too_old = zero3_4bit_unsupported(installed)
+    if too_old:
+        raise ConfigError(f"`zero_stage` 3 with `quantization` 4bit needs newer packages ({'; '.join(too_old)}); "
+                          "upgrade them or use --zero-stage 2")
 
 
 def eval_batches(held: TokenizedSplit, pad_id: int) -> list[dict]:
@@ -225,7 +297,8 @@ class _TokenCountingTrainer(Trainer):
         if model.training:
             loss = out[0] if return_outputs else out
             if not torch.isfinite(loss.detach()).all():
-                raise FloatingPointError(f"non-finite loss at step {self.state.global_step + 1}")
+                raise TrialError(f"non-finite loss at step {self.state.global_step + 1} "
+                                 f"(learning_rate {self.args.learning_rate:g}); the trial stops, the sweep goes on")
             if n is not None:
                 self.tokens_local += int(n)
         return out
@@ -391,8 +464,58 @@ def train_func(config: dict) -> list[dict]:
         trainer.tokens_local = int(state["tokens_seen"]) // world
         callback.tokens_last = state["tokens_seen"]
         callback.train_time_s = float(state.get("train_time_s", 0.0))
+    fault = injected_fault(config)
+    if fault is not None:
+        trainer.add_callback(fault)
     try:
         trainer.train(resume_from_checkpoint=resume_dir)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not _is_oom(e):
+            raise
+        step = trainer.state.global_step + 1
+        del trainer, model  # let the allocator have it back before the error travels up
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise TrialError(f"out of memory at step {step} on {device.type} ({_first_line(e)[:120]}); lower "
+                         "per_device_batch_size or max_seq_length, or turn on gradient_checkpointing") from None
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     return history
+
+
+def _is_oom(e: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a RuntimeError that says so.
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
+class _InjectedFault(TrainerCallback):
+    """Test instrumentation: a real failure at a given step, so tests drive the real handling.
+    ``oom`` asks the allocator for 1 PiB; ``nan`` sets a LoRA weight to inf, so the next forward
+    produces a non-finite loss."""
+
+    def __init__(self, kind: str, step: int):
+        self.kind, self.step = kind, step
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        if state.global_step + 1 != self.step:
+            return
+        if self.kind == "oom":
+            torch.empty(1 << 50, dtype=torch.uint8, device=next(model.parameters()).device)
+        else:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("inf"))
+
+
+def injected_fault(config: dict) -> _InjectedFault | None:
+    """``LORASWEEP_INJECT_FAULT=<oom|nan>@<step>:<knob>=<value>[;...]``: fail the trials whose
+    searched knob has that value (e.g. ``oom@2:r=64``). Read from the worker's environment, which
+    a local Ray inherits from the driver; unset in real use."""
+    for spec in filter(None, os.environ.get("LORASWEEP_INJECT_FAULT", "").split(";")):
+        head, _, cond = spec.partition(":")
+        kind, _, step = head.partition("@")
+        knob, _, value = cond.partition("=")
+        if kind not in ("oom", "nan") or not step.isdigit() or knob not in config:
+            raise ValueError(f"LORASWEEP_INJECT_FAULT={spec!r}: expected <oom|nan>@<step>:<knob>=<value>")
+        if str(config[knob]) == value:
+            return _InjectedFault(kind, int(step))
+    return None

@@ -6,3 +6,8 @@ class ConfigError(ValueError):
 
     The CLI prints ``error: <message>`` and exits with status 2 before any cluster work starts.
     """
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot go on (out of memory, non-finite loss). Raised inside a Ray Train worker:
+    that trial is marked failed with this message on the leaderboard, and the sweep goes on."""

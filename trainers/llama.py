@@ -2,7 +2,7 @@
 
 from transformers import LlamaConfig
 
-from trainers.causal_lm import train_func
+from trainers.causal_lm import audit_data, check_settings, train_func
 from trainers.registry import ModelFamily, register
 
 
@@ -30,4 +30,6 @@ LLAMA = register(ModelFamily(
     tiny_config=tiny_config,
     default_model="unsloth/Llama-3.2-1B-Instruct",
     description="Llama 3.x chat SFT (QLoRA by default)",
+    check_settings=check_settings,
+    audit_data=audit_data,
 ))

@@ -21,6 +21,10 @@ class ModelFamily:
     tiny_config: Callable  # tokenizer -> transformers config of a tiny model of this architecture
     default_model: str  # what the real preset loads
     description: str = ""
+    # Driver-side, before Ray starts: settings this family refuses (raise ConfigError), and a pass
+    # over the data that counts usable and skipped rows (a dict for data_report.json).
+    check_settings: Callable | None = None
+    audit_data: Callable | None = None
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

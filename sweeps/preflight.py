@@ -1,0 +1,257 @@
+"""Everything checked before a GPU is spent, and the dry run's estimate of what a sweep will cost.
+
+Order matters: the cheap checks of the command line come first (``engine.resolve``), then what the
+trials will read (paths, the model's config, the data itself), then the cluster's shape. Each
+failure is a ``ConfigError``: one line naming the field, the value and the fix; the CLI exits 2
+with nothing written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainers.errors import ConfigError
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by the `accelerator_type:<X>` resource Ray gives GPU
+# nodes. A10G is the AWS part (lower clocks than the A10's 125).
+PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L40": 181, "L4": 121, "A10G": 70, "A10": 125,
+               "V100": 125, "T4": 65}
+DEFAULT_GPU = "A100"
+# Model FLOPs utilisation of a LoRA step: ~30% with bf16 weights; 4-bit bases dequantise every
+# matmul's weights, which costs about a third of that.
+MFU = {"none": 0.30, "8bit": 0.20, "4bit": 0.20}
+TRIAL_OVERHEAD_S = 120  # worker start, imports, weight load, tokenisation: per trial, per worker
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.exists(path)
+
+
+# ----------------------------------------------------------------------------- what trials read
+
+
+def check_dataset_path(dataset: str) -> str:
+    """A local dataset must be a readable file; returns its absolute path (Hub ids pass through)."""
+    looks_local = dataset.startswith((".", "/", "~")) or dataset.endswith((".jsonl", ".json", ".parquet"))
+    if not looks_local:
+        return dataset
+    path = Path(os.path.expanduser(dataset))
+    if not path.exists():
+        raise ConfigError(f"`dataset` path {dataset!r} does not exist; pass --dataset with a .jsonl/.parquet file or a Hub id")
+    if not path.is_file():
+        raise ConfigError(f"`dataset` path {dataset!r} is a folder; pass the .jsonl/.json/.parquet file inside it")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"`dataset` path {dataset!r} is not readable by this user; fix its permissions")
+    if path.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        raise ConfigError(f"`dataset` path {dataset!r} is not .jsonl, .json or .parquet; convert it to one of those")
+    return str(path.resolve())
+
+
+def _hub_error(exc: BaseException) -> str | None:
+    """'missing' / 'gated' when the Hub answered no; None when it could not be asked (offline)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, GatedRepoError):
+            return "gated"
+        if isinstance(seen, RepositoryNotFoundError):
+            return "missing"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def read_model_config(model: str):
+    """The base model's ``config.json`` (no weights). None, with a warning, when the Hub is out of
+    reach from here: the trials may still reach it, so that alone is no reason to stop."""
+    from transformers import AutoConfig
+
+    if _is_local(model):
+        path = Path(os.path.expanduser(model))
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"`model` folder {model!r} has no config.json; pass --model with a Hub id or a saved model folder")
+        model = str(path.resolve())
+    try:
+        return AutoConfig.from_pretrained(model, token=os.environ.get("HF_TOKEN") or None)
+    except (OSError, ValueError) as e:
+        kind = _hub_error(e)
+        if kind == "missing":
+            raise ConfigError(f"`model` {model!r} is not a Hub model id; check the spelling (org/name) or pass a local folder") from None
+        if kind == "gated":
+            raise ConfigError(f"`model` {model!r} is gated; accept its license on the Hub and export HF_TOKEN") from None
+        if _is_local(model):
+            raise ConfigError(f"`model` folder {model!r} has an unreadable config.json: {str(e).splitlines()[0]}") from None
+        _warn(f"could not read the config of `model` {model!r} from here ({type(e).__name__}); "
+              "its max length and size are not checked")
+        return None
+
+
+def max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def count_parameters(config) -> int | None:
+    """Parameters of the architecture, built on the meta device (no memory, ~0.5 s for 1B)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    for auto in (AutoModelForCausalLM, AutoModel):
+        try:
+            with torch.device("meta"):
+                model = auto.from_config(config)
+            return sum(p.numel() for p in model.parameters())
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+@dataclass
+class Inputs:
+    """What the checks learnt about the trials' inputs; feeds the dry run and ``data_report.json``."""
+
+    model_config: object | None = None
+    num_parameters: int | None = None
+    data: dict | None = None  # the family's data audit (rows kept, skipped by reason, tokens)
+
+
+def check_inputs(sweep) -> Inputs:
+    """Paths, the model's limits, the family's pairing rules and the data, before Ray starts.
+
+    Rewrites local paths in ``sweep.settings`` to absolute ones (trials run in other folders)."""
+    from trainers.registry import get_family
+
+    s, o = sweep.settings, sweep.options
+    family = get_family(s.family)
+    s.dataset = check_dataset_path(s.dataset)
+    _check_storage(o)
+    inputs = Inputs()
+    inputs.model_config = read_model_config(s.model)
+    if _is_local(s.model):
+        s.model = str(Path(os.path.expanduser(s.model)).resolve())
+    if inputs.model_config is not None:
+        limit = max_positions(inputs.model_config)
+        if limit is not None and s.max_seq_length > limit:
+            raise ConfigError(f"`max_seq_length` is {s.max_seq_length} but `model` {s.model!r} takes at most {limit} "
+                              f"positions; pass --max-seq-length {limit} or less")
+        inputs.num_parameters = count_parameters(inputs.model_config)
+    if family.check_settings is not None:
+        family.check_settings(s)
+    if family.audit_data is not None:
+        if inputs.model_config is None and not _is_local(s.model):
+            _warn("the data is not audited either (the tokenizer comes from the model)")
+        else:
+            inputs.data = family.audit_data(s)
+    return inputs
+
+
+def _check_storage(o) -> None:
+    if "://" in o.storage_path:
+        return
+    root = Path(o.storage_path)
+    probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"`--storage-path` {o.storage_path!r} is not writable; pick a folder you can write")
+    exists = (root / o.name).exists()
+    if exists and not o.resume and not o.dry_run:
+        raise ConfigError(f"sweep `--name {o.name}` already exists in {root}; pass --resume to continue it "
+                          "or a new --name (nothing was changed)")
+    if o.resume and not (root / o.name / "tuner.pkl").exists():
+        raise ConfigError(f"`--resume`: no sweep named {o.name!r} in {root} (no tuner.pkl); check --name and --storage-path")
+
+
+# ----------------------------------------------------------------------------- the cluster
+
+
+def check_cluster(options, res: dict, cluster: dict) -> None:
+    """One worker must fit on one node, and one trial on the cluster. An autoscaling cluster may
+    have no GPU node up yet: ``--autoscale`` trusts it to add them."""
+    need_cpu, need_gpu = res["cpus"], res["gpus"]
+    fits = [n for n in cluster["nodes"] if n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu]
+    shape = f"{res['workers']} worker(s) x ({need_cpu:g} CPU, {need_gpu:g} GPU)"
+    if options.autoscale:
+        return
+    if not fits:
+        biggest = max(cluster["nodes"], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise ConfigError(
+            f"a trial needs {shape} but no node offers {need_cpu:g} CPU + {need_gpu:g} GPU (largest: "
+            f"{biggest.get('CPU', 0):g} CPU, {biggest.get('GPU', 0):g} GPU); lower --gpus-per-worker/--cpus-per-worker"
+            + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
+    slots = sum(min(int(n.get("CPU", 0) // need_cpu) if need_cpu else 10**9,
+                    int(n.get("GPU", 0) // need_gpu) if need_gpu else 10**9) for n in fits)
+    if slots < res["workers"]:
+        raise ConfigError(
+            f"`--workers-per-trial` is {res['workers']} but the cluster has room for {slots} worker(s) of "
+            f"({need_cpu:g} CPU, {need_gpu:g} GPU); lower --workers-per-trial"
+            + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
+
+
+# ----------------------------------------------------------------------------- the estimate
+
+
+def asha_tokens(max_t: int, grace: int, rf: float) -> float:
+    """Expected training tokens of one trial under ASHA: everyone reaches the first rung, 1/rf of
+    them the next, and so on. E.g. max 2M, grace 250k, rf 3 -> rungs 250k, 750k:
+    250k + (750k-250k)/3 + (2M-750k)/9 = 0.56M, 28% of running every trial to the end."""
+    rungs = []
+    t = grace
+    while t < max_t:
+        rungs.append(t)
+        t *= rf
+    total, prev = 0.0, 0
+    for k, rung in enumerate([*rungs, max_t]):
+        total += (rung - prev) / rf**k
+        prev = rung
+    return total
+
+
+def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> list[str]:
+    """What the dry run prints about cost: tokens, steps, GPU-hours (a FLOP count at an assumed
+    MFU, plus start-up per trial) and wall time at the cluster's concurrency."""
+    s, o = sweep.settings, sweep.options
+    n = o.num_samples
+    per_trial = asha_tokens(s.max_tokens, o.grace_tokens or max(1, s.max_tokens // 8), o.reduction_factor) \
+        if o.scheduler == "asha" else float(s.max_tokens)
+    lines = [f"budget: {n} trials x {s.max_tokens:,} training tokens = {n * s.max_tokens:,} tokens at most; "
+             f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if o.scheduler == "asha" else "")]
+    data = inputs.data or {}
+    if data.get("tokens_per_example"):
+        per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res["workers"]
+        unpacked = s.max_tokens / (data["tokens_per_example"] * per_step)
+        packed = s.max_tokens / (0.95 * s.max_seq_length * per_step)  # best-fit fills rows ~95%
+        lines.append(f"steps per trial: ~{math.ceil(unpacked)} unpacked, ~{math.ceil(packed)} packed "
+                     f"({per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
+    if res["gpus"] <= 0:
+        lines.append("GPU-hours: none (this sweep runs on CPUs)")
+        return lines
+    if not inputs.num_parameters:
+        lines.append("GPU-hours: unknown (the model's config could not be read from here)")
+        return lines
+    gpu = next((t.split(":", 1)[1] for t in cluster.get("accelerators", []) if t.split(":", 1)[1] in PEAK_TFLOPS),
+               DEFAULT_GPU)
+    # Per token: forward 2N, backward through the frozen base for activation gradients 2N (LoRA's
+    # own weight gradients are negligible), recomputed forward 2N with gradient checkpointing.
+    n_params = inputs.num_parameters
+    flops_per_token = (6 if s.gradient_checkpointing else 4) * n_params
+    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res["workers"]
+    evals = per_trial / (data.get("tokens_per_example") or s.max_seq_length) / rows_per_step / s.eval_every
+    trial_flops = per_trial * flops_per_token + evals * data.get("eval_tokens", 0) * 2 * n_params
+    gpu_s_compute = trial_flops / (PEAK_TFLOPS[gpu] * 1e12 * MFU[s.quantization])  # on one whole GPU
+    gpus_per_trial = res["workers"] * res["gpus"]
+    gpu_h = n * (gpu_s_compute + TRIAL_OVERHEAD_S * gpus_per_trial) / 3600
+    wall_h = math.ceil(n / max(1, at_once)) * (gpu_s_compute / gpus_per_trial + TRIAL_OVERHEAD_S) / 3600
+    lines.append(f"GPU-hours: ~{gpu_h:.2f} ({n_params / 1e9:.2f}B params x {flops_per_token // n_params} FLOP/token, "
+                 f"{gpu} at {MFU[s.quantization]:.0%} of {PEAK_TFLOPS[gpu]} TFLOP/s, +{TRIAL_OVERHEAD_S}s start-up "
+                 f"per trial); wall time ~{wall_h:.1f} h at {at_once} trial(s) at once")
+    return lines
