@@ -7,7 +7,7 @@
     python sweeps/llama_finetome.py
 
     # on a `ray up cluster.yaml` cluster: 2 GPUs per trial with DeepSpeed ZeRO-2, results on S3
-    python sweeps/llama_finetome.py --address auto --workers-per-trial 2 --storage-path s3://bucket/sweeps
+    python sweeps/llama_finetome.py --address auto --autoscale --workers-per-trial 2 --storage-path s3://bucket/sweeps
 
     # any Llama checkpoint or ShareGPT/messages dataset, narrower space, no early stopping
     python sweeps/llama_finetome.py --model meta-llama/Llama-3.1-8B-Instruct --dataset data/chats.jsonl \\
