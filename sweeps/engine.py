@@ -140,7 +140,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                    help="log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)")
     g.add_argument("--wandb-entity", default=argparse.SUPPRESS, help="W&B team or user (default: the key's)")
     g.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue the sweep --name from its storage")
-    g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="print the resolved config and exit")
+    g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="check everything, audit the data, print the config, cluster fit and cost estimate; train nothing")
     t = p.add_argument_group("trial (what each Ray Train worker does)")
     _add_dataclass_args(t, TrainSettings, skip=("family", "seed"))
     t.add_argument("--data-seed", type=int, dest="data_seed", default=argparse.SUPPRESS, help="seed for the eval split, shuffling and LoRA init")
@@ -289,12 +289,10 @@ def trial_resources(options: SweepOptions, cluster: dict) -> dict:
 
 
 def concurrency(options: SweepOptions, res: dict, cluster: dict) -> int:
-    """Trials that fit at once: worker slots summed node by node (a worker never spans nodes)."""
-    def slots(node: dict) -> int:
-        by_cpu = int(node.get("CPU", 0) // res["cpus"])
-        return min(by_cpu, int(node.get("GPU", 0) // res["gpus"])) if res["gpus"] > 0 else by_cpu
+    """Trials that fit at once, from the worker slots of every node."""
+    from sweeps.preflight import worker_slots
 
-    return max(1, min(options.max_concurrent, sum(slots(n) for n in cluster["nodes"]) // res["workers"]))
+    return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res["workers"]))
 
 
 def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):

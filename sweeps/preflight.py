@@ -174,22 +174,26 @@ def _check_storage(o) -> None:
 # ----------------------------------------------------------------------------- the cluster
 
 
+def worker_slots(node: dict, res: dict) -> int:
+    """How many of one trial's workers a node can hold (a worker never spans nodes)."""
+    by_cpu = int(node.get("CPU", 0) // res["cpus"])
+    return min(by_cpu, int(node.get("GPU", 0) // res["gpus"])) if res["gpus"] > 0 else by_cpu
+
+
 def check_cluster(options, res: dict, cluster: dict) -> None:
     """One worker must fit on one node, and one trial on the cluster. An autoscaling cluster may
     have no GPU node up yet: ``--autoscale`` trusts it to add them."""
     need_cpu, need_gpu = res["cpus"], res["gpus"]
-    fits = [n for n in cluster["nodes"] if n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu]
     shape = f"{res['workers']} worker(s) x ({need_cpu:g} CPU, {need_gpu:g} GPU)"
     if options.autoscale:
         return
-    if not fits:
+    slots = sum(worker_slots(n, res) for n in cluster["nodes"])
+    if not slots:
         biggest = max(cluster["nodes"], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
         raise ConfigError(
             f"a trial needs {shape} but no node offers {need_cpu:g} CPU + {need_gpu:g} GPU (largest: "
             f"{biggest.get('CPU', 0):g} CPU, {biggest.get('GPU', 0):g} GPU); lower --gpus-per-worker/--cpus-per-worker"
             + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
-    slots = sum(min(int(n.get("CPU", 0) // need_cpu) if need_cpu else 10**9,
-                    int(n.get("GPU", 0) // need_gpu) if need_gpu else 10**9) for n in fits)
     if slots < res["workers"]:
         raise ConfigError(
             f"`--workers-per-trial` is {res['workers']} but the cluster has room for {slots} worker(s) of "
@@ -226,12 +230,12 @@ def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> l
     lines = [f"budget: {n} trials x {s.max_tokens:,} training tokens = {n * s.max_tokens:,} tokens at most; "
              f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if o.scheduler == "asha" else "")]
     data = inputs.data or {}
+    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res["workers"]
     if data.get("tokens_per_example"):
-        per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res["workers"]
-        unpacked = s.max_tokens / (data["tokens_per_example"] * per_step)
-        packed = s.max_tokens / (0.95 * s.max_seq_length * per_step)  # best-fit fills rows ~95%
+        unpacked = s.max_tokens / (data["tokens_per_example"] * rows_per_step)
+        packed = s.max_tokens / (0.95 * s.max_seq_length * rows_per_step)  # best-fit fills rows ~95%
         lines.append(f"steps per trial: ~{math.ceil(unpacked)} unpacked, ~{math.ceil(packed)} packed "
-                     f"({per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
+                     f"({rows_per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
     if res["gpus"] <= 0:
         lines.append("GPU-hours: none (this sweep runs on CPUs)")
         return lines
@@ -244,7 +248,6 @@ def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> l
     # own weight gradients are negligible), recomputed forward 2N with gradient checkpointing.
     n_params = inputs.num_parameters
     flops_per_token = (6 if s.gradient_checkpointing else 4) * n_params
-    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res["workers"]
     evals = per_trial / (data.get("tokens_per_example") or s.max_seq_length) / rows_per_step / s.eval_every
     trial_flops = per_trial * flops_per_token + evals * data.get("eval_tokens", 0) * 2 * n_params
     gpu_s_compute = trial_flops / (PEAK_TFLOPS[gpu] * 1e12 * MFU[s.quantization])  # on one whole GPU
