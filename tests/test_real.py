@@ -213,10 +213,6 @@ def test_real_chatml_template_labels_the_reply_and_nothing_of_system_or_user(tok
     assert int((batch["labels"][1] == end_id).sum()) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainers.chat.tokenize_chat labels the newline ChatML puts after <|im_end|> (the assistant span "
-    "is render(messages[:i+1]) minus the prefix, which ends with '<|im_end|>\\n'): the model is "
-    "trained and scored on a template separator it never generates. Remove this marker once fixed."))
 def test_real_chatml_labels_are_exactly_reply_plus_im_end(tokenizer, sentiment_jsonl):
     from trainers.chat import to_messages, tokenize_chat
 

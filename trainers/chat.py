@@ -82,7 +82,8 @@ def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
 
     The spans come from rendering growing prefixes of the conversation: the assistant's span is what
     ``messages[:i+1]`` adds to ``messages[:i]`` + the generation prompt, so it covers the reply and
-    its end-of-turn token (which the model must learn to emit) and nothing of the template's headers.
+    its end-of-turn token (which the model must learn to emit) and nothing of the template's headers
+    or of the whitespace that separates turns.
     Working on characters and mapping to tokens through offsets avoids re-tokenising fragments,
     which changes merges at the boundaries.
     """
@@ -98,7 +99,9 @@ def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
             start = len(render(messages[:i], gen=True))
         else:  # transformers refuses to render no messages: the opening is what two 1-turn renders share
             start = len(os.path.commonprefix([render([{**m, "content": c}]) for c in ("a", "b")]))
-        end = len(render(messages[: i + 1]))
+        # Up to the end-of-turn token, not the separator some templates put after it (ChatML's
+        # and Gemma's newline): the model never generates that, so it must not be trained on it.
+        end = len(render(messages[: i + 1]).rstrip())
         spans.append((start, end))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
