@@ -300,6 +300,8 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from sweeps.tracking import tune_callbacks
+
     o, s, space = sweep.options, sweep.settings, sweep.space
     param_space = {
         **space.to_tune(),
@@ -325,8 +327,6 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
     tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples, max_concurrent_trials=max_concurrent)
     tune_config.trial_dirname_creator = lambda trial: f"trial_{trial.trial_id}"  # not the whole config
-    from sweeps.tracking import tune_callbacks
-
     run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=0),
                                 callbacks=tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity))

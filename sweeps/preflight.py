@@ -122,7 +122,7 @@ class Inputs:
     """What the checks learnt about the trials' inputs; feeds the dry run and ``data_report.json``."""
 
     model_config: object | None = None
-    num_parameters: int | None = None
+    num_parameters: int | None = None  # counted by the dry run's estimate only (needs the config)
     data: dict | None = None  # the family's data audit (rows kept, skipped by reason, tokens)
 
 
@@ -136,6 +136,8 @@ def check_inputs(sweep) -> Inputs:
     family = get_family(s.family)
     s.dataset = check_dataset_path(s.dataset)
     _check_storage(o)
+    if family.check_settings is not None:  # cheap: before reading the model and the data
+        family.check_settings(s)
     inputs = Inputs()
     inputs.model_config = read_model_config(s.model)
     if _is_local(s.model):
@@ -145,11 +147,8 @@ def check_inputs(sweep) -> Inputs:
         if limit is not None and s.max_seq_length > limit:
             raise ConfigError(f"`max_seq_length` is {s.max_seq_length} but `model` {s.model!r} takes at most {limit} "
                               f"positions; pass --max-seq-length {limit} or less")
-        inputs.num_parameters = count_parameters(inputs.model_config)
-    if family.check_settings is not None:
-        family.check_settings(s)
     if family.audit_data is not None:
-        if inputs.model_config is None and not _is_local(s.model):
+        if inputs.model_config is None:  # only a Hub id out of reach gets here (a bad folder raised)
             _warn("the data is not audited either (the tokenizer comes from the model)")
         else:
             inputs.data = family.audit_data(s)
@@ -239,6 +238,8 @@ def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> l
     if res["gpus"] <= 0:
         lines.append("GPU-hours: none (this sweep runs on CPUs)")
         return lines
+    if inputs.num_parameters is None and inputs.model_config is not None:
+        inputs.num_parameters = count_parameters(inputs.model_config)
     if not inputs.num_parameters:
         lines.append("GPU-hours: unknown (the model's config could not be read from here)")
         return lines

@@ -469,7 +469,7 @@ def train_func(config: dict) -> list[dict]:
         trainer.add_callback(fault)
     try:
         trainer.train(resume_from_checkpoint=resume_dir)
-    except (torch.OutOfMemoryError, RuntimeError) as e:
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not _is_oom(e):
             raise
         step = trainer.state.global_step + 1
