@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 
 @dataclass(frozen=True)

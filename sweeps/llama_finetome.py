@@ -21,13 +21,13 @@ other), budget and ASHA rungs in training tokens so packed and unpacked trials c
 from pathlib import Path
 
 from search_spaces.lora_sft import LORA_SFT
-from sweeps.engine import Preset, Recipe, main
+from lorasweep.engine import Preset, Recipe, main
 
 
 def smoke_assets(cache: Path) -> dict:
     """A FineTome-format sample (1,200 generated conversations) and a tiny Llama (0.13M params,
     tokenizer trained on that sample, briefly pretrained on its text): built once, then cached."""
-    from sweeps.samples import conversation_texts, finetome_rows, write_jsonl
+    from lorasweep.samples import conversation_texts, finetome_rows, write_jsonl
     from trainers.llama import tiny_config
     from trainers.tiny import write_tiny_causal_lm
 

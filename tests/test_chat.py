@@ -63,7 +63,7 @@ def _examples(tok, rows):
 
 
 def test_packing_restarts_positions_and_never_trains_across_documents(tiny_assets, tiny_tokenizer):
-    from sweeps.samples import finetome_rows
+    from lorasweep.samples import finetome_rows
 
     ex = _examples(tiny_tokenizer, finetome_rows(60, seed=3))
     packed = pack_examples(ex, 128)

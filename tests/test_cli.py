@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from sweeps.engine import resolve
+from lorasweep.engine import resolve
 from sweeps.llama_finetome import RECIPE
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def run_main(capsys, *args):
     """The CLI in-process (same code path as the script; seconds instead of a fresh interpreter)."""
     import ray
 
-    from sweeps.engine import main
+    from lorasweep.engine import main
 
     rc = main(RECIPE, list(args))
     out = capsys.readouterr()

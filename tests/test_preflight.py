@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.engine import SweepOptions, concurrency, resolve
+from lorasweep.engine import SweepOptions, concurrency, resolve
 from sweeps.llama_finetome import RECIPE
-from sweeps.preflight import Inputs, asha_tokens, check_cluster, count_parameters, estimate
-from trainers.errors import ConfigError
+from lorasweep.preflight import Inputs, asha_tokens, check_cluster, count_parameters, estimate
+from lorasweep.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_dry_run_on_a_cpu_machine_says_gpu_hours_do_not_apply(tiny_assets):
 def test_local_ray_dashboard_listens_on_loopback_only():
     probe = """
 import json, psutil, ray
-from sweeps.engine import SweepOptions, init_ray
+from lorasweep.engine import SweepOptions, init_ray
 init_ray(SweepOptions(name="probe"))
 url = ray._private.worker.global_worker.node.address_info["webui_url"]
 port = int(url.rsplit(":", 1)[1])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.engine import resolve
+from lorasweep.engine import resolve
 from sweeps.llama_finetome import RECIPE
-from sweeps.results import export_best, write_leaderboard
+from lorasweep.results import export_best, write_leaderboard
 
 KNOBS = ["r", "lora_alpha"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.tracking import _wandb_root, log_summary, tune_callbacks
+from lorasweep.tracking import _wandb_root, log_summary, tune_callbacks
 
 FAKE_KEY = "wandb-fake-key-0123456789abcdef0123456789abcdef01234567"
 KNOBS = ["r", "lora_alpha", "use_rslora", "packing", "warmup_ratio", "learning_rate"]

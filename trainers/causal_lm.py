@@ -29,7 +29,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from trainers.chat import Collator, TokenizedSplit, pack_examples, require_chat_columns, split_rows, tokenize_rows
 from trainers.config import TrainSettings, deepspeed_config
-from trainers.errors import ConfigError, TrialError
+from lorasweep.errors import ConfigError, TrialError
 
 STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every checkpoint
 EVAL_BATCH_SIZE = 8

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from jinja2.exceptions import TemplateError
 
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 

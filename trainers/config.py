@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 Quantization = Literal["4bit", "8bit", "none"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]

@@ -11,7 +11,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 
 @dataclass(frozen=True)

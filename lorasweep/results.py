@@ -235,7 +235,7 @@ def resume_command(argv: list[str]) -> str:
 
 
 def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
-    from sweeps.tracking import log_summary
+    from lorasweep.tracking import log_summary
 
     knobs = list(sweep.space.params)
     rows = leaderboard_rows(grid, knobs, sweep.space.metric, sweep.space.mode)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by the `accelerator_type:<X>` resource Ray gives GPU
 # nodes. A10G is the AWS part (lower clocks than the A10's 125).

@@ -19,7 +19,7 @@ from typing import Callable
 
 from search_spaces import SearchSpace, project
 from trainers.config import TrainSettings
-from trainers.errors import ConfigError
+from lorasweep.errors import ConfigError
 
 
 @dataclass
@@ -290,7 +290,7 @@ def trial_resources(options: SweepOptions, cluster: dict) -> dict:
 
 def concurrency(options: SweepOptions, res: dict, cluster: dict) -> int:
     """Trials that fit at once, from the worker slots of every node."""
-    from sweeps.preflight import worker_slots
+    from lorasweep.preflight import worker_slots
 
     return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res["workers"]))
 
@@ -300,7 +300,7 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweeps.tracking import tune_callbacks
+    from lorasweep.tracking import tune_callbacks
 
     o, s, space = sweep.options, sweep.settings, sweep.space
     param_space = {
@@ -340,7 +340,7 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
 
 
 def dry_run_report(sweep: ResolvedSweep, inputs, res: dict, cluster: dict, at_once: int) -> str:
-    from sweeps.preflight import estimate
+    from lorasweep.preflight import estimate
 
     lines = [json.dumps(sweep.summary(), indent=2, default=str)]
     if inputs.data:
@@ -364,8 +364,8 @@ def assets_cache() -> Path:
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> int:
-    from sweeps import preflight
-    from sweeps.results import finish, resume_command, write_start
+    from lorasweep import preflight
+    from lorasweep.results import finish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
     try:
