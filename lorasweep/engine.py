@@ -17,15 +17,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from search_spaces import SearchSpace, project
-from trainers.config import TrainSettings
 from lorasweep.errors import ConfigError
+from search_spaces import SearchSpace, project
+from trainers.config import Resources, TrainSettings, TrialConfig, check_keys
 
 
 @dataclass
 class Preset:
-    """Overrides of a recipe's defaults. ``assets(cache_dir) -> {"model": ..., "dataset": ...}``
-    builds offline stand-ins (tiny model, generated sample) before Ray starts."""
+    """Overrides of a recipe's defaults. ``settings`` are ``TrainSettings`` fields and ``sweep`` are
+    ``SweepOptions`` fields (unknown keys are refused with the CLI's one-line error).
+    ``assets(cache_dir) -> {"model": ..., "dataset": ...}`` builds offline stand-ins (tiny model,
+    generated sample) before Ray starts."""
 
     description: str
     settings: dict = field(default_factory=dict)
@@ -35,8 +37,11 @@ class Preset:
 
 @dataclass
 class Recipe:
+    """A model x dataset sweep: the task and data (``settings``, ``TrainSettings`` fields: ``task``,
+    ``model``, ``dataset``, columns, labels, prompt, budget), the search space, and presets. The
+    model family is not part of it: it comes from the checkpoint ``--model`` points at."""
+
     name: str
-    family: str
     dataset: str
     search_space: SearchSpace
     settings: dict = field(default_factory=dict)  # TrainSettings overrides for the real preset
@@ -47,31 +52,34 @@ class Recipe:
 
 @dataclass
 class SweepOptions:
-    """Driver-side options (the trial-side ones are ``TrainSettings``)."""
+    """Driver-side options (the trial-side ones are ``TrainSettings``); each is a flag."""
 
-    name: str = ""
-    storage_path: str = "runs"
-    address: str | None = None
-    num_samples: int = 16
-    max_concurrent: int = 4
-    scheduler: str = "asha"
-    grace_tokens: int = 0  # ASHA's first rung in training tokens; 0 = max_tokens / 8
-    reduction_factor: float = 3.0
-    seed: int = 0
-    top_k: int = 3
-    workers_per_trial: int = 1
-    gpus_per_worker: float = -1.0  # -1 = 1 when the cluster has GPUs, else 0
-    cpus_per_worker: float = 1.0
+    name: str = field(default="", metadata={"help": "sweep name (folder under --storage-path); default: recipe-preset"})
+    storage_path: str = field(default="runs", metadata={"help": "local folder or s3:// / gs:// URI holding everything"})
+    address: str | None = field(default=None, metadata={"help": "join a running cluster ('auto' on a `ray up` head); default: start a local Ray"})
+    objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's"})
+    num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
+    max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster)"})
+    scheduler: str = field(default="asha", metadata={"help": "asha (early stopping on the objective) or none"})
+    grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
+    reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
+    seed: int = field(default=0, metadata={"help": "Optuna TPE seed (the data seed is --data-seed)"})
+    top_k: int = field(default=3, metadata={"help": "adapters to export"})
+    shots: tuple[int, ...] = field(default=(0,), metadata={"help": "baseline: score the base model with these numbers of solved examples in the prompt, e.g. 0,1,3 (instruction models)"})
+    baseline: bool = field(default=True, metadata={"help": "score the base model on the test split before the sweep and the best adapter after it"})
+    workers_per_trial: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) per trial"})
+    gpus_per_worker: float = field(default=-1.0, metadata={"help": "-1: 1 if the cluster has GPUs, else 0"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each worker asks Ray for"})
     # Worker-group restarts from the last checkpoint after a worker error. 0: an out-of-memory or a
     # non-finite loss would only fail again; lost spot nodes are retried by Ray Train regardless
     # (FailureConfig.max_preemption_failures, unlimited by default).
-    trial_retries: int = 0
-    autoscale: bool = False  # the cluster adds nodes on demand: don't refuse shapes no node has yet
-    dashboard_host: str = "127.0.0.1"  # a local Ray's dashboard; 0.0.0.0 to reach it from elsewhere
-    wandb_project: str | None = None
-    wandb_entity: str | None = None
-    resume: bool = False
-    dry_run: bool = False
+    trial_retries: int = field(default=0, metadata={"help": "worker-group restarts per trial, from its last checkpoint"})
+    autoscale: bool = field(default=False, metadata={"help": "the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker"})
+    dashboard_host: str = field(default="127.0.0.1", metadata={"help": "where a local Ray's dashboard listens (default 127.0.0.1: this machine only)"})
+    wandb_project: str | None = field(default=None, metadata={"help": "log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)"})
+    wandb_entity: str | None = field(default=None, metadata={"help": "W&B team or user (default: the key's)"})
+    resume: bool = field(default=False, metadata={"help": "continue the sweep --name from its storage"})
+    dry_run: bool = field(default=False, metadata={"help": "check everything, audit the data, print the config, cluster fit and cost estimate; train nothing"})
 
     def validate(self) -> "SweepOptions":
         if self.scheduler not in ("asha", "none"):
@@ -85,6 +93,8 @@ class SweepOptions:
             raise ConfigError(f"`--reduction-factor` is {self.reduction_factor}; it must be > 1")
         if self.grace_tokens < 0 or self.trial_retries < 0:
             raise ConfigError("`--grace-tokens` and `--trial-retries` must be >= 0")
+        if any(k < 0 for k in self.shots):
+            raise ConfigError(f"`--shots` is {','.join(map(str, self.shots))}; give numbers >= 0, e.g. 0,1,3")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"`--name` is {self.name!r}; use a plain folder name like llama_finetome-1")
         return self
@@ -94,55 +104,47 @@ class SweepOptions:
 
 
 def _add_dataclass_args(parser: argparse._ActionsContainer, cls, skip=()) -> None:
+    """One flag per field, from its type and ``metadata["help"]`` (TRL's ``SFTConfig`` style).
+    Defaults are SUPPRESSed so that ``resolve`` can tell a flag given from one left to the recipe."""
     for f in fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "").replace("%", "%%")
-        if f.type in ("bool", bool):
+        kind = str(f.type)
+        if kind in ("bool", "<class 'bool'>"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        elif kind.startswith("tuple"):
+            item = int if "int" in kind else str
+            parser.add_argument(flag, type=_csv(item), default=argparse.SUPPRESS, metavar="A,B,...", help=help_)
         else:
-            kind = {"int": int, "float": float, "int | None": int, "str | None": str}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+            typ = {"int": int, "float": float, "int | None": int}.get(kind, str)
+            parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+
+
+def _csv(item):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {item.__name__}") from None
+    parse.__name__ = f"list of {item.__name__}"
+    return parse
 
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python sweeps/{recipe.name}.py",
-        description=recipe.doc.strip().splitlines()[0] if recipe.doc else recipe.name,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=recipe.doc,
+        description=recipe.doc or recipe.name,
     )
     p.add_argument("--preset", default=recipe.default_preset,
                    help=f"one of: {', '.join(f'{k} ({v.description})' for k, v in recipe.presets.items())}")
     p.add_argument("--space", action="append", default=[], metavar="KNOB=SPEC",
                    help="override one searched knob: r=8,16 | learning_rate=1e-5:1e-3 | warmup_ratio=uniform:0:0.05")
-    g = p.add_argument_group("sweep (driver side)")
-    g.add_argument("--name", default=argparse.SUPPRESS, help="sweep name (folder under --storage-path); default: recipe-preset")
-    g.add_argument("--storage-path", default=argparse.SUPPRESS, help="local folder or s3:// / gs:// URI holding everything")
-    g.add_argument("--address", default=argparse.SUPPRESS, help="join a running cluster ('auto' on a `ray up` head); default: start a local Ray")
-    g.add_argument("--num-samples", type=int, default=argparse.SUPPRESS, help="trials, the seed points included")
-    g.add_argument("--max-concurrent", type=int, default=argparse.SUPPRESS, help="trials at once (also capped by the cluster)")
-    g.add_argument("--scheduler", choices=None, default=argparse.SUPPRESS, help="asha (early stopping on eval loss) or none")
-    g.add_argument("--grace-tokens", type=int, default=argparse.SUPPRESS, help="ASHA's first rung in training tokens (0 = max_tokens/8)")
-    g.add_argument("--reduction-factor", type=float, default=argparse.SUPPRESS, help="ASHA keeps 1/this of trials per rung")
-    g.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="Optuna TPE seed (the data seed is --data-seed)")
-    g.add_argument("--top-k", type=int, default=argparse.SUPPRESS, help="adapters to export")
-    g.add_argument("--workers-per-trial", type=int, default=argparse.SUPPRESS, help="Ray Train workers (GPUs) per trial")
-    g.add_argument("--gpus-per-worker", type=float, default=argparse.SUPPRESS, help="-1: 1 if the cluster has GPUs, else 0")
-    g.add_argument("--cpus-per-worker", type=float, default=argparse.SUPPRESS)
-    g.add_argument("--trial-retries", type=int, default=argparse.SUPPRESS, help="worker-group restarts per trial, from its last checkpoint")
-    g.add_argument("--autoscale", action="store_true", default=argparse.SUPPRESS,
-                   help="the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker")
-    g.add_argument("--dashboard-host", default=argparse.SUPPRESS,
-                   help="where a local Ray's dashboard listens (default 127.0.0.1: this machine only)")
-    g.add_argument("--wandb-project", default=argparse.SUPPRESS,
-                   help="log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)")
-    g.add_argument("--wandb-entity", default=argparse.SUPPRESS, help="W&B team or user (default: the key's)")
-    g.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue the sweep --name from its storage")
-    g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="check everything, audit the data, print the config, cluster fit and cost estimate; train nothing")
+    _add_dataclass_args(p.add_argument_group("sweep (driver side)"), SweepOptions)
     t = p.add_argument_group("trial (what each Ray Train worker does)")
-    _add_dataclass_args(t, TrainSettings, skip=("family", "seed"))
+    _add_dataclass_args(t, TrainSettings, skip=("seed",))
     t.add_argument("--data-seed", type=int, dest="data_seed", default=argparse.SUPPRESS, help="seed for the eval split, shuffling and LoRA init")
     return p
 
@@ -178,15 +180,16 @@ def _join(base: str, *parts: str) -> str:
 
 def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     """Parse and validate everything; raise ConfigError on the first problem. Starts nothing."""
+    from trainers.tasks import get_task, metric_mode
+
     args = vars(build_parser(recipe).parse_args(argv))
     preset_name = args.pop("preset")
     if preset_name not in recipe.presets:
         raise ConfigError(f"`--preset` is {preset_name!r}; choose one of: {', '.join(recipe.presets)}")
     preset = recipe.presets[preset_name]
-    space = recipe.search_space
-    for spec in args.pop("space"):
-        space = space.override(spec)
-    space = dataclasses.replace(space, seeds=tuple(project(space, s) for s in space.seeds)).validate()
+    check_keys(recipe.settings, TrainSettings, f"recipe {recipe.name!r} settings")
+    check_keys(preset.settings, TrainSettings, f"recipe {recipe.name!r} preset {preset_name!r} settings")
+    check_keys(preset.sweep, SweepOptions, f"recipe {recipe.name!r} preset {preset_name!r} sweep")
 
     opt_names = {f.name for f in fields(SweepOptions)}
     opts = {"name": f"{recipe.name}-{preset_name}", **preset.sweep,
@@ -196,21 +199,36 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
         options.storage_path = os.path.abspath(os.path.expanduser(options.storage_path))
     options.validate()
 
-    settings_d = {"family": recipe.family, "dataset": recipe.dataset, **recipe.settings, **preset.settings}
+    settings_d = {"dataset": recipe.dataset, **recipe.settings, **preset.settings}
     if "data_seed" in args:
         settings_d["seed"] = args.pop("data_seed")
-    settings_d.update({k: v for k, v in args.items() if k not in opt_names})
+    settings_d.update({k: v for k, v in args.items() if k not in opt_names and k != "space"})
     if preset.assets is not None and not ("model" in args and "dataset" in args):
         # Offline stand-ins (built once, cached); an explicit --model/--dataset still wins.
         made = preset.assets(assets_cache() / recipe.name)
         for key in ("model", "dataset"):
             if key not in args:
                 settings_d[key] = str(made[key])
-    if not settings_d.get("model"):
-        from trainers.registry import get_family
-
-        settings_d["model"] = get_family(recipe.family).default_model
     settings = TrainSettings.from_dict(settings_d).validate()
+    task = get_task(settings.task)
+
+    space = recipe.search_space
+    for spec in args.get("space", []):
+        space = space.override(spec)
+    if options.objective:
+        names = task.metric_names(settings)
+        if options.objective not in names:
+            raise ConfigError(f"`--objective` is {options.objective!r}; task `{task.name}` reports: {', '.join(names)}")
+        space = dataclasses.replace(space, metric=options.objective, mode=metric_mode(options.objective))
+    elif space.metric not in task.metric_names(settings):
+        raise ConfigError(f"recipe {recipe.name!r}: search space metric {space.metric!r} is not reported by task "
+                          f"`{task.name}` ({', '.join(task.metric_names(settings))}); fix the recipe or pass --objective")
+    options.objective = space.metric
+    space = dataclasses.replace(space, seeds=tuple(project(space, s) for s in space.seeds)).validate()
+    method = space.params.get("method")
+    if method is not None and "full" in getattr(method, "values", ()) and settings.quantization != "none":
+        raise ConfigError(f"search space `method` includes full, which a {settings.quantization} base cannot train; "
+                          "pass --quantization none, or --space method=lora")
     return ResolvedSweep(recipe, preset_name, settings, options, space)
 
 
@@ -221,32 +239,35 @@ def lora_trial(config: dict) -> None:
     """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run.
 
     Train workers report (metrics + checkpoint) to Train; ``TuneReportCallback`` forwards each
-    report to this trial, so ASHA sees ``tokens_seen`` and ``eval_loss`` as they come.
+    report to this trial, so ASHA sees ``tokens_seen`` and the objective as they come.
     """
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainers.registry import get_family
+    from trainers.loop import train_func
+    from trainers.tasks import metric_mode
 
-    res = config["resources"]
+    trial = TrialConfig.from_tune(config)
+    res = trial.resources
+    objective = trial.objective
     trainer = TorchTrainer(
-        get_family(config["settings"]["family"]).train_func,
+        train_func,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=res["workers"],
-            use_gpu=res["gpus"] > 0,
-            resources_per_worker={"CPU": res["cpus"], **({"GPU": res["gpus"]} if res["gpus"] > 0 else {})},
+            num_workers=res.workers,
+            use_gpu=res.gpus > 0,
+            resources_per_worker={"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})},
         ),
         run_config=RunConfig(
             name=tune.get_context().get_trial_id(),
-            storage_path=config["train_storage"],
+            storage_path=trial.train_storage,
             callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=res["retries"]),
+            failure_config=FailureConfig(max_failures=res.retries),
             # The best checkpoint is what gets exported; the latest is what a restart resumes.
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="eval_loss",
-                                               checkpoint_score_order="min"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=objective,
+                                               checkpoint_score_order=metric_mode(objective)),
         ),
     )
     trainer.fit()
@@ -280,22 +301,22 @@ def cluster_resources() -> dict:
     }
 
 
-def trial_resources(options: SweepOptions, cluster: dict) -> dict:
+def trial_resources(options: SweepOptions, cluster: dict) -> Resources:
     gpus = options.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster["gpu"] > 0 else 0.0
-    return {"workers": options.workers_per_trial, "gpus": gpus, "cpus": options.cpus_per_worker,
-            "retries": options.trial_retries}
+    return Resources(workers=options.workers_per_trial, gpus=gpus, cpus=options.cpus_per_worker,
+                     retries=options.trial_retries)
 
 
-def concurrency(options: SweepOptions, res: dict, cluster: dict) -> int:
+def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
     """Trials that fit at once, from the worker slots of every node."""
     from lorasweep.preflight import worker_slots
 
-    return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res["workers"]))
+    return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
 
 
-def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
+def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -303,12 +324,8 @@ def build_tuner(sweep: ResolvedSweep, res: dict, max_concurrent: int):
     from lorasweep.tracking import tune_callbacks
 
     o, s, space = sweep.options, sweep.settings, sweep.space
-    param_space = {
-        **space.to_tune(),
-        "settings": s.to_dict(),
-        "resources": res,
-        "train_storage": _join(sweep.sweep_dir, "train_runs"),
-    }
+    param_space = TrialConfig(s, resources=res, train_storage=_join(sweep.sweep_dir, "train_runs"),
+                              objective=space.metric).to_tune(space.to_tune())
     searcher = OptunaSearch(metric=space.metric, mode=space.mode, points_to_evaluate=[dict(p) for p in space.seeds],
                             seed=o.seed)
     if o.scheduler == "asha":
@@ -345,7 +362,7 @@ def dry_run_report(sweep: ResolvedSweep, inputs, res: dict, cluster: dict, at_on
     lines = [json.dumps(sweep.summary(), indent=2, default=str)]
     if inputs.data:
         lines.append(data_line(inputs.data))
-    lines.append(f"per trial: {res['workers']} worker(s) x ({res['cpus']:g} CPU, {res['gpus']:g} GPU); "
+    lines.append(f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
                  f"{at_once} trial(s) at once on this cluster ({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, "
                  f"{len(cluster['nodes'])} node(s))")
     lines += estimate(sweep, inputs, res, cluster, at_once)
@@ -390,8 +407,9 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         return 0
 
     write_start(sweep, inputs)
+    baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
     print(f"[lorasweep] {sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
-          f"{res['workers']} worker(s)/trial; results in {sweep.sweep_dir}")
+          f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
     t0 = time.time()
     tuner = build_tuner(sweep, res, n)
     try:
@@ -400,7 +418,40 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
               f"[lorasweep] resume with: {resume_command(argv)}")
         return 130
-    return finish(sweep, grid, time.time() - t0, argv)
+    rc = finish(sweep, grid, time.time() - t0, argv)
+    if rc == 0 and baseline is not None:
+        run_baseline(sweep, res, baseline)
+    return rc
+
+
+def wants_baseline(sweep: ResolvedSweep) -> bool:
+    from trainers.tasks import get_task
+
+    return sweep.options.baseline and get_task(sweep.settings.task).has_test_metrics
+
+
+def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None) -> dict:
+    """Before the sweep (``base`` None): the base model at every ``--shots``. After it: the best
+    adapter (zero-shot) beside those. Both write ``baseline.json`` and print the table."""
+    from lorasweep import baseline
+    from lorasweep.results import _exists, _join, _write_text
+    from trainers.tasks import get_task
+
+    path = _join(sweep.sweep_dir, "baseline.json")
+    settings = sweep.settings.to_dict()
+    if base is None:
+        if sweep.options.resume and _exists(path):
+            return json.loads(Path(path).read_text()) if "://" not in path else {}
+        print(f"[lorasweep] scoring the base model ({', '.join(f'{k}-shot' for k in sweep.options.shots)}) "
+              "on the test split ...")
+        results = {f"base {k}": v for k, v in baseline.run_remote(settings, res, None, list(sweep.options.shots)).items()}
+    else:
+        best = _join(sweep.sweep_dir, "best_adapters", "rank_1")
+        results = {**base, "tuned": baseline.run_remote(settings, res, best, [0])["0-shot"]}
+    _write_text(path, json.dumps(results, indent=2, default=str))
+    shown = {k: {m: v for m, v in r.items() if m not in baseline.PER_EXAMPLE} for k, r in results.items()}
+    print(baseline.table(shown, get_task(sweep.settings.task).metric_names(sweep.settings)))
+    return results
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -123,36 +123,78 @@ class Inputs:
 
     model_config: object | None = None
     num_parameters: int | None = None  # counted by the dry run's estimate only (needs the config)
-    data: dict | None = None  # the family's data audit (rows kept, skipped by reason, tokens)
+    data: dict | None = None  # the task's data audit (rows kept, skipped by reason, tokens)
 
 
 def check_inputs(sweep) -> Inputs:
-    """Paths, the model's limits, the family's pairing rules and the data, before Ray starts.
+    """Paths, the model's family and limits, the pairing rules and the data, before Ray starts.
 
-    Rewrites local paths in ``sweep.settings`` to absolute ones (trials run in other folders)."""
-    from trainers.registry import get_family
+    Rewrites local paths in ``sweep.settings`` to absolute ones (trials run in other folders) and
+    sets ``settings.family`` from the checkpoint's ``model_type`` when the user did not name one."""
+    from trainers.families import get_family, resolve_family
+    from trainers.tasks import get_task
 
     s, o = sweep.settings, sweep.options
-    family = get_family(s.family)
+    task = get_task(s.task)
+    if s.family:
+        get_family(s.family)  # a typo is refused before anything is read
     s.dataset = check_dataset_path(s.dataset)
     _check_storage(o)
-    if family.check_settings is not None:  # cheap: before reading the model and the data
-        family.check_settings(s)
+    check_pairings(s)  # cheap: before reading the model and the data
     inputs = Inputs()
     inputs.model_config = read_model_config(s.model)
     if _is_local(s.model):
         s.model = str(Path(os.path.expanduser(s.model)).resolve())
-    if inputs.model_config is not None:
-        limit = max_positions(inputs.model_config)
-        if limit is not None and s.max_seq_length > limit:
-            raise ConfigError(f"`max_seq_length` is {s.max_seq_length} but `model` {s.model!r} takes at most {limit} "
-                              f"positions; pass --max-seq-length {limit} or less")
-    if family.audit_data is not None:
-        if inputs.model_config is None:  # only a Hub id out of reach gets here (a bad folder raised)
-            _warn("the data is not audited either (the tokenizer comes from the model)")
-        else:
-            inputs.data = family.audit_data(s)
+    if inputs.model_config is None:  # only a Hub id out of reach gets here (a bad folder raised)
+        _warn("the data is not audited either (the tokenizer comes from the model)")
+        return inputs
+    family = resolve_family(s, inputs.model_config)
+    task.check(s, family)
+    s.family = family.name if not family.generic else ""
+    limit = max_positions(inputs.model_config)
+    if limit is not None and s.max_seq_length > limit:
+        raise ConfigError(f"`max_seq_length` is {s.max_seq_length} but `model` {s.model!r} takes at most {limit} "
+                          f"positions; pass --max-seq-length {limit} or less")
+    inputs.data = task.audit(s)
     return inputs
+
+
+# QLoRA under ZeRO-3 needs 4-bit weights stored as the compute dtype so ZeRO can partition them
+# (bnb_4bit_quant_storage) and a Trainer that gathers only the adapter on save: PEFT's
+# "QLoRA + DeepSpeed ZeRO-3" guide names these releases as the first that do.
+ZERO3_4BIT_MINIMUM = {"bitsandbytes": "0.43.0", "transformers": "4.39.0", "peft": "0.10.0", "accelerate": "0.28.0",
+                      "deepspeed": "0.13.0"}
+
+
+def zero3_4bit_unsupported(installed: dict[str, str]) -> list[str]:
+    """The packages (``name version < minimum``) too old for 4-bit + ZeRO-3; [] when all fit."""
+    from packaging.version import Version
+
+    return [f"{name} {installed[name]} < {low}" for name, low in ZERO3_4BIT_MINIMUM.items()
+            if name in installed and Version(installed[name]) < Version(low)]
+
+
+def check_pairings(settings) -> None:
+    """Pairs of settings that the installed libraries cannot train together (or not usefully)."""
+    if settings.zero_stage != 3 or settings.quantization == "none":
+        return
+    if settings.quantization == "8bit":
+        # It runs, but bitsandbytes' 8-bit forward keeps a whole int8 copy of every weight on
+        # every rank (Linear8bitLt's state.CB), so ZeRO-3 partitions nothing of the base.
+        raise ConfigError("`zero_stage` 3 with `quantization` 8bit saves no memory (bitsandbytes keeps the whole "
+                          "int8 base on every rank); use --quantization 4bit with ZeRO-3, or --zero-stage 2")
+    from importlib.metadata import PackageNotFoundError, version
+
+    installed = {}
+    for name in ZERO3_4BIT_MINIMUM:
+        try:
+            installed[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    too_old = zero3_4bit_unsupported(installed)
+    if too_old:
+        raise ConfigError(f"`zero_stage` 3 with `quantization` 4bit needs newer packages ({'; '.join(too_old)}); "
+                          "upgrade them or use --zero-stage 2")
 
 
 def _check_storage(o) -> None:
@@ -175,15 +217,15 @@ def _check_storage(o) -> None:
 
 def worker_slots(node: dict, res: dict) -> int:
     """How many of one trial's workers a node can hold (a worker never spans nodes)."""
-    by_cpu = int(node.get("CPU", 0) // res["cpus"])
-    return min(by_cpu, int(node.get("GPU", 0) // res["gpus"])) if res["gpus"] > 0 else by_cpu
+    by_cpu = int(node.get("CPU", 0) // res.cpus)
+    return min(by_cpu, int(node.get("GPU", 0) // res.gpus)) if res.gpus > 0 else by_cpu
 
 
 def check_cluster(options, res: dict, cluster: dict) -> None:
     """One worker must fit on one node, and one trial on the cluster. An autoscaling cluster may
     have no GPU node up yet: ``--autoscale`` trusts it to add them."""
-    need_cpu, need_gpu = res["cpus"], res["gpus"]
-    shape = f"{res['workers']} worker(s) x ({need_cpu:g} CPU, {need_gpu:g} GPU)"
+    need_cpu, need_gpu = res.cpus, res.gpus
+    shape = f"{res.workers} worker(s) x ({need_cpu:g} CPU, {need_gpu:g} GPU)"
     if options.autoscale:
         return
     slots = sum(worker_slots(n, res) for n in cluster["nodes"])
@@ -193,9 +235,9 @@ def check_cluster(options, res: dict, cluster: dict) -> None:
             f"a trial needs {shape} but no node offers {need_cpu:g} CPU + {need_gpu:g} GPU (largest: "
             f"{biggest.get('CPU', 0):g} CPU, {biggest.get('GPU', 0):g} GPU); lower --gpus-per-worker/--cpus-per-worker"
             + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
-    if slots < res["workers"]:
+    if slots < res.workers:
         raise ConfigError(
-            f"`--workers-per-trial` is {res['workers']} but the cluster has room for {slots} worker(s) of "
+            f"`--workers-per-trial` is {res.workers} but the cluster has room for {slots} worker(s) of "
             f"({need_cpu:g} CPU, {need_gpu:g} GPU); lower --workers-per-trial"
             + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
 
@@ -229,13 +271,13 @@ def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> l
     lines = [f"budget: {n} trials x {s.max_tokens:,} training tokens = {n * s.max_tokens:,} tokens at most; "
              f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if o.scheduler == "asha" else "")]
     data = inputs.data or {}
-    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res["workers"]
+    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res.workers
     if data.get("tokens_per_example"):
         unpacked = s.max_tokens / (data["tokens_per_example"] * rows_per_step)
         packed = s.max_tokens / (0.95 * s.max_seq_length * rows_per_step)  # best-fit fills rows ~95%
         lines.append(f"steps per trial: ~{math.ceil(unpacked)} unpacked, ~{math.ceil(packed)} packed "
                      f"({rows_per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
-    if res["gpus"] <= 0:
+    if res.gpus <= 0:
         lines.append("GPU-hours: none (this sweep runs on CPUs)")
         return lines
     if inputs.num_parameters is None and inputs.model_config is not None:
@@ -252,7 +294,7 @@ def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> l
     evals = per_trial / (data.get("tokens_per_example") or s.max_seq_length) / rows_per_step / s.eval_every
     trial_flops = per_trial * flops_per_token + evals * data.get("eval_tokens", 0) * 2 * n_params
     gpu_s_compute = trial_flops / (PEAK_TFLOPS[gpu] * 1e12 * MFU[s.quantization])  # on one whole GPU
-    gpus_per_trial = res["workers"] * res["gpus"]
+    gpus_per_trial = res.workers * res.gpus
     gpu_h = n * (gpu_s_compute + TRIAL_OVERHEAD_S * gpus_per_trial) / 3600
     wall_h = math.ceil(n / max(1, at_once)) * (gpu_s_compute / gpus_per_trial + TRIAL_OVERHEAD_S) / 3600
     lines.append(f"GPU-hours: ~{gpu_h:.2f} ({n_params / 1e9:.2f}B params x {flops_per_token // n_params} FLOP/token, "

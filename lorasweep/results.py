@@ -15,17 +15,26 @@ from pathlib import Path
 # What an exported adapter folder keeps from a training checkpoint: the adapter and what is
 # needed to use it (tokenizer, chat template). Optimizer/scheduler/RNG state stay behind.
 _KEEP = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
-LEADERBOARD_FIELDS = ("rank", "trial_id", "status", "best_eval_loss", "best_step", "best_tokens_seen",
-                      "final_eval_loss", "steps", "tokens_seen", "tokens_per_s", "wall_time_s", "peak_mem_gb",
-                      "checkpoint", "error")
+         "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
+         # a full fine-tune's checkpoint is the whole model
+         "config.json", "model.safetensors", "generation_config.json")
+LEADERBOARD_FIELDS = ("rank", "trial_id", "status", "best_step", "best_tokens_seen", "steps", "tokens_seen",
+                      "tokens_per_s", "wall_time_s", "peak_mem_gb", "checkpoint", "error")
+
+
+def best_key(metric: str) -> str:
+    return f"best_{metric}"
 
 
 def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: str = "min") -> list[dict]:
+def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: str = "min",
+                     reported: tuple[str, ...] = ()) -> list[dict]:
+    """One row per trial: its knobs, the objective at its best report (``best_<metric>``) and at its
+    last (``final_<metric>``), the task's other metrics at that best report, cost and status."""
+    best_col, final_col = best_key(metric), f"final_{metric}"
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -35,11 +44,11 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
         if df is not None and metric in df and df[metric].notna().any():
             best = df.loc[df[metric].idxmin() if mode == "min" else df[metric].idxmax()]
             last = df.iloc[-1]
+            row[best_col] = float(best[metric])
+            row.update({m: float(best[m]) for m in reported if m != metric and m in df and best[m] == best[m]})
             row.update(
-                best_eval_loss=float(best[metric]),
                 best_step=int(best.get("step", 0)),
                 best_tokens_seen=int(best.get("tokens_seen", 0)),
-                final_eval_loss=float(last[metric]),
                 steps=int(last.get("step", 0)),
                 tokens_seen=int(last.get("tokens_seen", 0)),
                 tokens_per_s=round(float(last.get("tokens_seen", 0)) / max(float(last.get("train_time_s", 0)) or float(last.get("time_total_s", 1)), 1e-9), 1),
@@ -48,6 +57,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
                 checkpoint=best.get("checkpoint_path"),
                 status="completed" if bool(last.get("finished", False)) else "stopped early",
             )
+            row[final_col] = float(last[metric])
         else:
             row.update(status="no report")
         if result.error is not None:
@@ -57,8 +67,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     sign = 1 if mode == "min" else -1
     # Failed trials go below every healthy one whatever they reached before failing: their
     # adapters are never exported.
-    rows.sort(key=lambda r: (r["status"] == "failed", r.get("best_eval_loss") is None,
-                             sign * (r.get("best_eval_loss") or 0)))
+    rows.sort(key=lambda r: (r["status"] == "failed", r.get(best_col) is None, sign * (r.get(best_col) or 0)))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
@@ -76,8 +85,11 @@ def _one_line(err: BaseException) -> str:
     return text.strip().splitlines()[-1][:300] if text.strip() else type(err).__name__
 
 
-def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str) -> None:
-    columns = ["rank", "trial_id", *knobs, *[c for c in LEADERBOARD_FIELDS if c not in ("rank", "trial_id")]]
+def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric: str = "eval_loss",
+                      reported: tuple[str, ...] = ()) -> None:
+    columns = ["rank", "trial_id", *knobs, best_key(metric), f"final_{metric}",
+               *[m for m in reported if m != metric],
+               *[c for c in LEADERBOARD_FIELDS if c not in ("rank", "trial_id")]]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -86,8 +98,8 @@ def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str) -> Non
     _write_text(_join(sweep_dir, "leaderboard.json"), json.dumps(rows, indent=2, default=str))
 
 
-def format_table(rows: list[dict], knobs: list[str], limit: int = 20) -> str:
-    cols = ["rank", "trial_id", *knobs, "best_eval_loss", "tokens_seen", "wall_time_s", "status"]
+def format_table(rows: list[dict], knobs: list[str], limit: int = 20, metric: str = "eval_loss") -> str:
+    cols = ["rank", "trial_id", *knobs, best_key(metric), "tokens_seen", "wall_time_s", "status"]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     table = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
@@ -95,23 +107,31 @@ def format_table(rows: list[dict], knobs: list[str], limit: int = 20) -> str:
 
 
 def model_card(row: dict, knobs: list[str], sweep, rank: int) -> str:
-    s = sweep.settings
+    from trainers.tasks import get_task
+
+    s, metric = sweep.settings, sweep.space.metric
+    auto = get_task(s.task).auto_class().__name__
+    full = row.get("method", s.method) == "full"
     hp = "\n".join(f"| `{k}` | {row.get(k)} |" for k in knobs)
     fixed = "\n".join(f"| `{k}` | {v} |" for k, v in s.to_dict().items() if k not in ("model", "dataset"))
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in row.items()
+                        if isinstance(v, float) and k not in knobs and k not in ("tokens_per_s", "wall_time_s", "peak_mem_gb"))
+    use = (f"model = {auto}.from_pretrained(\"<this folder>\")" if full else
+           f"model = PeftModel.from_pretrained({auto}.from_pretrained(\"{s.model}\"), \"<this folder>\")")
     return f"""---
 base_model: {s.model}
-library_name: peft
-tags: [lora, {'qlora, ' if s.quantization == '4bit' else ''}lorasweep, {sweep.recipe.name}]
+library_name: {'transformers' if full else 'peft'}
+tags: [{'full-finetune' if full else 'lora'}, {'qlora, ' if s.quantization == '4bit' and not full else ''}lorasweep, {sweep.recipe.name}, {s.task}]
 ---
-# {sweep.options.name}: rank {rank} adapter
+# {sweep.options.name}: rank {rank} {'model' if full else 'adapter'}
 
-LoRA adapter for `{s.model}`, trained on `{s.dataset}` and chosen by the lorasweep sweep
-`{sweep.options.name}` (recipe `{sweep.recipe.name}`, preset `{sweep.preset}`), ranked {rank} of the
-sweep's trials by held-out `eval_loss` (token-weighted cross-entropy on assistant tokens).
+{'Fine-tuned' if full else 'LoRA adapter for'} `{s.model}`, trained on `{s.dataset}` (task `{s.task}`) and chosen by
+the lorasweep sweep `{sweep.options.name}` (recipe `{sweep.recipe.name}`, preset `{sweep.preset}`), ranked
+{rank} of the sweep's trials by `{metric}` on the held-out eval split.
 
-| metric | value |
+| metric (at the best report) | value |
 |---|---|
-| best eval loss | {row.get('best_eval_loss'):.4f} |
+{metrics}
 | at step / tokens seen | {row.get('best_step')} / {row.get('best_tokens_seen')} |
 | trial | {row.get('trial_id')} |
 
@@ -128,9 +148,8 @@ sweep's trials by held-out `eval_loss` (token-weighted cross-entropy on assistan
 ## Use
 ```python
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-base = AutoModelForCausalLM.from_pretrained("{s.model}")
-model = PeftModel.from_pretrained(base, "<this folder>")
+from transformers import {auto}, AutoTokenizer
+{use}
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```
 """
@@ -159,12 +178,14 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
                 for name in os.listdir(local):
                     if name in _KEEP:
                         shutil.copy2(os.path.join(local, name), out / name)
-            if not (out / "adapter_model.safetensors").exists():
+            if not (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists():
                 raise RuntimeError(f"checkpoint {row['checkpoint']} has no adapter_model.safetensors")
             (out / "README.md").write_text(model_card(row, knobs, sweep, i), encoding="utf-8")
             meta = {"rank": i, "sweep": sweep.options.name, "recipe": sweep.recipe.name, "base_model": sweep.settings.model,
                     "dataset": sweep.settings.dataset, "hyperparameters": {k: row.get(k) for k in knobs},
-                    "metrics": {k: row.get(k) for k in ("best_eval_loss", "best_step", "best_tokens_seen")},
+                    "objective": sweep.space.metric,
+                    "metrics": {k: v for k, v in row.items() if k not in knobs and isinstance(v, (int, float))
+                                and k not in ("rank",)},
                     "settings": sweep.settings.to_dict(), "trial_id": row["trial_id"]}
             (out / "lorasweep.json").write_text(json.dumps(meta, indent=2, default=str))
         _publish(staging, dest)
@@ -236,12 +257,15 @@ def resume_command(argv: list[str]) -> str:
 
 def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
     from lorasweep.tracking import log_summary
+    from trainers.tasks import get_task
 
     knobs = list(sweep.space.params)
-    rows = leaderboard_rows(grid, knobs, sweep.space.metric, sweep.space.mode)
-    write_leaderboard(rows, knobs, sweep.sweep_dir)
+    metric, mode = sweep.space.metric, sweep.space.mode
+    reported = get_task(sweep.settings.task).metric_names(sweep.settings)
+    rows = leaderboard_rows(grid, knobs, metric, mode, reported)
+    write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
     print()
-    print(format_table(rows, knobs))
+    print(format_table(rows, knobs, metric=metric))
     print()
     done = grid.num_terminated + grid.num_errors
     if done < sweep.options.num_samples:
@@ -253,15 +277,17 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
         return 130
     exported = export_best(rows, knobs, sweep, sweep.options.top_k)
     o = sweep.options
-    log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, knobs, exported, sweep.summary(), o.wandb_entity)
-    ok = [r for r in rows if r.get("best_eval_loss") is not None]
+    log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, knobs, exported, sweep.summary(), o.wandb_entity,
+                metric=metric)
+    best_col = best_key(metric)
+    ok = [r for r in rows if r.get(best_col) is not None]
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"[lorasweep] {len(rows)} trials in {elapsed_s:.0f}s ({len(failed)} failed); "
           f"leaderboard: {_join(sweep.sweep_dir, 'leaderboard.csv')}")
     if not exported:
         print("[lorasweep] no trial produced a checkpoint; nothing exported")
         return 1
-    if len(ok) > 1 and not math.isnan(ok[0]["best_eval_loss"]):
-        print(f"[lorasweep] best eval_loss {ok[0]['best_eval_loss']:.4f}, worst {ok[-1]['best_eval_loss']:.4f}")
+    if len(ok) > 1 and not math.isnan(ok[0][best_col]):
+        print(f"[lorasweep] best {metric} {ok[0][best_col]:.4f}, worst {ok[-1][best_col]:.4f}")
     print(f"[lorasweep] best adapter: {exported[0]}")
     return 0

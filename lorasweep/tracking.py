@@ -35,7 +35,7 @@ from ray.air.util.node import _force_on_current_node
 
 # Trial config keys kept out of each trial's W&B config: the nested driver plumbing
 # (TrainSettings, worker resources, storage path), identical across trials.
-_NOT_TRIAL_CONFIG = ["settings", "resources", "train_storage"]
+_NOT_TRIAL_CONFIG = ["trial"]  # TrialConfig.to_tune puts all of it under this one key
 
 
 def tune_callbacks(project: str | None, sweep_name: str, sweep_dir: str, entity: str | None = None) -> list:
@@ -61,7 +61,7 @@ def tune_callbacks(project: str | None, sweep_name: str, sweep_dir: str, entity:
 
 
 def log_summary(project: str | None, sweep_name: str, sweep_dir: str, rows: list[dict], knobs: list[str],
-                exported: list[str], config: dict, entity: str | None = None) -> str | None:
+                exported: list[str], config: dict, entity: str | None = None, metric: str = "eval_loss") -> str | None:
     """After the sweep: one summary W&B run (job_type 'sweep-summary', same group) with the
     leaderboard as a wandb.Table, the best eval loss in run.summary, the exported adapter paths and
     the sweep config as the run config. Returns the run's local directory (what ``wandb sync``
@@ -80,9 +80,9 @@ def log_summary(project: str | None, sweep_name: str, sweep_dir: str, rows: list
                     dir=_wandb_root(sweep_dir, sweep_name)) as run:
         run.log({"leaderboard": table})
         ranked = sorted(rows, key=lambda r: r.get("rank", len(rows) + 1))
-        if ranked and ranked[0].get("best_eval_loss") is not None:
+        if ranked and ranked[0].get(f"best_{metric}") is not None:
             best = ranked[0]
-            run.summary["best_eval_loss"] = best["best_eval_loss"]
+            run.summary[f"best_{metric}"] = best[f"best_{metric}"]
             run.summary["best_trial_id"] = best.get("trial_id")
             run.summary["best_knobs"] = {k: _cell(best.get(k)) for k in knobs}
         run.summary["exported_adapters"] = list(exported)

@@ -44,21 +44,29 @@ class LogUniform:
 
 Dist = Choice | Uniform | LogUniform
 
-# What each knob may take at all: (kind, low, high, low inclusive). Checked on every space,
-# so a typo in a recipe is caught like a typo on the command line.
-_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
-    "r": (int, 1, 4096, True),
-    "lora_alpha": (int, 1, 1 << 16, True),
-    "use_rslora": (bool, 0, 1, True),
-    "packing": (bool, 0, 1, True),
-    "warmup_ratio": (float, 0.0, 1.0, True),  # [0, 1): 1.0 would warm up for the whole run
-    "learning_rate": (float, 0.0, 1.0, False),  # (0, 1]
-}
+@dataclass(frozen=True)
+class Bound:
+    """What one knob may take at all, checked on every space, seed and ``--space`` override, so a
+    typo in a recipe is caught like a typo on the command line. ``kind`` is int, float, bool or
+    str (then ``choices`` lists the allowed values)."""
+
+    kind: type
+    low: float = 0.0
+    high: float = 0.0
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    choices: tuple = ()
+
+    def allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}{']' if self.high_inclusive else ')'}"
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     params: dict[str, Dist]
+    bounds: dict[str, Bound]  # every knob this space may search (a superset of ``params``)
     metric: str = "eval_loss"
     mode: str = "min"
     # Known-good points evaluated before the searcher proposes anything (Optuna enqueues them).
@@ -68,14 +76,14 @@ class SearchSpace:
         if self.mode not in ("min", "max"):
             raise ConfigError(f"search space `mode` is {self.mode!r}; choose min or max")
         for name, dist in self.params.items():
-            _check_dist(name, dist)
+            _check_dist(name, dist, self.bounds)
         for i, seed in enumerate(self.seeds):
             missing = set(self.params) - set(seed)
             if missing:
                 raise ConfigError(f"seed point {i} lacks {sorted(missing)}; give every searched knob a value")
             for name, value in seed.items():
                 if name in self.params:
-                    _check_value(name, value, where=f"seed point {i}")
+                    _check_value(name, value, f"seed point {i}", self.bounds[name])
         return self
 
     def override(self, spec: str) -> "SearchSpace":
@@ -86,9 +94,9 @@ class SearchSpace:
             raise ConfigError(f"`--space {shown}` must look like name=a,b,c or name=low:high")
         name, _, value = spec.partition("=")
         name = name.strip()
-        if name not in _BOUNDS:
-            raise ConfigError(f"`--space {shown}`: unknown knob {name!r}; searchable: {', '.join(_BOUNDS)}")
-        kind = _BOUNDS[name][0]
+        if name not in self.bounds:
+            raise ConfigError(f"`--space {shown}`: unknown knob {name!r}; searchable: {', '.join(self.bounds)}")
+        kind = self.bounds[name].kind
         try:
             if ":" in value:
                 parts = value.split(":")
@@ -105,7 +113,7 @@ class SearchSpace:
                 dist = Choice(tuple(_parse(kind, v) for v in value.split(",") if v.strip() != ""))
         except (KeyError, ValueError, IndexError):
             raise ConfigError(f"`--space {shown}` is not name=a,b,c, name=low:high or name=log:low:high") from None
-        _check_dist(name, dist)
+        _check_dist(name, dist, self.bounds)
         return replace(self, params={**self.params, name: dist})
 
     def to_tune(self) -> dict:
@@ -127,6 +135,8 @@ class SearchSpace:
 
 def _parse(kind: type, text: str):
     text = text.strip()
+    if kind is str:
+        return text
     if kind is bool:
         lowered = text.lower()
         if lowered in ("true", "1", "yes", "on"):
@@ -137,40 +147,44 @@ def _parse(kind: type, text: str):
     return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
 
 
-def _check_value(name: str, value, where: str) -> None:
-    kind, low, high, low_inclusive = _BOUNDS[name]
-    if kind is bool:
+def _check_value(name: str, value, where: str, bound: Bound) -> None:
+    if bound.kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: `{name}` is {value!r}; it must be true or false")
+        return
+    if bound.kind is str:
+        if value not in bound.choices:
+            raise ConfigError(f"{where}: `{name}` is {value!r}; allowed: {bound.allowed()}")
         return
     # isfinite() only on floats: it overflows on an int past float range (--space r=1111...1)
     not_finite = isinstance(value, float) and not math.isfinite(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not_finite:
         raise ConfigError(f"{where}: `{name}` is {value!r}; it must be a number")
-    if kind is int and isinstance(value, float) and not value.is_integer():
+    if bound.kind is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{where}: `{name}` is {value!r}; it must be a whole number")
-    too_low = value < low if low_inclusive else value <= low
-    if too_low or value > high or (name == "warmup_ratio" and value >= 1):
-        allowed = f"{'[' if low_inclusive else '('}{low:g}, {high:g}{')' if name == 'warmup_ratio' else ']'}"
-        raise ConfigError(f"{where}: `{name}` is {value!r}; allowed range is {allowed}")
+    too_low = value < bound.low if bound.low_inclusive else value <= bound.low
+    too_high = value > bound.high if bound.high_inclusive else value >= bound.high
+    if too_low or too_high:
+        raise ConfigError(f"{where}: `{name}` is {value!r}; allowed range is {bound.allowed()}")
 
 
-def _check_dist(name: str, dist) -> None:
+def _check_dist(name: str, dist, bounds: dict[str, Bound]) -> None:
     where = f"search space `{name}`"
-    if name not in _BOUNDS:  # repr: a name with control characters must not break the line
-        raise ConfigError(f"search space: unknown knob {name!r}; searchable: {', '.join(_BOUNDS)}")
+    if name not in bounds:  # repr: a name with control characters must not break the line
+        raise ConfigError(f"search space: unknown knob {name!r}; searchable: {', '.join(bounds)}")
+    bound = bounds[name]
     if isinstance(dist, Choice):
         if not dist.values:
             raise ConfigError(f"{where} has no choices; give at least one value")
         for v in dist.values:
-            _check_value(name, v, where)
+            _check_value(name, v, where, bound)
         return
     if not isinstance(dist, (Uniform, LogUniform)):
         raise ConfigError(f"{where} is {dist!r}; use Choice, Uniform or LogUniform")
-    if _BOUNDS[name][0] is not float:
+    if bound.kind is not float:
         raise ConfigError(f"{where}: `{name}` takes a list of values (e.g. {name}=8,16), not a range")
-    _check_value(name, dist.low, where)
-    _check_value(name, dist.high, where)
+    _check_value(name, dist.low, where, bound)
+    _check_value(name, dist.high, where, bound)
     if dist.low > dist.high:
         raise ConfigError(f"{where} has low {dist.low:g} > high {dist.high:g}; swap them")
     if isinstance(dist, LogUniform) and dist.low <= 0:

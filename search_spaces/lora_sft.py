@@ -1,6 +1,18 @@
 """The six knobs of a (Q)LoRA SFT sweep, and the two points the FineTome project already knew."""
 
-from search_spaces import Choice, LogUniform, SearchSpace, Uniform
+from search_spaces import Bound, Choice, LogUniform, SearchSpace, Uniform
+
+# What the LoRA knobs may take at all (peft.LoraConfig / TrainingArguments semantics).
+LORA_BOUNDS = {
+    "r": Bound(int, 1, 4096),
+    "lora_alpha": Bound(int, 1, 1 << 16),
+    "use_rslora": Bound(bool),
+    "packing": Bound(bool),
+    "warmup_ratio": Bound(float, 0.0, 1.0, high_inclusive=False),  # 1.0 would warm up for the whole run
+    "learning_rate": Bound(float, 0.0, 1.0, low_inclusive=False),
+    "lora_dropout": Bound(float, 0.0, 1.0, high_inclusive=False),
+    "weight_decay": Bound(float, 0.0, 1.0),
+}
 
 LORA_SFT = SearchSpace(
     params={
@@ -11,6 +23,7 @@ LORA_SFT = SearchSpace(
         "warmup_ratio": Uniform(0.0, 0.1),  # share of the trial's optimizer steps
         "learning_rate": LogUniform(1e-5, 2e-3),
     },
+    bounds=LORA_BOUNDS,
     metric="eval_loss",
     mode="min",
     seeds=(

@@ -9,8 +9,9 @@
     # on a `ray up cluster.yaml` cluster: 2 GPUs per trial with DeepSpeed ZeRO-2, results on S3
     python sweeps/llama_finetome.py --address auto --autoscale --workers-per-trial 2 --storage-path s3://bucket/sweeps
 
-    # any Llama checkpoint or ShareGPT/messages dataset, narrower space, no early stopping
-    python sweeps/llama_finetome.py --model meta-llama/Llama-3.1-8B-Instruct --dataset data/chats.jsonl \\
+    # any chat model (the family comes from its config: Llama, Mistral, Gemma, Qwen2, Phi-3, SmolLM)
+    # and any ShareGPT/messages dataset, a narrower space, no early stopping
+    python sweeps/llama_finetome.py --model Qwen/Qwen2.5-1.5B-Instruct --dataset data/chats.jsonl \\
         --space r=16,32 --space learning_rate=5e-5:5e-4 --scheduler none
 
 Choices of the recipe: loss only on assistant turns (rendered with the model's own chat template),
@@ -20,34 +21,28 @@ other), budget and ASHA rungs in training tokens so packed and unpacked trials c
 
 from pathlib import Path
 
-from search_spaces.lora_sft import LORA_SFT
 from lorasweep.engine import Preset, Recipe, main
+from search_spaces.lora_sft import LORA_SFT
 
 
 def smoke_assets(cache: Path) -> dict:
     """A FineTome-format sample (1,200 generated conversations) and a tiny Llama (0.13M params,
     tokenizer trained on that sample, briefly pretrained on its text): built once, then cached."""
-    from lorasweep.samples import conversation_texts, finetome_rows, write_jsonl
-    from trainers.llama import tiny_config
-    from trainers.tiny import write_tiny_causal_lm
+    from lorasweep.samples import conversation_texts, finetome_rows, offline_assets
 
     rows = finetome_rows(1200, seed=0)
-    data = cache / "finetome_sample.jsonl"
-    if not data.exists():
-        write_jsonl(rows, data)
-    model = write_tiny_causal_lm(cache / "tiny-llama", conversation_texts(rows), tiny_config)
-    return {"model": model, "dataset": data}
+    return offline_assets(cache, "llama", rows, conversation_texts(rows), "finetome_sample.jsonl")
 
 
 RECIPE = Recipe(
     name="llama_finetome",
-    family="llama",
     dataset="mlabonne/FineTome-100k",
     search_space=LORA_SFT,
     doc=__doc__,
     settings={
         # 1B params in 4-bit: ~1 GB of weights; 2 x 2048-token rows x 4 accumulation = 16k tokens
         # per optimizer step per GPU, so a 2M-token trial is ~120 steps on one GPU.
+        "task": "chat_sft",
         "model": "unsloth/Llama-3.2-1B-Instruct",
         "quantization": "4bit",
         "max_seq_length": 2048,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainers.chat import (IGNORE_INDEX, Collator, SkipRow, pack_examples, split_rows, to_messages,
+from trainers.chat import (IGNORE_INDEX, Collator, SkipRow, pack_examples, to_messages,
                            tokenize_chat, tokenize_rows)
 
 
@@ -79,12 +79,13 @@ def test_packed_documents_do_not_see_each_other(tiny_assets, tiny_tokenizer):
     """Through the model exactly as a trial builds it (PEFT-wrapped, train mode): a token's logits
     do not change when its neighbour in the packed row changes, and equal the logits of the
     document run alone."""
-    from trainers.causal_lm import build_model
     from trainers.config import TrainSettings
+    from trainers.families import get_family
+    from trainers.model import build_model
+    from trainers.tasks import get_task
 
-    settings = TrainSettings(model=str(tiny_assets["model"]), dataset="unused", quantization="none")
-    knobs = {"r": 8, "lora_alpha": 16, "use_rslora": False}
-    model = build_model(knobs, settings, "fp32")
+    settings = TrainSettings(model=str(tiny_assets["model"]), dataset="unused", quantization="none", r=8, lora_alpha=16)
+    model = build_model(settings, get_family("llama"), get_task("chat_sft"), "fp32")
     model.train()  # train mode is where a KV cache used to slip in and merge packed documents
     convs = lambda q: [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]  # noqa: E731
     a = tokenize_chat(tiny_tokenizer, convs("What is 12 plus 30?"), 256)
@@ -118,11 +119,29 @@ def test_collator_counts_only_real_tokens(tiny_tokenizer):
 
 
 def test_split_is_deterministic_and_disjoint():
+    from trainers.config import TrainSettings
+    from trainers.data import split_rows
+
     rows = list(range(1000))
-    t1, e1 = split_rows(rows, 0.1, 50, seed=7)
-    t2, e2 = split_rows(rows, 0.1, 50, seed=7)
-    assert e1 == e2 and len(e1) == 50 and not set(e1) & set(t1) and len(t1) + len(e1) == 1000
-    assert split_rows(rows, 0.1, 50, seed=8)[1] != e1
+    s = TrainSettings(eval_fraction=0.1, eval_rows=50, seed=7)
+    a, b = split_rows(rows, s), split_rows(rows, s)
+    assert a == b and len(a.eval) == 50 and not set(a.eval) & set(a.train) and len(a.train) + len(a.eval) == 1000
+    assert split_rows(rows, TrainSettings(eval_fraction=0.1, eval_rows=50, seed=8)).eval != a.eval
+    # a test split comes first and stays apart from both; max_train_rows caps what is left to train on
+    t = split_rows(rows, TrainSettings(eval_fraction=0.1, eval_rows=50, test_fraction=0.2, test_rows=150,
+                                       max_train_rows=300, seed=7))
+    assert (len(t.test), len(t.eval), len(t.train)) == (150, 50, 300)
+    assert not (set(t.test) & set(t.eval)) and not (set(t.test) | set(t.eval)) & set(t.train)
+
+
+def test_balance_takes_as_many_rows_of_every_class():
+    from trainers.config import TrainSettings
+    from trainers.data import split_rows
+
+    rows = [{"label": int(i % 4 == 0)} for i in range(400)]  # 100 positive, 300 negative
+    t = split_rows(rows, TrainSettings(eval_fraction=0.1, balance=True), stratify=lambda r: r["label"])
+    kept = t.train + t.eval
+    assert len(kept) == 200 and sum(r["label"] for r in kept) == 100
 
 
 def test_a_row_the_chat_template_refuses_is_skipped_and_counted(tiny_tokenizer):

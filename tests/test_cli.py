@@ -18,13 +18,13 @@ def run_cli(*args, env=None):
                           text=True, timeout=300, env=env)
 
 
-def run_main(capsys, *args):
+def run_main(capsys, *args, recipe=RECIPE):
     """The CLI in-process (same code path as the script; seconds instead of a fresh interpreter)."""
     import ray
 
     from lorasweep.engine import main
 
-    rc = main(RECIPE, list(args))
+    rc = main(recipe, list(args))
     out = capsys.readouterr()
     assert not ray.is_initialized(), "a bad input must be refused before Ray starts"
     return rc, out.out, out.err
@@ -78,6 +78,11 @@ BAD_INPUTS = [
     (["--model", "./no-such-model"], "`model` folder './no-such-model' has no config.json"),
     (["--storage-path", "/etc/passwd/runs"], "`--storage-path` '/etc/passwd/runs' is not writable"),
     (["--resume"], "`--resume`: no sweep named 'llama_finetome-smoke'"),
+    (["--objective", "accuracy"], "`--objective` is 'accuracy'; task `chat_sft` reports: eval_loss"),
+    (["--task", "nosuch"], "`task` is 'nosuch'; known tasks: chat_sft, classification, instruct_classification"),
+    (["--method", "full"], "`method` full trains every weight, which a 4bit base cannot hold"),
+    (["--shots", "0,-1"], "`--shots` is 0,-1"),
+    (["--family", "gpt5"], "`family` is 'gpt5'; known families:"),
 ]
 
 
@@ -121,7 +126,7 @@ def test_resolve_layers_recipe_preset_and_flags():
                              "--storage-path", "/tmp/x"])
     assert sweep.settings.max_tokens == 1234  # flag beats preset
     assert sweep.settings.max_seq_length == 256  # preset beats recipe
-    assert sweep.settings.family == "llama" and sweep.settings.quantization == "4bit"  # recipe
+    assert sweep.settings.task == "chat_sft" and sweep.settings.quantization == "4bit"  # recipe
     assert sweep.options.num_samples == 6 and sweep.options.name == "llama_finetome-smoke"
     assert sweep.space.params["r"].values == (8, 16)
     assert [s["r"] for s in sweep.space.seeds] == [16, 8]
@@ -154,18 +159,50 @@ def test_help_lists_presets_and_knobs():
 
 
 def test_unknown_family_is_a_config_error():
-    from trainers.registry import get_family
+    from trainers.families import get_family
 
-    with pytest.raises(ConfigError, match="known families: llama"):
+    with pytest.raises(ConfigError, match="known families: bert, distilbert, gemma"):
         get_family("gpt5")
 
 
 def test_zero3_with_4bit_is_checked_against_the_installed_versions():
-    from trainers.causal_lm import check_settings, zero3_4bit_unsupported
+    from lorasweep.preflight import check_pairings, zero3_4bit_unsupported
     from trainers.config import TrainSettings
 
     # what is installed here trains 4-bit + ZeRO-3 (tests/test_deepspeed.py covers ZeRO-2; the
     # ZeRO-3 pairs were run the same way: adapters complete and reloading to their eval loss)
-    check_settings(TrainSettings(model="m", dataset="d", quantization="4bit", zero_stage=3))
+    check_pairings(TrainSettings(model="m", dataset="d", quantization="4bit", zero_stage=3))
     assert zero3_4bit_unsupported({"bitsandbytes": "0.42.0", "peft": "0.21.0", "transformers": "5.23.0"}) == [
         "bitsandbytes 0.42.0 < 0.43.0"]
+
+
+@pytest.mark.parametrize("where,change,needle", [
+    ("settings", {"max_token": 5}, "recipe 'llama_finetome' settings: unknown key 'max_token'; did you mean `max_tokens`?"),
+    ("preset_sweep", {"num_sample": 5}, "preset 'smoke' sweep: unknown key 'num_sample'; did you mean `num_samples`?"),
+    ("preset_settings", {"lora_rank": 5}, "preset 'smoke' settings: unknown key 'lora_rank'"),
+])
+def test_a_typo_in_a_recipe_is_one_line_not_a_silent_drop(where, change, needle, tmp_path, capsys):
+    import dataclasses
+
+    smoke = RECIPE.presets["smoke"]
+    if where == "settings":
+        recipe = dataclasses.replace(RECIPE, settings={**RECIPE.settings, **change})
+    else:
+        key = where.split("_")[1]
+        preset = dataclasses.replace(smoke, **{key: {**getattr(smoke, key), **change}})
+        recipe = dataclasses.replace(RECIPE, presets={**RECIPE.presets, "smoke": preset})
+    rc, out, err = run_main(capsys, "--preset", "smoke", "--storage-path", str(tmp_path / "runs"), recipe=recipe)
+    assert rc == 2 and err.strip().splitlines() == [f"error: {needle}"] if "did you" in needle else needle in err, err
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_refused_before_ray(tmp_path, capsys):
+    """An encoder on the chat recipe: one line naming the family, its kind and the task."""
+    from lorasweep.engine import assets_cache
+    from sweeps.distilbert_imdb import smoke_assets
+
+    encoder = smoke_assets(assets_cache() / "distilbert_imdb")["model"]
+    rc, out, err = run_main(capsys, "--preset", "smoke", "--model", str(encoder), "--storage-path", str(tmp_path / "r"))
+    assert rc == 2, err
+    assert err.strip().splitlines() == [
+        f"error: `model` {str(encoder)!r} is an encoder (distilbert); task `chat_sft` trains decoder models; "
+        "pass --model with a checkpoint of that kind"], err

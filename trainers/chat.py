@@ -10,14 +10,12 @@ Two row schemas are understood, both as real datasets ship them:
 from __future__ import annotations
 
 import os
-import random
-from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 from jinja2.exceptions import TemplateError
 
 from lorasweep.errors import ConfigError
+from trainers.data import SkipRow, Tokenized
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 
@@ -32,14 +30,6 @@ ROLE_ALIASES = {
     "bard": "assistant",
     "system": "system",
 }
-
-
-class SkipRow(Exception):
-    """A row that cannot be used; ``reason`` is the key under which it is counted."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def to_messages(row: dict) -> list[dict]:
@@ -116,19 +106,8 @@ def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
     return {"input_ids": ids, "labels": labels, "truncated": truncated}
 
 
-@dataclass
-class TokenizedSplit:
-    examples: list[dict]
-    skipped: Counter = field(default_factory=Counter)
-    truncated: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(e["input_ids"]) for e in self.examples)
-
-
-def tokenize_rows(tokenizer, rows, max_len: int) -> TokenizedSplit:
-    out = TokenizedSplit(examples=[])
+def tokenize_rows(tokenizer, rows, max_len: int, to_messages=to_messages) -> Tokenized:
+    out = Tokenized(examples=[])
     for row in rows:
         try:
             ex = tokenize_chat(tokenizer, to_messages(row), max_len)
@@ -221,15 +200,3 @@ class Collator:
             out["attention_mask"] = mask
         out["num_tokens"] = torch.tensor(sum(lengths))
         return out
-
-
-def split_rows(rows: list, eval_fraction: float, eval_rows_max: int, seed: int) -> tuple[list, list]:
-    """Deterministic held-out split: the same seed gives the same eval rows on every worker,
-    every trial and in the reload test."""
-    idx = list(range(len(rows)))
-    random.Random(seed).shuffle(idx)
-    n_eval = min(eval_rows_max, max(1, int(len(rows) * eval_fraction)))
-    eval_idx = set(idx[:n_eval])
-    train = [rows[i] for i in range(len(rows)) if i not in eval_idx]
-    held = [rows[i] for i in sorted(eval_idx)]
-    return train, held

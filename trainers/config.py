@@ -1,34 +1,54 @@
-"""What one trial's workers receive: the sweep's fixed settings plus the searched knobs.
+"""What one trial's workers receive, defined once: ``TrainSettings`` (the sweep's fixed settings,
+every field a flag) and ``TrialConfig`` (those settings, the searched knobs, the worker resources
+and where checkpoints go).
 
-A Ray Train ``train_func(config)`` reads only from ``config`` (no module globals, no closures over
-driver state): ``config["settings"]`` is ``asdict(TrainSettings)``, and the searched knobs sit at
-the top level under their library names (``r``, ``lora_alpha``, ``use_rslora``, ``packing``,
-``warmup_ratio``, ``learning_rate``).
+Searched knobs are ``TrainSettings`` fields under their library names (``r``, ``lora_alpha``,
+``use_rslora`` from ``peft.LoraConfig``; ``packing`` from TRL; ``warmup_ratio``, ``learning_rate``
+from ``transformers.TrainingArguments``): a knob's sampled value replaces the field for that trial,
+so any field can be searched and an unsearched one keeps the recipe's value.
+
+A Ray Train ``train_func(config)`` reads only from ``config``: Tune hands the trial a flat dict
+(searched knobs at the top level, where Optuna samples them, plus one ``"trial"`` entry with the
+rest), and ``TrialConfig.from_tune`` turns it back into this typed object.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
 from lorasweep.errors import ConfigError
 
 Quantization = Literal["4bit", "8bit", "none"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Method = Literal["lora", "full"]
 
 
 @dataclass
 class TrainSettings:
     # --- what to train
-    family: str = field(default="llama", metadata={"help": "model family module in trainers/ (llama, ...)"})
+    task: str = field(default="chat_sft", metadata={"help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification)"})
+    family: str = field(default="", metadata={"help": "model family in trainers/families/; empty = found from the checkpoint's config.model_type"})
     model: str = field(default="", metadata={"help": "Hub id or local folder of the base model"})
     dataset: str = field(default="", metadata={"help": "Hub id, or a local .jsonl/.json/.parquet file"})
     dataset_split: str = field(default="train", metadata={"help": "split to read from a Hub dataset"})
-    max_train_rows: int | None = field(default=None, metadata={"help": "use at most this many rows (before the eval split)"})
-    eval_fraction: float = field(default=0.02, metadata={"help": "share of rows held out for eval (fixed seed)"})
-    eval_rows: int = field(default=256, metadata={"help": "cap on held-out rows, so eval stays cheap on 100k-row sets"})
+    max_train_rows: int | None = field(default=None, metadata={"help": "use at most this many training rows (after the eval/test split)"})
+    eval_fraction: float = field(default=0.02, metadata={"help": "share of rows held out for eval during the sweep (fixed seed)"})
+    eval_rows: int = field(default=256, metadata={"help": "cap on held-out eval rows, so eval stays cheap on 100k-row sets"})
+    test_fraction: float = field(default=0.0, metadata={"help": "share of rows held out as the test split, scored once for the base model and once for the best adapter (0 = none)"})
+    test_rows: int = field(default=2500, metadata={"help": "cap on test rows"})
+    balance: bool = field(default=False, metadata={"help": "classification: take the same number of rows from every label before splitting"})
     max_seq_length: int = field(default=2048, metadata={"help": "tokens per example / per packed row"})
+    # --- the task's columns and labels (classification tasks)
+    text_column: str = field(default="text", metadata={"help": "classification: the column with the input text"})
+    label_column: str = field(default="label", metadata={"help": "classification: the column with the label (its id, or its name)"})
+    labels: tuple[str, ...] = field(default=(), metadata={"help": "classification: label names in id order, e.g. negative,positive"})
+    prompt: str = field(default="{text}", metadata={"help": "instruct_classification: the user turn, with {text} where the input goes"})
+    gen_eval_rows: int = field(default=32, metadata={"help": "instruct_classification: eval rows also answered by free (greedy) generation, to count valid labels"})
     # --- how to train
+    method: Method = field(default="lora", metadata={"help": "lora (adapters on a frozen base) or full (every weight; no quantization)"})
     quantization: Quantization = field(default="4bit", metadata={"help": "4bit = QLoRA (NF4, double quant); 8bit; none"})
     precision: Precision = field(default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU"})
     per_device_batch_size: int = field(default=2, metadata={"help": "micro-batch per worker (rows; a packed row holds several examples)"})
@@ -37,22 +57,34 @@ class TrainSettings:
     zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage; 0 = plain DDP, no DeepSpeed"})
     offload: bool = field(default=False, metadata={"help": "ZeRO offload of optimizer state (and params at stage 3) to CPU"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoraConfig.lora_dropout"})
-    target_modules: str = field(default="all-linear", metadata={"help": "LoraConfig.target_modules; all-linear = every projection"})
+    target_modules: str = field(default="", metadata={"help": "LoraConfig.target_modules (comma-separated); empty = the family's choice, all-linear for most"})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    # --- searched by default (a search space's value replaces these per trial)
+    r: int = field(default=16, metadata={"help": "LoraConfig.r"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoraConfig.lora_alpha (update scale alpha/r)"})
+    use_rslora: bool = field(default=False, metadata={"help": "LoraConfig.use_rslora: scale alpha/sqrt(r)"})
+    packing: bool = field(default=False, metadata={"help": "pack several examples per row (documents kept apart)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the trial's optimizer steps spent warming up"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     # --- budget and reporting
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
     eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
+    callbacks: tuple[str, ...] = field(default=(), metadata={"help": "extra transformers TrainerCallbacks, as module:factory; factory(trial) returns a callback or None"})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        check_keys(d, cls, "settings")
+        out = cls(**d)
+        for f in fields(cls):  # tuples come back from JSON as lists
+            if _is_tuple(f) and isinstance(getattr(out, f.name), (list, str)):
+                setattr(out, f.name, _as_tuple(getattr(out, f.name)))
+        return out
 
     def validate(self) -> "TrainSettings":
         def positive(name):
@@ -61,25 +93,98 @@ class TrainSettings:
                 raise ConfigError(f"`{name}` is {v!r}; it must be a positive number")
 
         for name in ("max_seq_length", "per_device_batch_size", "gradient_accumulation_steps",
-                     "max_tokens", "eval_every", "eval_rows"):
+                     "max_tokens", "eval_every", "eval_rows", "test_rows", "r", "lora_alpha"):
             positive(name)
         if self.max_train_rows is not None:
             positive("max_train_rows")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"`eval_fraction` is {self.eval_fraction!r}; it must be in (0, 1), e.g. 0.02")
-        if self.quantization not in ("4bit", "8bit", "none"):
-            raise ConfigError(f"`quantization` is {self.quantization!r}; choose 4bit, 8bit or none")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ConfigError(f"`precision` is {self.precision!r}; choose auto, bf16, fp16 or fp32")
+        if not 0 <= self.test_fraction < 1 or self.eval_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"`test_fraction` is {self.test_fraction!r}; it must be in [0, 1) and leave rows to "
+                              f"train on beside eval_fraction {self.eval_fraction}")
+        for name, allowed in (("quantization", Quantization), ("precision", Precision), ("method", Method)):
+            choices = typing.get_args(allowed)
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"`{name}` is {getattr(self, name)!r}; choose {', '.join(choices)}")
+        if self.method == "full" and self.quantization != "none":
+            raise ConfigError(f"`method` full trains every weight, which a {self.quantization} base cannot hold; "
+                              "pass --quantization none (or search method only with quantization none)")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"`zero_stage` is {self.zero_stage!r}; choose 0 (DDP), 1, 2 or 3")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"`warmup_ratio` is {self.warmup_ratio!r}; it must be in [0, 1)")
+        if not 0 < self.learning_rate <= 1:
+            raise ConfigError(f"`learning_rate` is {self.learning_rate!r}; it must be in (0, 1]")
+        if "{text}" not in self.prompt:
+            raise ConfigError(f"`prompt` is {self.prompt!r}; it must contain {{text}} where the input goes")
         if not self.model:
             raise ConfigError("`model` is empty; pass --model with a Hub id or a local folder")
         if not self.dataset:
             raise ConfigError("`dataset` is empty; pass --dataset with a Hub id or a local .jsonl/.parquet file")
         return self
+
+
+def _is_tuple(f) -> bool:
+    return str(f.type).startswith("tuple")
+
+
+def _as_tuple(value) -> tuple:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
+def check_keys(d: dict, cls, where: str) -> None:
+    """Refuse keys that are no field of ``cls`` (a typo in a recipe must not be dropped silently)."""
+    known = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+
+
+@dataclass
+class Resources:
+    """One trial's Ray Train workers: ``workers`` x (``cpus`` CPU + ``gpus`` GPU)."""
+
+    workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+    retries: int = 0  # worker-group restarts from the last checkpoint after a worker error
+
+
+@dataclass
+class TrialConfig:
+    settings: TrainSettings
+    knobs: dict[str, Any] = field(default_factory=dict)  # this trial's sampled values, by field name
+    resources: Resources = field(default_factory=Resources)
+    train_storage: str = ""  # where Ray Train keeps this sweep's checkpoints
+    objective: str = "eval_loss"  # the metric the sweep optimises: the best checkpoint is kept by it
+
+    def __post_init__(self):
+        check_keys(self.knobs, TrainSettings, "searched knobs")
+
+    @property
+    def effective(self) -> TrainSettings:
+        """The settings this trial trains with: the fixed ones, with the searched knobs applied."""
+        return replace(self.settings, **self.knobs)
+
+    def to_tune(self, space: dict) -> dict:
+        """Tune's ``param_space``: searched knobs (Tune domains) at the top level, the rest under
+        ``"trial"`` as plain data (printable, picklable, JSON in Tune's params.json)."""
+        return {**space, "trial": {"settings": self.settings.to_dict(), "resources": asdict(self.resources),
+                                   "train_storage": self.train_storage, "objective": self.objective}}
+
+    @classmethod
+    def from_tune(cls, config: dict) -> "TrialConfig":
+        fixed = config["trial"]
+        return cls(settings=TrainSettings.from_dict(fixed["settings"]),
+                   knobs={k: v for k, v in config.items() if k != "trial"},
+                   resources=Resources(**fixed["resources"]), train_storage=fixed["train_storage"],
+                   objective=fixed.get("objective", "eval_loss"))
 
 
 def deepspeed_config(zero_stage: int, offload: bool) -> dict | None:

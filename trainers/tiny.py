@@ -1,8 +1,8 @@
-"""Tiny offline stand-ins for Hub checkpoints: a real architecture built from its config, random
-weights, and a byte-level BPE tokenizer trained on the project's own sample text.
+"""Tiny offline stand-ins for Hub checkpoints: a family's real architecture built from its config,
+random weights, briefly pretrained, and a tokenizer trained on the project's own sample text.
 
 The smoke presets write one of these to a local folder and then point ``--model`` at it, so the
-trial code path is exactly the real one (``AutoTokenizer/AutoModel.from_pretrained(path)``).
+trial code path is exactly the real one (``AutoTokenizer/AutoModel*.from_pretrained(path)``).
 """
 
 from __future__ import annotations
@@ -13,65 +13,69 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Llama-3's special tokens and chat format (without the date header of the 3.1+ template), so the
-# tiny model exercises the same role headers and <|eot_id|> end-of-turn as the real one.
-LLAMA3_SPECIALS = {
-    "bos_token": "<|begin_of_text|>",
-    "eos_token": "<|eot_id|>",
-    "pad_token": "<|finetune_right_pad_id|>",
-    "extra": ["<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"],
-}
-LLAMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+from trainers.families import Family, TinyTokenizer
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, specials: dict, chat_template: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
+    """A byte-level BPE (decoders, RoBERTa, T5 stand-in) or lower-cased WordPiece (BERT, DistilBERT)
+    tokenizer with the family's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    special_tokens = [specials["bos_token"], specials["eos_token"], specials["pad_token"], *specials["extra"]]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any Unicode input stays encodable
-        show_progress=False,
-    )
+    sp = dict(spec.specials)
+    extra = sp.pop("extra", [])
+    special_tokens = list(dict.fromkeys([*sp.values(), *extra]))
+    if spec.kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=sp["unk_token"]))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False)
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # any Unicode stays encodable
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=specials["bos_token"],
-        eos_token=specials["eos_token"],
-        pad_token=specials["pad_token"],
-        additional_special_tokens=specials["extra"],
-    )
-    fast.chat_template = chat_template
+    if "cls_token" in sp:  # encoders: [CLS] text [SEP], as their real tokenizers add
+        cls, sep = sp["cls_token"], sp["sep_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra or None, **sp)
+    if fast.pad_token is None:
+        fast.pad_token = fast.eos_token
+    if spec.chat_template:
+        fast.chat_template = spec.chat_template
     return fast
 
 
-def pretrain(model, tokenizer, texts: list[str], steps: int, seq: int = 64, batch: int = 16, lr: float = 3e-3):
-    """A few hundred full-parameter steps of plain language modelling on the sample's text, so the
-    base knows the words (like a real base model) and LoRA has to learn the chat format and the
-    answers (like a real SFT). ~10 s on 2 CPU cores."""
+def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int = 64, batch: int = 16,
+             lr: float = 3e-3):
+    """A few hundred full-parameter steps on the sample's text (causal LM, or masked LM for encoders),
+    so the base knows the words like a real base model and the fine-tune has to learn the task.
+    ~10 s on 2 CPU cores."""
     import torch
 
+    sep = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     ids = []
     for t in texts:
-        ids += [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]
+        ids += [sep] + tokenizer(t, add_special_tokens=False)["input_ids"]
     data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(steps):
         x = data[torch.randint(len(data), (batch,), generator=gen)]
-        loss = model(input_ids=x, labels=x).loss
+        if kind == "encoder":  # BERT's recipe: 15% of positions predicted, their inputs masked
+            labels = x.clone()
+            chosen = torch.rand(x.shape, generator=gen) < 0.15
+            labels[~chosen] = -100
+            x = x.masked_fill(chosen, tokenizer.mask_token_id)
+            loss = model(input_ids=x, labels=labels).loss
+        else:
+            loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -79,13 +83,12 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seq: int = 64, batc
     return float(loss)
 
 
-def write_tiny_causal_lm(out_dir: str | Path, texts: list[str], make_config, seed: int = 0,
-                         vocab_size: int = 512, pretrain_steps: int = 300) -> Path:
-    """Build (once) a tiny causal LM folder. ``make_config(tokenizer)`` returns the architecture's
-    config. Written to a temp sibling and renamed, so a crash never leaves a folder that looks
-    complete; an existing folder is reused as is."""
+def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed: int = 0, vocab_size: int = 512,
+                     pretrain_steps: int = 300) -> Path:
+    """Build (once) a tiny checkpoint folder of ``family``'s architecture. Written to a temp sibling
+    and renamed, so a crash never leaves a folder that looks complete; an existing one is reused."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "lorasweep_tiny.json").exists():
@@ -93,17 +96,22 @@ def write_tiny_causal_lm(out_dir: str | Path, texts: list[str], make_config, see
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     try:
-        tokenizer = train_tokenizer(texts, vocab_size, LLAMA3_SPECIALS, LLAMA3_CHAT_TEMPLATE)
-        config = make_config(tokenizer)
+        tokenizer = train_tokenizer(texts, vocab_size, family.tiny_tokenizer)
+        config = family.tiny_config(tokenizer)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-        lm_loss = pretrain(model, tokenizer, texts, pretrain_steps) if pretrain_steps else None
+        # An encoder ships as its masked-LM checkpoint (like distilbert-base-uncased); the task's
+        # Auto class adds its own head when the trial loads it.
+        auto = {"decoder": AutoModelForCausalLM, "encoder": AutoModelForMaskedLM,
+                "encoder-decoder": AutoModelForSeq2SeqLM}[family.kind]
+        model = auto.from_config(config)
+        lm_loss = None
+        if pretrain_steps and family.kind != "encoder-decoder":
+            lm_loss = pretrain(model, tokenizer, texts, pretrain_steps, family.kind)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "lorasweep_tiny.json").write_text(json.dumps(
-            {"architecture": type(model).__name__, "parameters": model.num_parameters(), "seed": seed,
-             "pretrain_steps": pretrain_steps, "pretrain_loss": lm_loss}
-        ))
+            {"family": family.name, "architecture": type(model).__name__, "parameters": model.num_parameters(),
+             "seed": seed, "pretrain_steps": pretrain_steps, "pretrain_loss": lm_loss}))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

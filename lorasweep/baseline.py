@@ -1,0 +1,55 @@
+"""Baseline against tuned, as the projects report it: the base model scored on the test split before
+the sweep (instruction models zero-shot and k-shot, encoders with their untrained head), the best
+adapter scored on the same rows after it. ``baseline.json`` holds every metric; the console gets
+the table.
+
+Scoring runs as a Ray task with one trial worker's resources, so on a cluster it lands on a GPU
+node like the trials do, not on the head.
+"""
+
+from __future__ import annotations
+
+import tempfile
+PER_EXAMPLE = ("predictions", "references")  # kept in baseline.json for per-example plots, not printed
+
+
+def score(settings_dict: dict, adapter: str | None = None, shots: int = 0) -> dict:
+    """Metrics of the base model (``adapter`` None) or of an exported adapter/model folder (a local
+    path or a storage URI) on the test split (the eval split when the recipe has no test split)."""
+    from trainers.config import TrainSettings
+    from trainers.loop import load_trained
+
+    s = TrainSettings.from_dict(settings_dict)
+    with tempfile.TemporaryDirectory() as tmp:
+        if adapter is not None:
+            from ray.train import Checkpoint
+
+            adapter = Checkpoint(adapter).to_directory(tmp)  # a copy for local folders; downloads URIs
+        task, tokenizer, model = load_trained(s, adapter)
+        split, _ = task.read(s)
+        rows, which = (split.test, "test") if split.test else (split.eval, "eval")
+        out = task.score(model, tokenizer, s, rows, split.train, shots)
+    return {"split": which, "shots": shots, **out}
+
+
+def run_remote(settings_dict: dict, resources, adapter: str | None, shots: list[int]) -> dict[str, dict]:
+    """``score`` for each number of shots, as Ray tasks sized like one trial worker."""
+    import ray
+
+    remote = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus or 0)(score)
+    refs = {f"{k}-shot": remote.remote(settings_dict, adapter, k) for k in shots}
+    return {name: ray.get(ref) for name, ref in refs.items()}
+
+
+def table(results: dict[str, dict], metric_names: tuple[str, ...]) -> str:
+    """``metric  base 0-shot  base 3-shot  tuned`` with one row per metric."""
+    cols = list(results)
+    lines = [["metric", *cols]]
+    for m in metric_names:
+        if any(m in r for r in results.values()):
+            lines.append([m, *(f"{results[c][m]:.4f}" if isinstance(results[c].get(m), float) else "" for c in cols)])
+    n = next(iter(results.values()), {}).get("n")
+    which = next(iter(results.values()), {}).get("split", "test")
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    body = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+    return f"baseline vs tuned on the {which} split ({n} rows):\n{body}"

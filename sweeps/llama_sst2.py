@@ -1,0 +1,67 @@
+"""Llama-3.2-1B x SST-2: sentence sentiment, as an instruction task (the label as the answer) or
+with a classification head on the decoder (``--task classification``).
+
+    # 6 trials of a tiny Llama on a generated SST-2-format sample; CPU, no Hub, minutes
+    python sweeps/llama_sst2.py --preset smoke
+    python sweeps/llama_sst2.py --preset smoke --task classification   # a `score` head instead
+
+    # the real sweep: stanfordnlp/sst2, 80/20 train/test, QLoRA
+    python sweeps/llama_sst2.py
+
+Choices of the recipe: Llama-3.2-1B is a base model; its tokenizer's chat template frames the
+sentence as a user turn (a plain "prompt / answer" template is used for tokenizers without one).
+As a head classifier the decoder reads the last token of each sentence (``LlamaForSequenceClassification``).
+"""
+
+from pathlib import Path
+
+from lorasweep.engine import Preset, Recipe, main
+from search_spaces.classification import INSTRUCT_CLASSIFICATION
+
+PROMPT = "Is the sentiment of this sentence positive or negative?\n\nSentence: {text}"
+
+
+def smoke_assets(cache: Path) -> dict:
+    """1,000 generated SST-2-format sentences and a tiny Llama: built once, then cached."""
+    from lorasweep.samples import offline_assets, sentiment_texts, sst2_rows
+
+    rows = sst2_rows(1000, seed=0)
+    texts = sentiment_texts(rows, "sentence") + [PROMPT.format(text="")] * 50
+    return offline_assets(cache, "llama", rows, texts, "sst2_sample.jsonl")
+
+
+RECIPE = Recipe(
+    name="llama_sst2",
+    dataset="stanfordnlp/sst2",
+    search_space=INSTRUCT_CLASSIFICATION,
+    doc=__doc__,
+    settings={
+        "task": "instruct_classification",
+        "model": "meta-llama/Llama-3.2-1B",
+        "text_column": "sentence", "label_column": "label", "labels": ("negative", "positive"), "prompt": PROMPT,
+        # 80/20 of SST-2's 67k labelled train sentences (test capped at 5k to keep scoring short).
+        "test_fraction": 0.2, "test_rows": 5000, "eval_fraction": 0.01, "eval_rows": 256,
+        "quantization": "4bit", "max_seq_length": 256,
+        # 8 x 4 rows x ~60 tokens = ~2k tokens a step; 1M tokens ~ 500 steps, a quarter epoch.
+        "per_device_batch_size": 8, "gradient_accumulation_steps": 4, "max_tokens": 1_000_000, "eval_every": 25,
+        "zero_stage": 0,
+    },
+    presets={
+        "real": Preset("Llama-3.2-1B on SST-2 (QLoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8}),
+        "smoke": Preset(
+            "tiny Llama on a generated SST-2-format sample, 6 trials, CPU, minutes",
+            settings={
+                # 700 train chats x ~45 tokens = 32k tokens an epoch; 8 per step -> ~90 steps unpacked.
+                "eval_fraction": 0.1, "eval_rows": 100, "test_rows": 200, "max_seq_length": 128,
+                "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 30_000,
+                "eval_every": 10, "gradient_checkpointing": False, "gen_eval_rows": 16,
+            },
+            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 8_000, "reduction_factor": 2,
+                   "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            assets=smoke_assets,
+        ),
+    },
+)
+
+if __name__ == "__main__":
+    raise SystemExit(main(RECIPE))

@@ -1,0 +1,74 @@
+"""Mistral-7B-Instruct x IMDB: sentiment as an instruction task, QLoRA, the label as the answer.
+
+    # 6 trials of a tiny Mistral on a generated IMDB-format sample; CPU, no Hub, minutes
+    python sweeps/mistral_imdb.py --preset smoke
+
+    # the real sweep: 900 train / 100 eval / 2,500 test reviews, balanced; base scored 0/1/3-shot
+    python sweeps/mistral_imdb.py --shots 0,1,3
+
+    # any instruction model (Llama, Gemma, Qwen2, Phi-3, SmolLM2: the family comes from its config)
+    python sweeps/mistral_imdb.py --model Qwen/Qwen2.5-1.5B-Instruct
+
+Choices of the recipe: the review goes into a fixed instruction; the answer is `positive` or
+`negative` and only it (and its end-of-turn) is trained on. Predictions score both labels by
+their likelihood as the answer, so a tuned and an untuned model are compared on the same footing;
+how often free generation gives a valid label is reported too (`valid_label_rate`).
+"""
+
+from pathlib import Path
+
+from lorasweep.engine import Preset, Recipe, main
+from search_spaces.classification import INSTRUCT_CLASSIFICATION
+
+PROMPT = ("Classify the sentiment of this movie review. Answer with one word, positive or negative.\n\n"
+          "Review: {text}")
+
+
+def smoke_assets(cache: Path) -> dict:
+    """800 generated IMDB-format reviews and a tiny Mistral ([INST] chat template, tokenizer trained
+    on the reviews and the prompt): built once, then cached."""
+    from lorasweep.samples import imdb_rows, offline_assets, sentiment_texts
+
+    rows = imdb_rows(800, seed=1)
+    texts = sentiment_texts(rows, "text") + [PROMPT.format(text="")] * 50
+    return offline_assets(cache, "mistral", rows, texts, "imdb_sample.jsonl")
+
+
+RECIPE = Recipe(
+    name="mistral_imdb",
+    dataset="stanfordnlp/imdb",
+    search_space=INSTRUCT_CLASSIFICATION,
+    doc=__doc__,
+    settings={
+        "task": "instruct_classification",
+        "model": "mistralai/Mistral-7B-Instruct-v0.2",
+        "text_column": "text", "label_column": "label", "labels": ("negative", "positive"), "prompt": PROMPT,
+        # From IMDB's 25k train reviews, balanced: 2,500 test (test_fraction caps at test_rows),
+        # 100 eval, 900 train.
+        "balance": True, "test_fraction": 0.5, "test_rows": 2500, "eval_fraction": 0.01, "eval_rows": 100,
+        "max_train_rows": 900,
+        "quantization": "4bit", "max_seq_length": 1024,
+        # 900 reviews x ~330 tokens = 300k tokens an epoch; 2 epochs. 4 x 4 rows per step -> ~110 steps.
+        "per_device_batch_size": 4, "gradient_accumulation_steps": 4, "max_tokens": 600_000, "eval_every": 10,
+        "zero_stage": 0,
+    },
+    presets={
+        "real": Preset("Mistral-7B-Instruct-v0.2 on IMDB (QLoRA), 12 trials, GPUs",
+                       sweep={"num_samples": 12, "max_concurrent": 4, "shots": (0, 1, 3)}),
+        "smoke": Preset(
+            "tiny Mistral on a generated IMDB-format sample, 6 trials, CPU, minutes",
+            settings={
+                # 500 train chats x ~75 tokens = 38k tokens an epoch; 8 per step -> ~65 steps unpacked.
+                "test_fraction": 0.2, "test_rows": 160, "eval_fraction": 0.1, "eval_rows": 80, "max_train_rows": None,
+                "max_seq_length": 256, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
+                "max_tokens": 40_000, "eval_every": 10, "gradient_checkpointing": False, "gen_eval_rows": 16,
+            },
+            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 10_000, "reduction_factor": 2,
+                   "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            assets=smoke_assets,
+        ),
+    },
+)
+
+if __name__ == "__main__":
+    raise SystemExit(main(RECIPE))

@@ -1,0 +1,103 @@
+"""Reading rows and splitting them, the same way on the driver (audit, baseline) and in every worker.
+
+A dataset is a Hub id or a local .jsonl/.json/.parquet file, read with ``datasets``; the task checks
+its columns. The split is fixed by the seed: the same eval and test rows on every worker, every
+trial, the baseline and the reload check.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorasweep.errors import ConfigError
+
+SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def hf_token() -> str | None:
+    # Secrets come from the environment only; they are never put in a config that gets written.
+    return os.environ.get("HF_TOKEN") or None
+
+
+def first_line(exc: BaseException) -> str:
+    """The innermost cause's first line: what actually went wrong, not the wrapper's summary."""
+    while exc.__cause__ is not None:  # `raise ... from`: the wrapped error (not what its handler hit)
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def load_dataset_rows(settings):
+    """The rows as a ``datasets.Dataset`` (columns checked by the caller)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # one bar per file read: noise in every worker's log
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file is our one-line ConfigError
+    src = settings.dataset
+    if os.path.exists(src):
+        kind = SUFFIXES.get(Path(src).suffix.lower())
+        if kind is None:
+            raise ConfigError(f"`dataset` {src!r} is not .jsonl, .json or .parquet")
+        try:
+            return datasets.load_dataset(kind, data_files=src, split="train")
+        except Exception as e:  # datasets wraps a bad line in its own error types, several deep
+            raise ConfigError(f"`dataset` {src!r} could not be read as {Path(src).suffix} ({first_line(e)}); "
+                              "expected one JSON object per line (.jsonl), a JSON array (.json) or parquet") from None
+    return datasets.load_dataset(src, split=settings.dataset_split, token=hf_token())
+
+
+@dataclass
+class Split:
+    """Raw rows, split. ``test`` is empty unless the settings ask for a test split."""
+
+    train: list
+    eval: list
+    test: list = field(default_factory=list)
+
+
+def split_rows(rows: list, settings, stratify=None) -> Split:
+    """Deterministic three-way split by ``settings.seed``: test first, then eval, the rest trains
+    (capped at ``max_train_rows``). With ``stratify`` (row -> class), ``balance`` takes the same
+    number of rows from every class first."""
+    rng = random.Random(settings.seed)
+    idx = list(range(len(rows)))
+    rng.shuffle(idx)
+    if stratify is not None and settings.balance:
+        by_class: dict = {}
+        for i in idx:
+            by_class.setdefault(stratify(rows[i]), []).append(i)
+        n = min(len(v) for v in by_class.values())
+        keep = {i for v in by_class.values() for i in v[:n]}
+        idx = [i for i in idx if i in keep]
+    n_test = min(settings.test_rows, int(len(idx) * settings.test_fraction)) if settings.test_fraction else 0
+    n_eval = min(settings.eval_rows, max(1, int(len(idx) * settings.eval_fraction)))
+    test, held, train = idx[:n_test], idx[n_test:n_test + n_eval], idx[n_test + n_eval:]
+    if settings.max_train_rows:
+        train = train[: settings.max_train_rows]
+    pick = lambda ids: [rows[i] for i in sorted(ids)]  # noqa: E731  file order inside each split
+    return Split(pick(train), pick(held), pick(test))
+
+
+@dataclass
+class Tokenized:
+    """One split after the task's formatting: model-ready examples, and what was skipped (by reason)."""
+
+    examples: list[dict]
+    skipped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.examples)
+
+
+class SkipRow(Exception):
+    """A row that cannot be used; ``reason`` is the key under which it is counted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,19 @@
+"""DistilBERT: its linear layers are q_lin/k_lin/v_lin/out_lin/lin1/lin2, and the classification head
+is pre_classifier + classifier (PEFT's SEQ_CLS default saves only `classifier`)."""
+
+from trainers.families import Family, TinyTokenizer, register
+
+WORDPIECE = TinyTokenizer(kind="wordpiece", specials={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                                                      "sep_token": "[SEP]", "mask_token": "[MASK]"})
+
+
+def tiny_config(tokenizer):
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig(vocab_size=len(tokenizer), dim=64, hidden_dim=192, n_layers=2, n_heads=4,
+                            max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+
+
+DISTILBERT = register(Family(name="distilbert", model_types=("distilbert",), kind="encoder", tiny_config=tiny_config,
+                             tiny_tokenizer=WORDPIECE, target_modules=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+                             head_modules=("pre_classifier", "classifier"), default_model="distilbert-base-uncased"))

@@ -1,0 +1,302 @@
+"""One trial, inside each of its Ray Train workers: ``train_func(config)``.
+
+    setup:  TrialConfig -> task + family -> tokenizer -> data (split, formatted, packed)
+            -> base model (4-bit NF4 / 8-bit / full) + LoRA -> transformers.Trainer (DDP or ZeRO)
+    train:  every ``eval_every`` steps (and at the end of the budget): the task's metrics on the
+            eval split, a checkpoint, ``ray.train.report``
+
+The budget is training tokens seen (non-padding), not steps: a packed trial takes far fewer steps
+for the same data, and ASHA's rungs must compare packed and unpacked trials on equal terms.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from lorasweep.errors import TrialError
+from trainers.config import TrialConfig, deepspeed_config
+from trainers.data import first_line
+from trainers.evaluation import all_reduce_sum, world
+from trainers.families import resolve_family
+from trainers.model import build_model, pick_precision
+from trainers.tasks import Prepared, get_task
+
+STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every checkpoint
+
+
+class TokenCountingTrainer(Trainer):
+    """Counts non-padding training tokens and refuses non-finite losses."""
+
+    tokens_local = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n = inputs.pop("num_tokens", None)
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            loss = out[0] if return_outputs else out
+            if not torch.isfinite(loss.detach()).all():
+                raise TrialError(f"non-finite loss at step {self.state.global_step + 1} "
+                                 f"(learning_rate {self.args.learning_rate:g}); the trial stops, the sweep goes on")
+            if n is not None:
+                self.tokens_local += int(n)
+        return out
+
+
+@dataclass
+class Setup:
+    """Everything a trial builds before its first step."""
+
+    trial: TrialConfig
+    task: object
+    family: object
+    tokenizer: object
+    data: Prepared
+    train: list[dict]  # what the Trainer iterates: examples, or packed rows
+    model: object
+    precision: str
+    device: torch.device
+    max_steps: int
+
+
+def plan_steps(train: list[dict], settings, n_workers: int) -> int:
+    """Optimizer steps that consume ``max_tokens`` on this data, e.g. 2 rows x 4 accum x 2 workers
+    x 1,500 tokens/packed row = 24,000 tokens/step -> 2M tokens = 84 steps."""
+    tokens_per_row = sum(len(e["input_ids"]) for e in train) / len(train)
+    tokens_per_step = tokens_per_row * settings.per_device_batch_size * settings.gradient_accumulation_steps * n_workers
+    return max(1, math.ceil(settings.max_tokens / tokens_per_step))
+
+
+def setup(trial: TrialConfig, device: torch.device) -> Setup:
+    s = trial.effective
+    task, family = get_task(s.task), resolve_family(s)
+    tokenizer = task.load_tokenizer(s)
+    data = task.prepare(s, tokenizer)
+    train = task.train_examples(s, data)
+    rank, n = world()
+    max_steps = plan_steps(train, s, n)
+    if rank == 0:
+        print(f"[lorasweep] {len(data.train.examples)} train examples -> {len(train)} rows (packing={s.packing}), "
+              f"{len(data.eval.examples)} eval, skipped {dict(data.train.skipped)}, {max_steps} steps planned")
+    precision = pick_precision(s, device)
+    model = build_model(s, family, task, precision, device)
+    return Setup(trial, task, family, tokenizer, data, train, model, precision, device, max_steps)
+
+
+def training_arguments(st: Setup, out_dir: str) -> TrainingArguments:
+    s = st.trial.effective
+    return TrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=s.per_device_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        learning_rate=float(s.learning_rate),
+        warmup_steps=int(round(float(s.warmup_ratio) * st.max_steps)),
+        lr_scheduler_type=s.lr_scheduler_type,
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        max_steps=st.max_steps,
+        bf16=st.precision == "bf16",
+        fp16=st.precision == "fp16",
+        use_cpu=st.device.type == "cpu",
+        gradient_checkpointing=s.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        deepspeed=deepspeed_config(s.zero_stage, s.offload),
+        optim="adamw_torch",
+        logging_strategy="no",  # the report callback decides when to log, save and report
+        save_strategy="no",
+        save_total_limit=1,
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        seed=s.seed,
+        data_seed=s.seed,
+    )
+
+
+class ReportCallback(TrainerCallback):
+    """Every ``eval_every`` steps (and at the end of the budget): eval, checkpoint, report."""
+
+    def __init__(self, trainer: TokenCountingTrainer, st: Setup, report):
+        self.trainer, self.st, self.report = trainer, st, report
+        self.settings = st.trial.effective
+        self.last_loss = float("nan")
+        self.t_last, self.tokens_last = time.time(), 0
+        self.tokens_seen = 0
+        self.train_time_s = 0.0  # carried over on resume
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t_last = time.time()
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step % self.settings.eval_every == 0 or state.global_step >= state.max_steps:
+            control.should_log = control.should_save = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+
+    def on_save(self, args, state, control, model=None, **kw):
+        now = time.time()  # before eval: tokens/s and train time count training only
+        (self.tokens_seen,) = all_reduce_sum([float(self.trainer.tokens_local)])
+        st = self.st
+        task_metrics = st.task.evaluate(model, st.tokenizer, self.settings, st.data, world())
+        self.train_time_s += now - self.t_last
+        finished = state.global_step >= state.max_steps or self.tokens_seen >= self.settings.max_tokens
+        metrics = {
+            **task_metrics,
+            "train_loss": self.last_loss,
+            "tokens_seen": int(self.tokens_seen),
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 4),
+            "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
+            "peak_mem_gb": _peak_memory_gb(st.device),
+            "train_time_s": self.train_time_s,
+            "finished": finished,
+        }
+        self.tokens_last = self.tokens_seen
+        ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if world()[0] == 0:
+            Path(ckpt_dir, STATE_FILE).write_text(json.dumps(metrics))
+        if finished:
+            control.should_training_stop = True
+        self.report(metrics, ckpt_dir)
+        self.t_last = time.time()  # eval, checkpoint upload and report are not training time
+        return control
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _ray_report(metrics: dict, ckpt_dir: str) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    # Each rank hands in what it wrote (DeepSpeed: its own shard files; DDP: only rank 0 writes)
+    # and Ray uploads them into one checkpoint directory.
+    has = os.path.isdir(ckpt_dir) and any(os.scandir(ckpt_dir))
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if has else None)
+
+
+def _in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context().get_world_rank()
+        return True
+    except Exception:
+        return False
+
+
+def user_callbacks(trial: TrialConfig) -> list[TrainerCallback]:
+    """``settings.callbacks``: ``module:factory`` names; ``factory(trial)`` returns a
+    ``TrainerCallback`` for this trial, or None to stay out of it."""
+    out = []
+    for spec in trial.settings.callbacks:
+        module, _, attr = spec.partition(":")
+        callback = getattr(importlib.import_module(module), attr)(trial)
+        if callback is not None:
+            out.append(callback)
+    return out
+
+
+def train_func(config: dict) -> list[dict]:
+    """Ray Train per-worker loop (also runs outside Ray, reporting to the returned list)."""
+    trial = TrialConfig.from_tune(config)
+    history: list[dict] = []
+    if _in_ray_train():
+        import ray.train
+
+        device = ray.train.torch.get_device()
+        report, resume = _ray_report, ray.train.get_checkpoint()
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        report, resume = (lambda m, d: history.append(m)), None
+    st = setup(trial, device)
+    out_dir = tempfile.mkdtemp(prefix="lorasweep-")
+    trainer = TokenCountingTrainer(
+        model=st.model,
+        args=training_arguments(st, out_dir),
+        train_dataset=st.train,
+        data_collator=st.task.collator(trial.effective, st.tokenizer),
+        processing_class=st.tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)  # the report callback prints what matters
+    callback = ReportCallback(trainer, st, report)
+    trainer.add_callback(callback)
+    for extra in user_callbacks(trial):
+        trainer.add_callback(extra)
+
+    resume_dir = None
+    if resume is not None:
+        resume_dir = resume.to_directory(os.path.join(out_dir, "resume"))
+        state = json.loads(Path(resume_dir, STATE_FILE).read_text())
+        trainer.tokens_local = int(state["tokens_seen"]) // world()[1]
+        callback.tokens_last = state["tokens_seen"]
+        callback.train_time_s = float(state.get("train_time_s", 0.0))
+    try:
+        trainer.train(resume_from_checkpoint=resume_dir)
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not _is_oom(e):
+            raise
+        step = trainer.state.global_step + 1
+        del trainer, st  # let the allocator have it back before the error travels up
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise TrialError(f"out of memory at step {step} on {device.type} ({first_line(e)[:120]}); lower "
+                         "per_device_batch_size or max_seq_length, or turn on gradient_checkpointing") from None
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return history
+
+
+def _is_oom(e: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a RuntimeError that says so.
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
+# ----------------------------------------------------------------------------- after training
+
+
+def load_trained(settings, folder: str | None = None, device: torch.device | None = None):
+    """``(task, tokenizer, model)`` as a trial loads them, plus the adapter in ``folder`` (a PEFT
+    folder, or a full fine-tune's model folder); the base alone when ``folder`` is None."""
+    from dataclasses import replace
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task, family = get_task(settings.task), resolve_family(settings)
+    tokenizer = task.load_tokenizer(settings)
+    full = folder is not None and not os.path.exists(os.path.join(folder, "adapter_config.json"))
+    from trainers.model import load_base_model
+
+    model = load_base_model(replace(settings, model=folder) if full else settings, family, task,
+                            pick_precision(settings, device), device)
+    if folder is not None and not full:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, folder)
+    model.config.use_cache = False
+    return task, tokenizer, model
+
+
+def evaluate_folder(settings, folder: str | None = None) -> dict:
+    """The task's eval-split metrics of the base (+ the adapter in ``folder``), as a trial reports them."""
+    task, tokenizer, model = load_trained(settings, folder)
+    return task.evaluate(model, tokenizer, settings, task.prepare(settings, tokenizer))

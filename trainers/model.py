@@ -1,0 +1,141 @@
+"""The base model (full precision, 8-bit or 4-bit NF4) and the LoRA adapters on it.
+
+QLoRA is the LoRA path with one setting (``quantization="4bit"``), not a second code path. The
+family says which modules get adapters and which head is trained in full; the task says which
+Auto class loads the checkpoint and what PEFT task type the adapters are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.data import hf_token
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pick_precision(settings, device: torch.device | None = None) -> str:
+    """From the device this worker was given (not from whether the machine has a GPU somewhere)."""
+    if settings.precision != "auto":
+        return settings.precision
+    if device is not None and device.type == "cuda":
+        # including_emulation=False: T4/V100 "support" bf16 only by emulation, far slower than fp16
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "fp32"  # CPU autocast in bf16 is slower than fp32 on most CPUs, and lossy
+
+
+def quantization_config(settings, compute_dtype: torch.dtype, keep_full: tuple[str, ...] = ()):
+    """``keep_full``: modules left unquantised (a classification head trained in full)."""
+    from transformers import BitsAndBytesConfig
+
+    skip = list(keep_full) or None  # None: Transformers' default (the output head)
+    if settings.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,  # quantises the quantisation constants: ~0.4 bit/param saved
+            bnb_4bit_compute_dtype=compute_dtype,
+            # ZeRO-3 shards parameters by dtype; 4-bit weights stored as the compute dtype can be
+            # sharded like the rest, uint8 storage cannot.
+            bnb_4bit_quant_storage=compute_dtype if settings.zero_stage == 3 else torch.uint8,
+            llm_int8_skip_modules=skip,
+        )
+    if settings.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return None
+
+
+def load_base_model(settings, family, task, precision: str, device: torch.device | None = None):
+    """``from_pretrained`` with the task's Auto class, the family's quirks and the quantisation."""
+    dtype = DTYPES[precision]
+    torch.manual_seed(settings.seed)  # a new classification head starts the same in every trial and the baseline
+    kwargs: dict = {"dtype": dtype, "token": hf_token(), **family.from_pretrained_kwargs, **task.model_kwargs(settings)}
+    qconf = quantization_config(settings, dtype, task.head_modules(family))
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        if settings.zero_stage != 3:  # ZeRO-3 places the shards itself
+            kwargs["device_map"] = {"": device.index if device is not None and device.type == "cuda" else "cpu"}
+    model = task.auto_class().from_pretrained(settings.model, **kwargs)
+    if settings.quantization != "none":
+        keep_quantized_bases_out_of_cpu_inference_paths(model)
+    if model.config.pad_token_id is None and task.needs_pad_token:
+        # Decoder checkpoints often have no pad token; a classification head finds the last real
+        # token of each row by it. The tokenizer's pad (its eos when it has none) is set the same way.
+        model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) \
+            else (model.config.eos_token_id or [0])[0]
+    return model
+
+
+def keep_quantized_bases_out_of_cpu_inference_paths(model) -> int:
+    """Switch off bitsandbytes' AVX512-BF16 CPU inference path on every ``Linear4bit``.
+
+    bitsandbytes 0.50 sets ``support_avx512bf16_for_cpu`` on CPUs with AVX512-BF16. The first
+    eval-mode, no-grad forward (every eval of a trial) then repacks the 4-bit weight in place
+    (``functional._convert_weight_packed_for_cpu``), and from then on every CPU matmul, in
+    training too, goes to ``F.gemv_4bit`` (``autograd/_functions.py``), which has no autograd
+    formula. Two failures follow from that one switch:
+      * a layer with a bias (Qwen2's q/k/v, Llama with attention_bias) fails at the next training
+        step: ``result += bias`` on a view of the kernel's output buffer, "a view of a leaf
+        Variable that requires grad is being used in an in-place operation"; layers without a
+        bias train on, but gradients through the frozen base are dropped silently;
+      * every ``state_dict()`` (each checkpoint) converts the weights back, re-quantising the
+        bf16-rounded absmax: the base drifts within a trial, and a reloaded adapter scores
+        differently from what the trial recorded.
+    Nothing is reported upstream for either (bitsandbytes PR #1804 added the path; #2078 is a
+    neighbouring bug in its inverse). The flag is read only for CPU inputs, so CUDA is untouched;
+    on such CPUs eval loses the fused bf16 kernel and dequantises to the compute dtype instead.
+    Returns how many layers had the flag on.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes import functional as bnb_f
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        changed += bool(getattr(module, "support_avx512bf16_for_cpu", False))
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):  # repacked already: undo
+            module.weight.data, module.weight.quant_state = bnb_f._convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state)
+    return changed
+
+
+def lora_config(settings, family, task):
+    from peft import LoraConfig
+
+    targets = settings.target_modules.split(",") if settings.target_modules else \
+        (list(family.target_modules) if family.target_modules else "all-linear")
+    return LoraConfig(
+        r=int(settings.r),
+        lora_alpha=int(settings.lora_alpha),
+        use_rslora=bool(settings.use_rslora),  # scale alpha/sqrt(r) instead of alpha/r
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        modules_to_save=list(task.head_modules(family)) or None,
+        task_type=task.peft_task_type,
+    )
+
+
+def build_model(settings, family, task, precision: str, device=None):
+    """The model a trial trains: the base with LoRA adapters (or, with ``method="full"``, the base)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_base_model(settings, family, task, precision, device)
+    # No KV cache in training. Besides saving memory this is what keeps packed documents apart:
+    # with a cache object present Transformers skips the position_ids-based packed-sequence mask
+    # and a packed row becomes one long causal sequence (tests/test_chat.py checks this).
+    model.config.use_cache = False
+    if settings.method == "full":
+        return model
+    if settings.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=settings.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    torch.manual_seed(settings.seed)  # same LoRA init for the same seed
+    return get_peft_model(model, lora_config(settings, family, task))

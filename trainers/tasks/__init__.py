@@ -1,0 +1,164 @@
+"""Tasks: how rows become model inputs, how a model is scored, and what a sweep optimises.
+
+Every module in this folder is one task and calls ``register(SomeTask())`` at import. A task
+subclasses ``Task`` and overrides what differs: the Auto class and PEFT task type, the columns it
+reads, the formatting, the metrics (``evaluate`` during the sweep on the eval split, ``score`` on
+the test split for the baseline and the best adapter) and the default objective.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lorasweep.errors import ConfigError
+from trainers.data import Split, Tokenized, load_dataset_rows, split_rows
+
+# Direction of every metric a task can report; anything not listed is maximised.
+MINIMISED = {"eval_loss", "perplexity"}
+
+
+def metric_mode(metric: str) -> str:
+    return "min" if metric in MINIMISED else "max"
+
+
+@dataclass
+class Prepared:
+    """What one worker (or the driver's audit) has after reading and formatting the data."""
+
+    split: Split  # raw rows: train / eval / test
+    train: Tokenized
+    eval: Tokenized
+    rows_read: int
+    cache: dict = field(default_factory=dict)  # what evaluate() builds once per trial (eval batches, prompts)
+
+
+class Task:
+    name: str = ""
+    kinds: tuple[str, ...] = ("decoder",)  # family kinds this task can train
+    peft_task_type: str = "CAUSAL_LM"
+    needs_pad_token: bool = False
+    metrics: tuple[str, ...] = ("eval_loss",)  # what every report carries
+    objective: str = "eval_loss"  # the default objective of recipes of this task
+    can_pack: bool = False
+    has_test_metrics: bool = False  # score() gives a baseline vs tuned table
+
+    def metric_names(self, settings) -> tuple[str, ...]:
+        return self.metrics
+
+    # ------------------------------------------------------------------ model
+    def auto_class(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def model_kwargs(self, settings) -> dict:
+        return {}
+
+    def head_modules(self, family) -> tuple[str, ...]:
+        """Modules trained in full and kept unquantised (a classification head)."""
+        return ()
+
+    # ------------------------------------------------------------------ checks (driver, cheap)
+    def check(self, settings, family) -> None:
+        if family.kind not in self.kinds:
+            raise ConfigError(
+                f"`model` {settings.model!r} is {'an' if family.kind[0] in 'ae' else 'a'} {family.kind} ({family.name}); task `{self.name}` trains "
+                f"{' or '.join(self.kinds)} models; pass --model with a checkpoint of that kind")
+
+    def check_columns(self, columns: list[str], source: str) -> None:
+        pass
+
+    # ------------------------------------------------------------------ data
+    def load_tokenizer(self, settings):
+        from transformers import AutoTokenizer
+
+        from trainers.data import hf_token
+
+        tok = AutoTokenizer.from_pretrained(settings.model, token=hf_token())
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+    def stratify(self, settings) -> Callable | None:
+        return None
+
+    def read(self, settings) -> tuple[Split, int]:
+        ds = load_dataset_rows(settings)
+        self.check_columns(ds.column_names, settings.dataset)
+        rows = ds.to_list()
+        return split_rows(rows, settings, self.stratify(settings)), len(rows)
+
+    def tokenize(self, settings, tokenizer, rows: list) -> Tokenized:
+        raise NotImplementedError
+
+    def prepare(self, settings, tokenizer) -> Prepared:
+        split, n = self.read(settings)
+        train, held = self.tokenize(settings, tokenizer, split.train), self.tokenize(settings, tokenizer, split.eval)
+        if not train.examples:
+            raise ConfigError(f"`dataset` {settings.dataset!r} has no usable training rows (skipped: {dict(train.skipped)})")
+        if not held.examples:
+            raise ConfigError(f"`dataset` {settings.dataset!r} has no usable eval rows; raise `eval_fraction`")
+        return Prepared(split, train, held, n)
+
+    def audit(self, settings) -> dict:
+        """Driver-side, before Ray starts: the same reading, split and formatting a trial does, to
+        count the rows kept and skipped (by reason) and size the budget."""
+        p = self.prepare(settings, self.load_tokenizer(settings))
+        skipped = p.train.skipped + p.eval.skipped
+        return {
+            "dataset": settings.dataset,
+            "rows": p.rows_read,
+            "train_examples": len(p.train.examples),
+            "eval_examples": len(p.eval.examples),
+            "test_rows": len(p.split.test),
+            "skipped": dict(sorted(skipped.items())),
+            "truncated": p.train.truncated + p.eval.truncated,
+            "tokens_per_example": round(p.train.num_tokens / len(p.train.examples), 1),
+            "train_tokens": p.train.num_tokens,
+            "eval_tokens": p.eval.num_tokens,
+        }
+
+    # ------------------------------------------------------------------ training
+    def train_examples(self, settings, prepared: Prepared) -> list[dict]:
+        return prepared.train.examples
+
+    def collator(self, settings, tokenizer):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ scoring
+    def evaluate(self, model, tokenizer, settings, prepared: Prepared, shard=(0, 1)) -> dict:
+        """Metrics on the eval split, at every report; must include every name in ``metrics``."""
+        raise NotImplementedError
+
+    def score(self, model, tokenizer, settings, rows: list, shots_from: list, shots: int) -> dict:
+        """Metrics on held-out raw ``rows`` (the test split), with ``shots`` examples from ``shots_from``
+        in the prompt where the task has prompts."""
+        raise NotImplementedError
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    _TASKS[task.name] = task
+    return task
+
+
+def _discover() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def available() -> list[str]:
+    _discover()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    _discover()
+    if name not in _TASKS:
+        raise ConfigError(f"`task` is {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
