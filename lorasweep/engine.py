@@ -356,7 +356,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
 # ----------------------------------------------------------------------------- entry point
 
 
-def dry_run_report(sweep: ResolvedSweep, inputs, res: dict, cluster: dict, at_once: int) -> str:
+def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, at_once: int) -> str:
     from lorasweep.preflight import estimate
 
     lines = [json.dumps(sweep.summary(), indent=2, default=str)]

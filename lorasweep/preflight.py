@@ -215,13 +215,13 @@ def _check_storage(o) -> None:
 # ----------------------------------------------------------------------------- the cluster
 
 
-def worker_slots(node: dict, res: dict) -> int:
+def worker_slots(node: dict, res) -> int:
     """How many of one trial's workers a node can hold (a worker never spans nodes)."""
     by_cpu = int(node.get("CPU", 0) // res.cpus)
     return min(by_cpu, int(node.get("GPU", 0) // res.gpus)) if res.gpus > 0 else by_cpu
 
 
-def check_cluster(options, res: dict, cluster: dict) -> None:
+def check_cluster(options, res, cluster: dict) -> None:
     """One worker must fit on one node, and one trial on the cluster. An autoscaling cluster may
     have no GPU node up yet: ``--autoscale`` trusts it to add them."""
     need_cpu, need_gpu = res.cpus, res.gpus
@@ -261,7 +261,7 @@ def asha_tokens(max_t: int, grace: int, rf: float) -> float:
     return total
 
 
-def estimate(sweep, inputs: Inputs, res: dict, cluster: dict, at_once: int) -> list[str]:
+def estimate(sweep, inputs: Inputs, res, cluster: dict, at_once: int) -> list[str]:
     """What the dry run prints about cost: tokens, steps, GPU-hours (a FLOP count at an assumed
     MFU, plus start-up per trial) and wall time at the cluster's concurrency."""
     s, o = sweep.settings, sweep.options

@@ -24,3 +24,63 @@ def tiny_tokenizer(tiny_assets):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_assets["model"])
+
+
+# ----------------------------------------------------------------------------- the shared smoke sweep
+
+FAKE_HF = "hf_FAKEtok3nThatMustNeverBeWritten0123456789"
+FAKE_WANDB = "wandbFAKEkey0123456789abcdef0123456789abcdef01"
+
+
+def _chat(*turns) -> dict:
+    return {"conversations": [{"from": r, "value": v} for r, v in turns], "source": "test", "score": 5.0}
+
+
+BAD_ROWS = {  # reason -> rows that must be skipped for it
+    "no assistant turn": [_chat(("human", "What is 2 plus 2?"))] * 3,
+    "empty text": [_chat(("human", "Hi"), ("gpt", "   "))] * 2,
+    "unknown role": [_chat(("narrator", "Once"), ("gpt", "upon a time."))],
+}
+EMOJI_ROWS = [_chat(("human", f"Describe the emoji {e}"), ("gpt", f"{e} is {name}."))
+              for e, name in [("🦊", "a fox"), ("👩🏽‍🚀", "an astronaut"), ("🇯🇵", "the flag of Japan")] * 4]
+GOOD_ROWS = 900
+
+
+def sweep_env(**extra) -> dict:
+    """The environment of a sweep subprocess: offline Hub, and this checkout importable by Ray's
+    workers (they load tests.faults through --callbacks)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra}
+
+
+@pytest.fixture(scope="session")
+def shared_sweep(tiny_assets, tmp_path_factory) -> dict:
+    """ONE smoke sweep of the flagship script (Optuna + ASHA on a local Ray) for every test that only
+    reads what a sweep leaves behind. It carries everything those tests look for at once:
+
+      * faults: the two seed points fail for real inside their workers (out of memory at step 2,
+        a non-finite loss at step 3; tests/faults.py through --callbacks); the other trials finish;
+      * bad rows (skipped and counted by reason) and emoji rows (trained) in the data;
+      * W&B logging on, offline, with fake HF_TOKEN and WANDB_API_KEY in the environment.
+    """
+    import json
+    import subprocess
+    import sys
+    import time
+
+    good = [json.loads(line) for line in Path(tiny_assets["dataset"]).read_text(encoding="utf-8").splitlines()]
+    rows = good[:GOOD_ROWS] + EMOJI_ROWS + [r for rows in BAD_ROWS.values() for r in rows]
+    data = tmp_path_factory.mktemp("data") / "finetome_with_bad_rows.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    storage = tmp_path_factory.mktemp("runs")
+    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--dataset", str(data),
+           "--num-samples", "5", "--max-tokens", "30000", "--grace-tokens", "8000",
+           "--callbacks", "tests.faults:seed_faults", "--wandb-project", "lorasweep-tests",
+           "--storage-path", str(storage), "--name", "shared"]
+    env = sweep_env(HF_TOKEN=FAKE_HF, WANDB_API_KEY=FAKE_WANDB, WANDB_MODE="offline")
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
+    print(f"\n[shared_sweep] {time.time() - t0:.0f}s")
+    return {"dir": storage / "shared", "storage": storage, "stdout": r.stdout, "stderr": r.stderr,
+            "ray_session": Path("/tmp/ray/session_latest").resolve(), "data": data}

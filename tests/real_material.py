@@ -189,3 +189,20 @@ def write_sentiment_chat_sample(path, n_train_rows: int, seed: int = 0, *,
             fh.write(json.dumps({"conversations": conv, "source": "vader-movie-snippets", "score": 5.0},
                                 ensure_ascii=False) + "\n")
     return path
+
+
+def write_sentiment_sample(path, n_rows: int, seed: int = 0) -> Path:
+    """``n_rows`` balanced movie-review sentences in IMDB's schema (``text``, ``label``: 0 negative,
+    1 positive), shuffled with ``seed``: what the classification recipes read."""
+    rng = random.Random(seed)
+    pos = [t for t, y in movie_snippets() if y == 1]
+    neg = [t for t, y in movie_snippets() if y == 0]
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    rows = [{"text": t, "label": 1} for t in pos[: (n_rows + 1) // 2]]
+    rows += [{"text": t, "label": 0} for t in neg[: n_rows // 2]]
+    rng.shuffle(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -157,3 +157,22 @@ def test_a_row_the_chat_template_refuses_is_skipped_and_counted(tiny_tokenizer):
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]
     split = tokenize_rows(tok, rows, 64)
     assert len(split.examples) == 1 and dict(split.skipped) == {"refused by the chat template": 1}
+
+
+def test_chatml_labels_end_at_im_end_not_the_newline_after_it():
+    """ChatML (Qwen2, SmolLM2) and Gemma put a newline after the end-of-turn token: the model never
+    generates it, so it is not a target. Fast twin of the real-template test in test_real.py."""
+    from trainers.families.gemma import GEMMA_CHAT
+    from trainers.families.qwen2 import CHATML
+    from trainers.tiny import train_tokenizer
+
+    texts = ["What is the capital of Kalorven?", "The capital is Mita.", "Are you sure?", "Yes."] * 20
+    msgs = [{"role": "user", "content": "What is the capital of Kalorven?"},
+            {"role": "assistant", "content": "The capital is Mita."},
+            {"role": "user", "content": "Are you sure?"}, {"role": "assistant", "content": "Yes."}]
+    for spec, end in ((CHATML, "<|im_end|>"), (GEMMA_CHAT, "<end_of_turn>")):
+        tok = train_tokenizer(texts, 300, spec)
+        ex = tokenize_chat(tok, msgs, 512)
+        assert tok.decode(ex["input_ids"]).count("\n") > 2  # the template does put newlines around turns
+        labelled = tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
+        assert labelled == f"The capital is Mita.{end}Yes.{end}", labelled

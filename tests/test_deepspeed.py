@@ -60,10 +60,11 @@ def _fit(settings, storage) -> tuple[list[dict], list]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainers.causal_lm import train_func
+    from trainers.config import TrialConfig
+    from trainers.loop import train_func
 
-    config = {"settings": settings.to_dict(), "r": 8, "lora_alpha": 16, "use_rslora": False, "packing": True,
-              "warmup_ratio": 0.0, "learning_rate": 1e-3}
+    knobs = {"r": 8, "lora_alpha": 16, "use_rslora": False, "packing": True, "warmup_ratio": 0.0, "learning_rate": 1e-3}
+    config = TrialConfig(settings).to_tune(knobs)
     result = TorchTrainer(
         train_func,
         train_loop_config=config,
@@ -142,37 +143,20 @@ def test_zero2_runs_on_two_ranks_and_learns(runs, quantization):
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_best_adapter_reloads_with_peft_to_its_eval_loss(runs, tiny_assets, quantization):
-    from peft import PeftModel
-    from transformers import AutoTokenizer
+    from dataclasses import replace
 
-    from trainers.causal_lm import eval_batches, evaluate_loss, load_base_model, pick_precision, prepare_data
+    from trainers.loop import evaluate_folder
 
     settings, metrics, ckpts = runs(quantization)
     best = min(range(len(metrics)), key=lambda i: metrics[i]["eval_loss"])
     with ckpts[best].as_directory() as d:
         assert os.path.getsize(os.path.join(d, "adapter_model.safetensors")) > 0
-        tokenizer = AutoTokenizer.from_pretrained(d)
-        _, held = prepare_data(settings, tokenizer)
-        batches = eval_batches(held, tokenizer.pad_token_id)
-        base = load_base_model(settings, pick_precision(settings))  # 4-bit NF4 when the run trained on it
-        base_loss = evaluate_loss(base, batches)
-        model = PeftModel.from_pretrained(base, d)
-    loss = evaluate_loss(model, batches)
+        # the trial's knobs are what the checkpoint was trained with; the family comes from the model
+        trained = replace(settings, r=8, lora_alpha=16)
+        base_loss = evaluate_folder(trained)["eval_loss"]  # 4-bit NF4 when the run trained on it
+        loss = evaluate_folder(trained, d)["eval_loss"]
     assert loss < base_loss
-    if loss != pytest.approx(metrics[best]["eval_loss"], rel=1e-4) and _bnb_packs_for_cpu_eval(base):
-        # Not DeepSpeed: on CPUs with AVX512-BF16, bitsandbytes' Linear4bit repacks its weights
-        # for a bf16 kernel the first time it runs in eval mode (absmax cast to bf16, nested
-        # quantisation undone) and only unpacks them, re-quantising absmax, when state_dict() is
-        # called. Every eval + checkpoint in the trial changes the frozen base slightly, and
-        # training steps after an eval run through bitsandbytes::gemv_4bit, which has no
-        # autograd kernel (no gradient through the base layers). Fixed by setting
-        # `support_avx512bf16_for_cpu = False` on each Linear4bit when the base is loaded.
-        pytest.xfail("bitsandbytes repacks 4-bit weights for AVX512-BF16 at eval; the trial's base drifted")
     assert loss == pytest.approx(metrics[best]["eval_loss"], rel=1e-4)
-
-
-def _bnb_packs_for_cpu_eval(model) -> bool:
-    return any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
 
 
 def test_zero2_trains_exactly_like_ddp(runs):

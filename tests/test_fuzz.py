@@ -166,7 +166,7 @@ def _plausible(space: SearchSpace) -> bool:
        st.one_of(st.sampled_from(["min", "max"]), st.text(max_size=4)))
 def test_validate_accepts_only_sane_spaces_and_refuses_in_one_line(params, seeds, mode):
     """SearchSpace(...).validate() with random distributions and seeds: valid or one-line ConfigError."""
-    space = SearchSpace(params, mode=mode, seeds=tuple(seeds))
+    space = SearchSpace(params, LORA_SFT.bounds, mode=mode, seeds=tuple(seeds))
     try:
         assert space.validate() is space
     except ConfigError as e:
@@ -203,7 +203,7 @@ def test_project_moves_valid_seeds_into_any_valid_space(data, seeds):
     """project() puts every valid seed inside the space, leaves seeds already inside unchanged,
     and the projected space validates."""
     params = {k: data.draw(_valid_dist(k), label=k) for k in KNOBS}
-    space = SearchSpace(params, seeds=tuple(seeds))
+    space = SearchSpace(params, LORA_SFT.bounds, seeds=tuple(seeds))
     projected = _engine_path(space)
     for before, after in zip(seeds, projected.seeds):
         for k, dist in params.items():
@@ -219,7 +219,7 @@ def test_a_knob_added_by_override_to_seeded_space_is_refused_or_accepted_cleanly
     """A recipe space without some knob, its seeds without it, then --space adds the knob: the engine
     path gives a valid space or a one-line ConfigError, not a KeyError."""
     added = data.draw(st.sampled_from(sorted(set(KNOBS) - kept)), label="added")
-    space = SearchSpace({k: LORA_SFT.params[k] for k in kept},
+    space = SearchSpace({k: LORA_SFT.params[k] for k in kept}, LORA_SFT.bounds,
                         seeds=tuple({k: s[k] for k in kept} for s in LORA_SFT.seeds)).validate()
     spec = f"{added}=true" if added in BOOL_KNOBS else f"{added}=1"
     if added == "warmup_ratio":

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from trainers.config import Resources
+
 from lorasweep.engine import SweepOptions, concurrency, resolve
 from sweeps.llama_finetome import RECIPE
 from lorasweep.preflight import Inputs, asha_tokens, check_cluster, count_parameters, estimate
@@ -27,8 +29,8 @@ def cluster(*nodes: dict) -> dict:
             "nodes": list(nodes), "accelerators": sorted({k for n in nodes for k in n if k.startswith("accel")})}
 
 
-def res(workers: int, gpus: float, cpus: float = 1) -> dict:
-    return {"workers": workers, "gpus": gpus, "cpus": cpus, "retries": 0}
+def res(workers: int, gpus: float, cpus: float = 1) -> Resources:
+    return Resources(workers=workers, gpus=gpus, cpus=cpus)
 
 
 # ----------------------------------------------------------------------------- the cluster's shape

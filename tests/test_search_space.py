@@ -67,9 +67,9 @@ def test_seeds_are_projected_into_a_narrowed_space():
     seeds = [project(narrowed, s) for s in narrowed.seeds]
     assert [s["r"] for s in seeds] == [32, 32]
     assert seeds[1]["learning_rate"] == 5e-4
-    SearchSpace(narrowed.params, seeds=tuple(seeds)).validate()
+    SearchSpace(narrowed.params, narrowed.bounds, seeds=tuple(seeds)).validate()
 
 
 def test_seed_missing_a_knob_is_refused():
     with pytest.raises(ConfigError, match="lacks"):
-        SearchSpace({"r": Choice((8,))}, seeds=({},)).validate()
+        SearchSpace({"r": Choice((8,))}, LORA_SFT.bounds, seeds=({},)).validate()

@@ -91,8 +91,10 @@ def test_every_trial_is_a_wandb_run_and_the_key_stays_out(ray_session, wandb_hom
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline needs no key: it must not travel at all
     sweep_dir = tmp_path / "runs" / "demo"
     seeds = {"lora_alpha": 16, "use_rslora": True, "packing": False, "warmup_ratio": 0.05, "learning_rate": 1e-3}
-    param_space = {"r": tune.grid_search([8, 16]), **seeds, "settings": {"model": "tiny", "max_tokens": 3000},
-                   "resources": {"workers": 1, "cpus": 1.0}, "train_storage": str(sweep_dir / "train_runs")}
+    from trainers.config import TrainSettings, TrialConfig
+
+    trial = TrialConfig(TrainSettings(model="tiny", max_tokens=3000), train_storage=str(sweep_dir / "train_runs"))
+    param_space = trial.to_tune({"r": tune.grid_search([8, 16]), **seeds})
     grid = tune.Tuner(
         tune.with_resources(fake_trial, {"cpu": 1}),  # 2 trials x 1 CPU: all of the cluster
         param_space=param_space,
@@ -113,7 +115,7 @@ def test_every_trial_is_a_wandb_run_and_the_key_stays_out(ray_session, wandb_hom
         r = trials[run["run_id"]]
         config = {k: v for c in [run["config"], *of_type(recs, "config")] for k, v in c["update"].items()}
         assert {k: config[k] for k in KNOBS} == {"r": r, **seeds}
-        assert not {"settings", "resources", "train_storage"} & set(config)
+        assert not {k for k in config if k == "trial" or k.startswith("trial/")}, config  # the fixed part stays out
         history = [h["item"] for h in of_type(recs, "history")]
         assert [h["eval_loss"] for h in history] == [(3.0 - i) * r / 8 for i in range(3)]
         assert [h["tokens_seen"] for h in history] == [1000, 2000, 3000]

@@ -46,7 +46,7 @@ class TrainSettings:
     label_column: str = field(default="label", metadata={"help": "classification: the column with the label (its id, or its name)"})
     labels: tuple[str, ...] = field(default=(), metadata={"help": "classification: label names in id order, e.g. negative,positive"})
     prompt: str = field(default="{text}", metadata={"help": "instruct_classification: the user turn, with {text} where the input goes"})
-    gen_eval_rows: int = field(default=32, metadata={"help": "instruct_classification: eval rows also answered by free (greedy) generation, to count valid labels"})
+    gen_eval_rows: int = field(default=32, metadata={"help": "instruct_classification: rows (of the eval split at each report, of the test split for the baseline) also answered by free greedy generation, to count valid labels"})
     # --- how to train
     method: Method = field(default="lora", metadata={"help": "lora (adapters on a frozen base) or full (every weight; no quantization)"})
     quantization: Quantization = field(default="4bit", metadata={"help": "4bit = QLoRA (NF4, double quant); 8bit; none"})

@@ -58,7 +58,7 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int
     ~10 s on 2 CPU cores."""
     import torch
 
-    sep = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    sep = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id) if t is not None)
     ids = []
     for t in texts:
         ids += [sep] + tokenizer(t, add_special_tokens=False)["input_ids"]
@@ -80,7 +80,7 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int
         opt.step()
         opt.zero_grad()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed: int = 0, vocab_size: int = 512,

@@ -29,8 +29,11 @@ def tiny_roberta(tokenizer):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
+# "bert.pooler", not "pooler": the names also go to Transformers' llm_int8_skip_modules, which
+# matches from the start of a module's name or at its end, never in the middle ("bert.pooler.dense");
+# a bare "pooler" left the pooler quantised, and PEFT's trained copy of it failed at the first step.
 BERT = register(Family(name="bert", model_types=("bert",), kind="encoder", tiny_config=tiny_bert,
-                       tiny_tokenizer=WORDPIECE, target_modules=_TARGETS, head_modules=("classifier", "pooler"),
+                       tiny_tokenizer=WORDPIECE, target_modules=_TARGETS, head_modules=("classifier", "bert.pooler"),
                        default_model="bert-base-uncased"))
 ROBERTA = register(Family(name="roberta", model_types=("roberta", "xlm-roberta"), kind="encoder",
                           tiny_config=tiny_roberta, tiny_tokenizer=ROBERTA_BPE, target_modules=_TARGETS,

@@ -116,7 +116,7 @@ class InstructClassification(LabelledTask):
     def score(self, model, tokenizer, settings, rows, shots_from, shots):
         prompts, options, truth = self.prompts_and_options(tokenizer, settings, rows, shots_from, shots)
         metrics, preds, truth = self._classify(model, tokenizer, settings, prompts, options, truth,
-                                               max(settings.gen_eval_rows, 64), (0, 1))
+                                               settings.gen_eval_rows, (0, 1))
         return {"n": len(truth), **metrics, "predictions": preds, "references": truth}
 
 

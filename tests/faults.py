@@ -1,0 +1,35 @@
+"""Test-side fault injection: real failures inside a trial's Ray Train workers, plugged in through
+the product's own extension point (``--callbacks tests.faults:seed_faults``), so the product's loop
+carries no test hook.
+
+``oom`` asks the allocator for 1 PiB; ``nan`` sets a LoRA weight to inf, so the next forward
+produces a non-finite loss. ``seed_faults`` picks the flagship's two seed points by their learning
+rates: the notebook default (1e-4) runs out of memory at step 2, the hand-tuned point (1e-3) goes
+non-finite at step 3.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainerCallback
+
+FAULTS = {1e-4: ("oom", 2), 1e-3: ("nan", 3)}
+
+
+class Fault(TrainerCallback):
+    def __init__(self, kind: str, step: int):
+        self.kind, self.step = kind, step
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        if state.global_step + 1 != self.step:
+            return
+        if self.kind == "oom":
+            torch.empty(1 << 50, dtype=torch.uint8, device=next(model.parameters()).device)
+        else:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("inf"))
+
+
+def seed_faults(trial):
+    fault = FAULTS.get(trial.knobs.get("learning_rate"))
+    return Fault(*fault) if fault else None
