@@ -27,12 +27,14 @@ class Preset:
     """Overrides of a recipe's defaults. ``settings`` are ``TrainSettings`` fields and ``sweep`` are
     ``SweepOptions`` fields (unknown keys are refused with the CLI's one-line error).
     ``assets(cache_dir) -> {"model": ..., "dataset": ...}`` builds offline stand-ins (tiny model,
-    generated sample) before Ray starts."""
+    generated sample) before Ray starts; ``space`` narrows or moves the recipe's search space."""
 
     description: str
     settings: dict = field(default_factory=dict)
     sweep: dict = field(default_factory=dict)
     assets: Callable[[Path], dict] | None = None
+    # ``--space`` overrides applied before the command line's, e.g. a tiny model's higher learning rates
+    space: tuple[str, ...] = ()
 
 
 @dataclass
@@ -213,7 +215,7 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     task = get_task(settings.task)
 
     space = recipe.search_space
-    for spec in args.get("space", []):
+    for spec in [*preset.space, *args.get("space", [])]:
         space = space.override(spec)
     if options.objective:
         names = task.metric_names(settings)

@@ -42,7 +42,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
         row = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]}
         row.update({k: config.get(k) for k in knobs})
         if df is not None and metric in df and df[metric].notna().any():
-            best = df.loc[df[metric].idxmin() if mode == "min" else df[metric].idxmax()]
+            best = _best_report(df, metric, mode)
             last = df.iloc[-1]
             row[best_col] = float(best[metric])
             row.update({m: float(best[m]) for m in reported if m != metric and m in df and best[m] == best[m]})
@@ -71,6 +71,20 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
+
+
+def _best_report(df, metric: str, mode: str):
+    """The report with the best ``metric`` whose checkpoint Ray kept. Ray Train keeps the best two by
+    the same metric, but a tie (accuracy and F1 tie often on a small eval split) may have been
+    resolved the other way round: among equals, take a report whose checkpoint still exists."""
+    scored = df[df[metric].notna()]
+    ordered = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
+    top = ordered[ordered[metric] == ordered[metric].iloc[0]]
+    if "checkpoint_path" in top:
+        for _, report in top.iloc[::-1].iterrows():  # later reports first: Ray replaced the earlier ones
+            if isinstance(report.get("checkpoint_path"), str) and _exists(report["checkpoint_path"]):
+                return report
+    return top.iloc[0]
 
 
 def _one_line(err: BaseException) -> str:

@@ -144,7 +144,8 @@ def sst2_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         label = int(rng.random() < 0.55)  # SST-2's train split is ~56% positive
-        rows.append({"idx": i, "sentence": _sentiment_sentence(rng, bool(label)).lower().rstrip("."), "label": label})
+        clauses = [_sentiment_sentence(rng, bool(label)).lower().rstrip(".") for _ in range(rng.randrange(1, 3))]
+        rows.append({"idx": i, "sentence": " , and ".join(clauses), "label": label})
     return rows
 
 

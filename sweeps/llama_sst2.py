@@ -22,11 +22,14 @@ PROMPT = "Is the sentiment of this sentence positive or negative?\n\nSentence: {
 
 
 def smoke_assets(cache: Path) -> dict:
-    """1,000 generated SST-2-format sentences and a tiny Llama: built once, then cached."""
-    from lorasweep.samples import offline_assets, sentiment_texts, sst2_rows
+    """1,000 generated SST-2-format sentences and a tiny Llama: built once, then cached. The tiny
+    base also reads generated reviews, where words of one polarity keep company, so its word
+    embeddings carry sentiment as a real base model's do (LoRA leaves embeddings frozen)."""
+    from lorasweep.samples import imdb_rows, offline_assets, sentiment_texts, sst2_rows
 
     rows = sst2_rows(1000, seed=0)
-    texts = sentiment_texts(rows, "sentence") + [PROMPT.format(text="")] * 50
+    texts = sentiment_texts(rows, "sentence") + sentiment_texts(imdb_rows(1000, seed=9), "text")
+    texts += [PROMPT.format(text="")] * 50
     return offline_assets(cache, "llama", rows, texts, "sst2_sample.jsonl")
 
 
@@ -51,13 +54,16 @@ RECIPE = Recipe(
         "smoke": Preset(
             "tiny Llama on a generated SST-2-format sample, 6 trials, CPU, minutes",
             settings={
-                # 700 train chats x ~45 tokens = 32k tokens an epoch; 8 per step -> ~90 steps unpacked.
+                # 700 train chats x ~55 tokens = 38k tokens an epoch; 8 per step -> ~270 steps for
+                # 120k tokens (~3 epochs).
                 "eval_fraction": 0.1, "eval_rows": 100, "test_rows": 200, "max_seq_length": 128,
-                "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 30_000,
-                "eval_every": 10, "gradient_checkpointing": False, "gen_eval_rows": 16,
+                "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 120_000,
+                "eval_every": 25, "gradient_checkpointing": False, "gen_eval_rows": 16,
             },
-            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 8_000, "reduction_factor": 2,
+            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 30_000, "reduction_factor": 2,
                    "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            # A tiny model learns at rates a pretrained 1B would diverge at (the known point moves up to 1e-3).
+            space=("learning_rate=1e-3:1e-2",),
             assets=smoke_assets,
         ),
     },

@@ -58,13 +58,16 @@ RECIPE = Recipe(
         "smoke": Preset(
             "tiny Mistral on a generated IMDB-format sample, 6 trials, CPU, minutes",
             settings={
-                # 500 train chats x ~75 tokens = 38k tokens an epoch; 8 per step -> ~65 steps unpacked.
+                # 560 train chats x ~75 tokens = 42k tokens an epoch; 8 per step -> ~200 steps for
+                # 120k tokens (~3 epochs: a 0.2M-parameter model needs them).
                 "test_fraction": 0.2, "test_rows": 160, "eval_fraction": 0.1, "eval_rows": 80, "max_train_rows": None,
                 "max_seq_length": 256, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-                "max_tokens": 40_000, "eval_every": 10, "gradient_checkpointing": False, "gen_eval_rows": 16,
+                "max_tokens": 120_000, "eval_every": 20, "gradient_checkpointing": False, "gen_eval_rows": 16,
             },
-            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 10_000, "reduction_factor": 2,
+            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 30_000, "reduction_factor": 2,
                    "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            # A tiny model learns at rates a pretrained 7B would diverge at (the known point moves up to 1e-3).
+            space=("learning_rate=1e-3:1e-2",),
             assets=smoke_assets,
         ),
     },

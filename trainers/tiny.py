@@ -15,6 +15,8 @@ from pathlib import Path
 
 from trainers.families import Family, TinyTokenizer
 
+VERSION = 3  # of how tiny models are built: a cached folder of another version is rebuilt
+
 
 def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
     """A byte-level BPE (decoders, RoBERTa, T5 stand-in) or lower-cased WordPiece (BERT, DistilBERT)
@@ -58,10 +60,22 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int
     ~10 s on 2 CPU cores."""
     import torch
 
-    sep = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id) if t is not None)
+    # Each text opens with bos (or the encoder's [CLS]/[SEP]) and closes with eos, so those special
+    # tokens get trained embeddings as in a real base model. With an untrained eos (a random row of
+    # a tied embedding matrix) a fine-tune cannot learn to end its answer: its logit stays tiny.
+    start = next(t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id, tokenizer.eos_token_id) if t is not None)
+    end = next(t for t in (tokenizer.eos_token_id, tokenizer.sep_token_id) if t is not None)
     ids = []
     for t in texts:
-        ids += [sep] + tokenizer(t, add_special_tokens=False)["input_ids"]
+        ids += [start, *tokenizer(t, add_special_tokens=False)["input_ids"], end]
+    if kind == "decoder" and tokenizer.chat_template:
+        # Also the texts as chat turns (one text asked, the next one as the reply: no task is taught),
+        # so the template's role headers are tokens the model has read, as an instruct model has.
+        # Without that a LoRA fine-tune can barely route information through the header tokens that
+        # sit between a prompt and its answer: their embeddings would be untrained noise.
+        for a, b in zip(texts[::2], texts[1::2]):
+            chat = [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
+            ids += tokenizer(tokenizer.apply_chat_template(chat, tokenize=False), add_special_tokens=False)["input_ids"]
     data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
@@ -91,7 +105,8 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     out = Path(out_dir)
-    if (out / "config.json").exists() and (out / "lorasweep_tiny.json").exists():
+    marker = out / "lorasweep_tiny.json"
+    if (out / "config.json").exists() and marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
@@ -110,7 +125,7 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "lorasweep_tiny.json").write_text(json.dumps(
-            {"family": family.name, "architecture": type(model).__name__, "parameters": model.num_parameters(),
+            {"version": VERSION, "family": family.name, "architecture": type(model).__name__, "parameters": model.num_parameters(),
              "seed": seed, "pretrain_steps": pretrain_steps, "pretrain_loss": lm_loss}))
         if out.exists():
             shutil.rmtree(out)
