@@ -18,7 +18,8 @@ def tiny_bert(tokenizer):
     from transformers import BertConfig
 
     return BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=192, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+                      intermediate_size=192, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def tiny_roberta(tokenizer):
@@ -26,7 +27,8 @@ def tiny_roberta(tokenizer):
 
     return RobertaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=192, max_position_embeddings=514, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 # "bert.pooler", not "pooler": the names also go to Transformers' llm_int8_skip_modules, which
