@@ -10,13 +10,12 @@ and one warning line.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from lorasweep.errors import ConfigError
+from trainers.registry import Registry
 
 Kind = Literal["decoder", "encoder", "encoder-decoder"]
 
@@ -47,29 +46,19 @@ class Family:
     generic: bool = False  # made up for an unknown model_type, not registered by a module
 
 
-_FAMILIES: dict[str, Family] = {}
+_FAMILIES: Registry[Family] = Registry(__name__, "family")
 
 
 def register(family: Family) -> Family:
-    _FAMILIES[family.name] = family
-    return family
-
-
-def _discover() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    return _FAMILIES.register(family.name, family)
 
 
 def available() -> list[str]:
-    _discover()
-    return sorted(_FAMILIES)
+    return _FAMILIES.names()
 
 
 def get_family(name: str) -> Family:
-    _discover()
-    if name not in _FAMILIES:
-        raise ConfigError(f"`family` is {name!r}; known families: {', '.join(sorted(_FAMILIES))}")
-    return _FAMILIES[name]
+    return _FAMILIES.get(name)
 
 
 def kind_of(model_type: str) -> Kind | None:
@@ -89,14 +78,13 @@ def kind_of(model_type: str) -> Kind | None:
 
 def family_for(model_type: str, warn: bool = True) -> Family:
     """The family that claims ``model_type``; else a generic one of its kind (with a warning)."""
-    _discover()
-    for fam in _FAMILIES.values():
+    for fam in _FAMILIES.discover().values():
         if model_type in fam.model_types:
             return fam
     kind = kind_of(model_type)
     if kind is None:
         raise ConfigError(f"`model` has model_type {model_type!r}, which Transformers cannot train as a causal LM, "
-                          f"encoder or encoder-decoder; pass a checkpoint of one of: {', '.join(sorted(_FAMILIES))}")
+                          f"encoder or encoder-decoder; pass a checkpoint of one of: {', '.join(available())}")
     if warn:
         print(f"warning: no family module claims model_type {model_type!r}; training it with the generic {kind} "
               f"settings (LoRA on all-linear). Add trainers/families/{model_type}.py to tune them.", file=sys.stderr)

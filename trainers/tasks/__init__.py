@@ -8,13 +8,12 @@ the test split for the baseline and the best adapter) and the default objective.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
 from lorasweep.errors import ConfigError
 from trainers.data import Split, Tokenized, load_dataset_rows, split_rows
+from trainers.registry import Registry
 
 # Direction of every metric a task can report; anything not listed is maximised.
 MINIMISED = {"eval_loss", "perplexity"}
@@ -139,26 +138,16 @@ class Task:
         raise NotImplementedError
 
 
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry(__name__, "task")
 
 
 def register(task: Task) -> Task:
-    _TASKS[task.name] = task
-    return task
-
-
-def _discover() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    return _TASKS.register(task.name, task)
 
 
 def available() -> list[str]:
-    _discover()
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def get_task(name: str) -> Task:
-    _discover()
-    if name not in _TASKS:
-        raise ConfigError(f"`task` is {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name]
+    return _TASKS.get(name)
