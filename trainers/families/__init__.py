@@ -42,7 +42,6 @@ class Family:
     # Modules trained in full beside the adapters when a classification head sits on top.
     head_modules: tuple[str, ...] = ("classifier", "score")
     from_pretrained_kwargs: dict = field(default_factory=dict)
-    default_model: str = ""
     generic: bool = False  # made up for an unknown model_type, not registered by a module
 
 

@@ -35,8 +35,7 @@ def tiny_roberta(tokenizer):
 # matches from the start of a module's name or at its end, never in the middle ("bert.pooler.dense");
 # a bare "pooler" left the pooler quantised, and PEFT's trained copy of it failed at the first step.
 BERT = register(Family(name="bert", model_types=("bert",), kind="encoder", tiny_config=tiny_bert,
-                       tiny_tokenizer=WORDPIECE, target_modules=_TARGETS, head_modules=("classifier", "bert.pooler"),
-                       default_model="bert-base-uncased"))
+                       tiny_tokenizer=WORDPIECE, target_modules=_TARGETS, head_modules=("classifier", "bert.pooler")))
 ROBERTA = register(Family(name="roberta", model_types=("roberta", "xlm-roberta"), kind="encoder",
                           tiny_config=tiny_roberta, tiny_tokenizer=ROBERTA_BPE, target_modules=_TARGETS,
-                          head_modules=("classifier",), default_model="roberta-base"))
+                          head_modules=("classifier",)))

@@ -18,4 +18,4 @@ def tiny_config(tokenizer):
 
 DISTILBERT = register(Family(name="distilbert", model_types=("distilbert",), kind="encoder", tiny_config=tiny_config,
                              tiny_tokenizer=WORDPIECE, target_modules=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
-                             head_modules=("pre_classifier", "classifier"), default_model="distilbert-base-uncased"))
+                             head_modules=("pre_classifier", "classifier")))

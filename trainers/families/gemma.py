@@ -40,7 +40,7 @@ def tiny_gemma2(tokenizer):
 
 
 GEMMA = register(Family(name="gemma", model_types=("gemma",), kind="decoder", tiny_config=tiny_gemma,
-                        tiny_tokenizer=GEMMA_CHAT, default_model="google/gemma-2b-it"))
+                        tiny_tokenizer=GEMMA_CHAT))
 GEMMA2 = register(Family(name="gemma2", model_types=("gemma2",), kind="decoder", tiny_config=tiny_gemma2,
-                         tiny_tokenizer=GEMMA_CHAT, default_model="google/gemma-2-2b-it",
+                         tiny_tokenizer=GEMMA_CHAT,
                          from_pretrained_kwargs={"attn_implementation": "eager"}))

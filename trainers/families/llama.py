@@ -28,4 +28,4 @@ def tiny_config(tokenizer):
 
 
 LLAMA = register(Family(name="llama", model_types=("llama",), kind="decoder", tiny_config=tiny_config,
-                        tiny_tokenizer=LLAMA3_CHAT, default_model="unsloth/Llama-3.2-1B-Instruct"))
+                        tiny_tokenizer=LLAMA3_CHAT))

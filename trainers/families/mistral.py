@@ -27,4 +27,4 @@ def tiny_config(tokenizer):
 
 
 MISTRAL = register(Family(name="mistral", model_types=("mistral",), kind="decoder", tiny_config=tiny_config,
-                          tiny_tokenizer=MISTRAL_CHAT, default_model="mistralai/Mistral-7B-Instruct-v0.2"))
+                          tiny_tokenizer=MISTRAL_CHAT))

@@ -25,4 +25,4 @@ def tiny_config(tokenizer):
 
 
 PHI3 = register(Family(name="phi3", model_types=("phi3",), kind="decoder", tiny_config=tiny_config,
-                       tiny_tokenizer=PHI3_CHAT, default_model="microsoft/Phi-3-mini-4k-instruct"))
+                       tiny_tokenizer=PHI3_CHAT))

@@ -26,4 +26,4 @@ def tiny_config(tokenizer):
 
 
 QWEN2 = register(Family(name="qwen2", model_types=("qwen2",), kind="decoder", tiny_config=tiny_config,
-                        tiny_tokenizer=CHATML, default_model="Qwen/Qwen2.5-0.5B-Instruct"))
+                        tiny_tokenizer=CHATML))

@@ -14,4 +14,4 @@ def tiny_config(tokenizer):
 
 
 T5 = register(Family(name="t5", model_types=("t5", "mt5"), kind="encoder-decoder", tiny_config=tiny_config,
-                     tiny_tokenizer=T5_SPECIALS, default_model="google/flan-t5-base"))
+                     tiny_tokenizer=T5_SPECIALS))
