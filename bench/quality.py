@@ -13,7 +13,7 @@ with the smoke preset's split (test 20%, eval 10%, the rest trains) and --max-se
           end, so its exported adapter is the final one;
   sweep   the recipe's own search space (the smoke preset's tiny-model learning-rate range put back to
           the recipe's 1e-5..2e-3), --trials trials, ASHA on the recipe's objective (eval F1), each trial
-          at most one epoch, reports every quarter epoch, so losers stop at 1/4 or 1/2 epoch.
+          at most one epoch, reports every 1/6 epoch, so losers stop at 1/6, 1/3 or 2/3 epoch.
 
 Each arm writes <runs>/<arm>/baseline.json ('base 0-shot' and 'tuned' on the same held-out test rows) and
 leaderboard.csv (tokens_seen per trial). Training compute = training tokens (the sum over trials).
@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,12 @@ RECIPE_LR = "learning_rate=log:1e-5:2e-3"  # INSTRUCT_CLASSIFICATION's range (sm
 
 
 def run_arm(name: str, args: list[str], runs: Path) -> dict:
+    """One arm as a subprocess; its summary is kept in <runs>/<name>.json, which --resume reuses."""
+    done = runs / f"{name}.json"
+    if done.is_file():
+        print(f"{name}: reusing {done}", flush=True)
+        return json.loads(done.read_text())
+    shutil.rmtree(runs / name, ignore_errors=True)  # a killed earlier attempt
     cmd = [sys.executable, str(ROOT / "sweeps" / "mistral_imdb.py"), *args, "--storage-path", str(runs), "--name", name]
     print("$ " + " ".join(cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -69,8 +76,10 @@ def run_arm(name: str, args: list[str], runs: Path) -> dict:
         reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         train_s += max((r.get("train_time_s", 0.0) for r in reports), default=0.0)
     baseline = json.loads((folder / "baseline.json").read_text())
-    return {"wall_s": wall, "train_s": train_s, "tokens": sum(int(t["tokens_seen"] or 0) for t in trials),
-            "trials": trials, "base": baseline["base 0-shot"], "tuned": baseline["tuned"]}
+    out = {"wall_s": wall, "train_s": train_s, "tokens": sum(int(t["tokens_seen"] or 0) for t in trials),
+           "trials": trials, "base": baseline["base 0-shot"], "tuned": baseline["tuned"]}
+    done.write_text(json.dumps(out, default=str))
+    return out
 
 
 def mcnemar(a: dict, b: dict) -> tuple[int, int, float]:
@@ -90,12 +99,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/this of the trials per rung")
     ap.add_argument("--quick", action="store_true", help="120 rows, 2 trials: check the script works")
-    ap.add_argument("--runs", type=Path, default=ROOT / "bench" / "quality_runs")
+    ap.add_argument("--runs", type=Path, default=ROOT / "bench" / "quality_runs", help="a new folder per run in here")
+    ap.add_argument("--resume", type=Path, help="a run folder whose finished arms are reused (same options!)")
     a = ap.parse_args()
     if a.quick:
         a.rows, a.trials = 120, 2
-    runs = a.runs / time.strftime("%Y%m%d-%H%M%S")
-    runs.mkdir(parents=True)
+    runs = a.resume or a.runs / time.strftime("%Y%m%d-%H%M%S")
+    runs.mkdir(parents=True, exist_ok=True)
 
     data = write_sentiment_sample(runs / "movie_sentences.jsonl", a.rows, seed=0)
     common = ["--preset", "smoke", "--model", str(smollm2_dir()), "--dataset", str(data), "--quantization", "4bit",
@@ -104,8 +114,10 @@ def main() -> None:
     audit = get_task(settings.task).audit(settings)
     epoch = audit["train_tokens"]
     steps = math.ceil(audit["train_examples"] / (settings.per_device_batch_size * settings.gradient_accumulation_steps))
-    quarter = max(1, round(steps / 4))  # steps between the sweep's reports
-    grace = int(0.9 * epoch * quarter / steps)  # first ASHA rung just below the first report
+    # The sweep reports every 1/6 epoch (a packed trial, ~2 examples a row, every ~1/3); ASHA's first
+    # rung sits just below the first report, the next ones at x reduction factor.
+    every = max(1, round(steps / 6))
+    grace = int(0.9 * epoch * every / steps)
     print(f"data: {audit['rows']} rows -> {audit['train_examples']} train ({epoch} tokens, {steps} steps an epoch), "
           f"{audit['eval_examples']} eval, {audit['test_rows']} test", flush=True)
 
@@ -116,7 +128,7 @@ def main() -> None:
     sweep = run_arm("sweep", [*common, *budget, "--space", RECIPE_LR, "--num-samples", str(a.trials),
                               "--scheduler", "asha", "--grace-tokens", str(grace),
                               "--reduction-factor", str(a.reduction_factor), "--max-concurrent", "2",
-                              "--eval-every", str(quarter)], runs)
+                              "--eval-every", str(every)], runs)
 
     ratio = sweep["tokens"] / plain["tokens"]
     rows = [("base model, 0-shot", plain["base"], 0, float("nan"), 0.0, float("nan")),
@@ -125,7 +137,8 @@ def main() -> None:
              sweep["wall_s"])]
     print(f"\n{'arm':<28}{'test acc':>9}{'test f1':>9}{'train tokens':>14}{'x plain':>9}{'train s':>9}{'wall s':>8}")
     for name, m, tokens, r, train_s, wall in rows:
-        print(f"{name:<28}{m['accuracy']:>9.3f}{m['f1']:>9.3f}{tokens:>14,}{r:>9.2f}{train_s:>9.0f}{wall:>8.0f}")
+        cost = f"{tokens:>14,}{r:>9.2f}{train_s:>9.0f}{wall:>8.0f}" if tokens else f"{'-':>14}{'-':>9}{'-':>9}{'-':>8}"
+        print(f"{name:<28}{m['accuracy']:>9.3f}{m['f1']:>9.3f}{cost}")
     wins, losses, p = mcnemar(sweep["tuned"], plain["tuned"])
     n = plain["tuned"]["n"]
     print(f"\non {n} test rows: sweep right where plain wrong {wins}, the reverse {losses} (exact McNemar p = {p:.3f})")
@@ -137,7 +150,7 @@ def main() -> None:
     strip = lambda m: {k: v for k, v in m.items() if k not in ("predictions", "references")}  # noqa: E731
     out = ROOT / "bench" / ("quality_results_quick.json" if a.quick else "quality_results.json")
     out.write_text(json.dumps({
-        "runs": str(runs), "rows": a.rows, "trials": a.trials, "audit": audit, "report_every_steps": quarter,
+        "runs": str(runs), "rows": a.rows, "trials": a.trials, "audit": audit, "report_every_steps": every,
         "grace_tokens": grace, "reduction_factor": a.reduction_factor, "ratio": ratio, "beats": beats,
         "mcnemar": {"sweep_only_right": wins, "plain_only_right": losses, "p": p},
         **{arm: {"tokens": r["tokens"], "train_s": r["train_s"], "wall_s": r["wall_s"], "base": strip(r["base"]),

@@ -288,7 +288,31 @@ def init_ray(options: SweepOptions) -> None:
         # otherwise; a cluster's head decides its own (cluster.yaml keeps it on loopback too).
         # Ray's gRPC ports bind every interface whatever is asked, and Ray 2.60 guards them with
         # its cluster auth token.
-        ray.init(dashboard_host=options.dashboard_host, include_dashboard=None, log_to_driver=True)
+        #
+        # Two local sweeps on one machine (two Ray instances) must not see each other. Ray Train's
+        # PlacementGroupCleaner asks the state API whether its trial's controller is alive, finding
+        # the API by auto-detection; with two instances that fails or asks the other one, and the
+        # cleaner removes a live trial's placement group: its workers die and the sweep hangs
+        # (seen here, Ray 2.60). Every process of this instance is pointed at its own dashboard.
+        port = _free_port()
+        api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
+        ray.init(dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None, log_to_driver=True,
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api}})
+        os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
+
+
+def _free_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port when it is free (a second sweep on the machine gets another)."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the Ray dashboard")
 
 
 def cluster_resources() -> dict:
