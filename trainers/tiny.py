@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 
 from trainers.families import Family, TinyTokenizer
 
-VERSION = 3  # of how tiny models are built: a cached folder of another version is rebuilt
+VERSION = 4  # of how tiny models are built: a cached folder of another version is rebuilt
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
@@ -69,11 +70,13 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int
     for t in texts:
         ids += [start, *tokenizer(t, add_special_tokens=False)["input_ids"], end]
     if kind == "decoder" and tokenizer.chat_template:
-        # Also the texts as chat turns (one text asked, the next one as the reply: no task is taught),
-        # so the template's role headers are tokens the model has read, as an instruct model has.
-        # Without that a LoRA fine-tune can barely route information through the header tokens that
-        # sit between a prompt and its answer: their embeddings would be untrained noise.
-        for a, b in zip(texts[::2], texts[1::2]):
+        # Also the texts as chat turns, each asked text answered by a random other one (so no task is
+        # taught: consecutive texts can be a question and its answer), so the template's role headers
+        # are tokens the model has read, as an instruct model has. Without that a LoRA fine-tune can
+        # barely route information through the header tokens between a prompt and its answer: their
+        # embeddings would be untrained noise.
+        replies = random.Random(0).sample(texts, len(texts))
+        for a, b in zip(texts[::2], replies[::2]):
             chat = [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
             ids += tokenizer(tokenizer.apply_chat_template(chat, tokenize=False), add_special_tokens=False)["input_ids"]
     data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
