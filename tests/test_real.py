@@ -201,7 +201,7 @@ def test_instruction_recipe_on_smollm2_in_4bit(instruct_sweep, smollm2):
 
 
 def test_instruction_tuned_adapter_beats_the_zero_shot_base(instruct_sweep):
-    base, tuned = instruct_sweep["baseline"]["base 0"], instruct_sweep["baseline"]["tuned"]
+    base, tuned = instruct_sweep["baseline"]["base 0-shot"], instruct_sweep["baseline"]["tuned"]
     assert base["split"] == tuned["split"] == "test" and base["n"] == tuned["n"] == 80
     for name in ("accuracy", "precision", "recall", "f1", "accuracy_negative", "accuracy_positive", "valid_label_rate"):
         assert name in base and name in tuned
@@ -230,7 +230,7 @@ def test_encoder_recipe_on_minilm_beats_its_untrained_head(encoder_sweep):
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
     assert {r["method"] for r in rows} == {"lora", "full"}  # the recipe's two known points
     assert meta["settings"]["family"] == "bert" and meta["settings"]["task"] == "classification"
-    base, tuned = encoder_sweep["baseline"]["base 0"], encoder_sweep["baseline"]["tuned"]
+    base, tuned = encoder_sweep["baseline"]["base 0-shot"], encoder_sweep["baseline"]["tuned"]
     assert base["n"] == tuned["n"] == 80
     assert tuned["accuracy"] >= base["accuracy"] + 0.15 and tuned["accuracy"] >= 0.7, (base, tuned)
     rank_1 = encoder_sweep["rank_1"]
