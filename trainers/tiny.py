@@ -106,6 +106,9 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
     and renamed, so a crash never leaves a folder that looks complete; an existing one is reused."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise on a one-line-error path
 
     out = Path(out_dir)
     marker = out / "lorasweep_tiny.json"
