@@ -13,7 +13,8 @@ with the smoke preset's split (test 20%, eval 10%, the rest trains) and --max-se
           end, so its exported adapter is the final one;
   sweep   the recipe's own search space (the smoke preset's tiny-model learning-rate range put back to
           the recipe's 1e-5..2e-3), --trials trials, ASHA on the recipe's objective (eval F1), each trial
-          at most one epoch, reports every 1/6 epoch, so losers stop at 1/6, 1/3 or 2/3 epoch.
+          at most one epoch, reports every 1/6 epoch (packed trials ~1/3), ASHA rungs at ~1/3 and ~2/3
+          epoch, so losers stop there.
 
 Each arm writes <runs>/<arm>/baseline.json ('base 0-shot' and 'tuned' on the same held-out test rows) and
 leaderboard.csv (tokens_seen per trial). Training compute = training tokens (the sum over trials).
@@ -45,6 +46,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lorasweep.engine import resolve  # noqa: E402
 from sweeps.mistral_imdb import RECIPE  # noqa: E402
 from tests.real_material import smollm2_dir, write_sentiment_sample  # noqa: E402
+from trainers.chat import pack_examples  # noqa: E402
 from trainers.tasks import get_task  # noqa: E402
 
 PLAIN_KNOBS = ["r=16", "lora_alpha=16", "use_rslora=false", "packing=false", "warmup_ratio=0", "learning_rate=2e-4"]
@@ -57,17 +59,21 @@ def run_arm(name: str, args: list[str], runs: Path) -> dict:
     if done.is_file():
         print(f"{name}: reusing {done}", flush=True)
         return json.loads(done.read_text())
-    shutil.rmtree(runs / name, ignore_errors=True)  # a killed earlier attempt
-    cmd = [sys.executable, str(ROOT / "sweeps" / "mistral_imdb.py"), *args, "--storage-path", str(runs), "--name", name]
-    print("$ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    t0 = time.time()
-    with open(runs / f"{name}.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=runs, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.time() - t0
-    if rc != 0:
-        raise SystemExit(f"{name} exited {rc} after {wall:.0f}s; see {runs / f'{name}.log'}")
     folder = runs / name
+    if (folder / "best_adapters" / "rank_1").is_dir():  # --resume: the sweep finished, its driver died after
+        wall = (folder / "leaderboard.csv").stat().st_mtime - (folder / "sweep_config.json").stat().st_mtime
+        print(f"{name}: reusing its finished sweep in {folder} (wall time from its files' times)", flush=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # a killed earlier attempt
+        cmd = [sys.executable, str(ROOT / "sweeps" / "mistral_imdb.py"), *args, "--storage-path", str(runs), "--name", name]
+        print("$ " + " ".join(cmd), flush=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        t0 = time.time()
+        with open(runs / f"{name}.log", "w") as log:
+            rc = subprocess.run(cmd, cwd=runs, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        wall = time.time() - t0
+        if rc != 0:
+            raise SystemExit(f"{name} exited {rc} after {wall:.0f}s; see {runs / f'{name}.log'}")
     with open(folder / "leaderboard.csv", newline="") as f:
         trials = list(csv.DictReader(f))
     # Training seconds of each trial, from its last report (evaluation and checkpoints excluded).
@@ -76,6 +82,13 @@ def run_arm(name: str, args: list[str], runs: Path) -> dict:
         reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         train_s += max((r.get("train_time_s", 0.0) for r in reports), default=0.0)
     baseline = json.loads((folder / "baseline.json").read_text())
+    if "tuned" not in baseline:  # the sweep's own scoring of its best adapter, done here instead
+        from lorasweep.baseline import score
+
+        t0 = time.time()
+        settings = json.loads((folder / "sweep_config.json").read_text())["settings"]
+        baseline["tuned"] = score(settings, str(folder / "best_adapters" / "rank_1"), 0)
+        wall += time.time() - t0
     out = {"wall_s": wall, "train_s": train_s, "tokens": sum(int(t["tokens_seen"] or 0) for t in trials),
            "trials": trials, "base": baseline["base 0-shot"], "tuned": baseline["tuned"]}
     done.write_text(json.dumps(out, default=str))
@@ -104,22 +117,27 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.rows, a.trials = 120, 2
-    runs = a.resume or a.runs / time.strftime("%Y%m%d-%H%M%S")
+    runs = (a.resume or a.runs / time.strftime("%Y%m%d-%H%M%S")).resolve()  # Checkpoint() wants absolute
     runs.mkdir(parents=True, exist_ok=True)
 
     data = write_sentiment_sample(runs / "movie_sentences.jsonl", a.rows, seed=0)
     common = ["--preset", "smoke", "--model", str(smollm2_dir()), "--dataset", str(data), "--quantization", "4bit",
               "--max-seq-length", "160", "--shots", "0", "--gen-eval-rows", "8", "--cpus-per-worker", "1"]
     settings = resolve(RECIPE, common).settings
-    audit = get_task(settings.task).audit(settings)
-    epoch = audit["train_tokens"]
-    steps = math.ceil(audit["train_examples"] / (settings.per_device_batch_size * settings.gradient_accumulation_steps))
-    # The sweep reports every 1/6 epoch (a packed trial, ~2 examples a row, every ~1/3); ASHA's first
-    # rung sits just below the first report, the next ones at x reduction factor.
+    task = get_task(settings.task)
+    audit = task.audit(settings)
+    epoch, batch = audit["train_tokens"], settings.per_device_batch_size * settings.gradient_accumulation_steps
+    steps = math.ceil(audit["train_examples"] / batch)
+    packed = len(pack_examples(task.prepare(settings, task.load_tokenizer(settings)).train.examples,
+                               settings.max_seq_length))
+    packed_steps = math.ceil(packed / batch)
+    # Reports come every `every` optimizer steps: 1/6 epoch unpacked, ~1/3 packed (~2 examples a row).
+    # ASHA's first rung sits just below a packed trial's first report, so no trial jumps a rung (Ray
+    # would judge a skipped rung later, against the others' early numbers: a waste near the end).
     every = max(1, round(steps / 6))
-    grace = int(0.9 * epoch * every / steps)
-    print(f"data: {audit['rows']} rows -> {audit['train_examples']} train ({epoch} tokens, {steps} steps an epoch), "
-          f"{audit['eval_examples']} eval, {audit['test_rows']} test", flush=True)
+    grace = int(0.9 * epoch * every / packed_steps)
+    print(f"data: {audit['rows']} rows -> {audit['train_examples']} train ({epoch} tokens, {steps} steps an epoch, "
+          f"{packed_steps} packed), {audit['eval_examples']} eval, {audit['test_rows']} test", flush=True)
 
     budget = ["--max-tokens", str(epoch)]
     plain = run_arm("plain", [*common, *budget, *sum((["--space", k] for k in PLAIN_KNOBS), []), "--num-samples", "1",
@@ -142,7 +160,7 @@ def main() -> None:
     wins, losses, p = mcnemar(sweep["tuned"], plain["tuned"])
     n = plain["tuned"]["n"]
     print(f"\non {n} test rows: sweep right where plain wrong {wins}, the reverse {losses} (exact McNemar p = {p:.3f})")
-    print(f"sweep trials: " + ", ".join(f"{t['status']} at {int(t['tokens_seen'] or 0):,} tokens" for t in sweep["trials"]))
+    print("sweep trials: " + ", ".join(f"{t['status']} at {int(t['tokens_seen'] or 0):,} tokens" for t in sweep["trials"]))
     beats = sweep["tuned"]["f1"] > plain["tuned"]["f1"]
     print(f"sweep best beats plain: {'yes' if beats else 'no'} at {ratio:.1f}x the plain run's training tokens "
           f"(goal <= 4x)")
@@ -151,7 +169,7 @@ def main() -> None:
     out = ROOT / "bench" / ("quality_results_quick.json" if a.quick else "quality_results.json")
     out.write_text(json.dumps({
         "runs": str(runs), "rows": a.rows, "trials": a.trials, "audit": audit, "report_every_steps": every,
-        "grace_tokens": grace, "reduction_factor": a.reduction_factor, "ratio": ratio, "beats": beats,
+        "grace_tokens": grace, "packed_steps": packed_steps, "reduction_factor": a.reduction_factor, "ratio": ratio, "beats": beats,
         "mcnemar": {"sweep_only_right": wins, "plain_only_right": losses, "p": p},
         **{arm: {"tokens": r["tokens"], "train_s": r["train_s"], "wall_s": r["wall_s"], "base": strip(r["base"]),
                  "tuned": strip(r["tuned"]), "trials": r["trials"]} for arm, r in (("plain", plain), ("sweep", sweep))},
