@@ -1,8 +1,9 @@
 """Does a lorasweep sweep beat a plain notebook-style LoRA run, for at most 4x its training compute?
 
     cd /work/main && . .venv/bin/activate
-    python bench/quality.py                # 400 sentences, 6 trials: ~20-40 min on a shared 2-core CPU
-    python bench/quality.py --quick        # 120 sentences, 2 trials: checks the script works
+    python bench/quality.py                # 400 sentences, 6 trials: ~45 min on a shared 2-core CPU
+    python bench/quality.py --quick        # 120 sentences, 2 trials: checks the script works (~15 min)
+    python bench/quality.py --resume bench/quality_runs/<stamp>   # after a kill: reuses finished work
 
 Both arms are the instruction-classification recipe (sweeps/mistral_imdb.py) run as subprocesses on
 the real SmolLM2-135M-Instruct in 4-bit (QLoRA) and real movie-review sentences (tests/real_material.py),
@@ -64,14 +65,19 @@ def run_arm(name: str, args: list[str], runs: Path) -> dict:
         wall = (folder / "leaderboard.csv").stat().st_mtime - (folder / "sweep_config.json").stat().st_mtime
         print(f"{name}: reusing its finished sweep in {folder} (wall time from its files' times)", flush=True)
     else:
-        shutil.rmtree(folder, ignore_errors=True)  # a killed earlier attempt
         cmd = [sys.executable, str(ROOT / "sweeps" / "mistral_imdb.py"), *args, "--storage-path", str(runs), "--name", name]
+        wall = 0.0
+        if list(folder.glob("experiment_state-*.json")):  # a killed attempt: the sweep's own --resume goes on
+            wall = (runs / f"{name}.log").stat().st_mtime - (folder / "sweep_config.json").stat().st_mtime
+            cmd.append("--resume")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         print("$ " + " ".join(cmd), flush=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         t0 = time.time()
-        with open(runs / f"{name}.log", "w") as log:
+        with open(runs / f"{name}.log", "a") as log:
             rc = subprocess.run(cmd, cwd=runs, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        wall = time.time() - t0
+        wall += time.time() - t0
         if rc != 0:
             raise SystemExit(f"{name} exited {rc} after {wall:.0f}s; see {runs / f'{name}.log'}")
     with open(folder / "leaderboard.csv", newline="") as f:
