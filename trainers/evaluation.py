@@ -38,11 +38,11 @@ def all_gather_lists(items: list) -> list:
     return list(items)
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(p for p in model.parameters()).device
 
 
-class _EvalMode:
+class eval_mode:  # noqa: N801  (used as a context manager, like torch.no_grad)
     """model.eval() + no_grad for the block, the previous mode restored after."""
 
     def __init__(self, model):
@@ -77,9 +77,9 @@ def evaluate_loss(model, batches: list[dict], shard: tuple[int, int] = (0, 1)) -
     of workers; each worker scores every ``world``-th batch and the sums are all-reduced.
     """
     rank, n = shard
-    device = _device(model)
+    device = model_device(model)
     loss_sum, count = 0.0, 0.0
-    with _EvalMode(model):
+    with eval_mode(model):
         for batch in batches[rank::n]:
             inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             logits = model(**inputs).logits.float()
@@ -124,10 +124,10 @@ def label_logprobs(model, prompts: list[list[int]], options: list[list[int]], pa
                    batch_size: int = EVAL_BATCH_SIZE) -> list[list[float]]:
     """Summed log-probability of every label option after every prompt, teacher-forced: one forward
     pass per (prompt, option) pair in batches, no sampling and no parsing of generated text."""
-    device = _device(model)
+    device = model_device(model)
     pairs = [(i, j) for i in range(len(prompts)) for j in range(len(options))]
     scores = [[0.0] * len(options) for _ in prompts]
-    with _EvalMode(model):
+    with eval_mode(model):
         for start in range(0, len(pairs), batch_size * len(options)):
             chunk = pairs[start : start + batch_size * len(options)]
             seqs = [prompts[i] + options[j] for i, j in chunk]
@@ -148,10 +148,10 @@ def label_logprobs(model, prompts: list[list[int]], options: list[list[int]], pa
 
 def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
     """Greedy answers (left-padded batches), for counting how often free generation gives a valid label."""
-    device = _device(model)
+    device = model_device(model)
     out = []
     pad = tokenizer.pad_token_id
-    with _EvalMode(model):
+    with eval_mode(model):
         for start in range(0, len(prompts), EVAL_BATCH_SIZE):
             chunk = prompts[start : start + EVAL_BATCH_SIZE]
             width = max(map(len, chunk))

@@ -67,7 +67,7 @@ class Task:
                 f"`model` {settings.model!r} is {'an' if family.kind[0] in 'ae' else 'a'} {family.kind} ({family.name}); task `{self.name}` trains "
                 f"{' or '.join(self.kinds)} models; pass --model with a checkpoint of that kind")
 
-    def check_columns(self, columns: list[str], source: str) -> None:
+    def check_columns(self, columns: list[str], settings) -> None:
         pass
 
     # ------------------------------------------------------------------ data
@@ -86,7 +86,7 @@ class Task:
 
     def read(self, settings) -> tuple[Split, int]:
         ds = load_dataset_rows(settings)
-        self.check_columns(ds.column_names, settings.dataset)
+        self.check_columns(ds.column_names, settings)
         rows = ds.to_list()
         return split_rows(rows, settings, self.stratify(settings)), len(rows)
 

@@ -23,8 +23,8 @@ class ChatSFT(Task):
             raise ConfigError(f"`model` {settings.model!r} has no chat template; use an instruct/chat checkpoint")
         return tok
 
-    def check_columns(self, columns, source):
-        require_chat_columns(columns, source)
+    def check_columns(self, columns, settings):
+        require_chat_columns(columns, settings.dataset)
 
     def tokenize(self, settings, tokenizer, rows):
         return tokenize_rows(tokenizer, rows, settings.max_seq_length)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from lorasweep.errors import ConfigError
-from trainers.data import SkipRow, Tokenized, load_dataset_rows, split_rows
-from trainers.evaluation import EVAL_BATCH_SIZE, _device, _EvalMode, all_gather_lists, all_reduce_sum, classification_metrics
+from trainers.data import SkipRow, Tokenized
+from trainers.evaluation import EVAL_BATCH_SIZE, eval_mode, model_device, all_gather_lists, all_reduce_sum, classification_metrics
 from trainers.tasks import Task, register
 
 CLASSIFICATION_METRICS = ("eval_loss", "accuracy", "precision", "recall", "f1")
@@ -60,14 +60,11 @@ class LabelledTask(Task):
                 return -1
         return cls
 
-    def read(self, settings):
-        ds = load_dataset_rows(settings)
-        missing = [c for c in (settings.text_column, settings.label_column) if c not in ds.column_names]
+    def check_columns(self, columns, settings):
+        missing = [c for c in (settings.text_column, settings.label_column) if c not in columns]
         if missing:
-            raise ConfigError(f"dataset {settings.dataset!r} has columns {sorted(ds.column_names)} but needs "
+            raise ConfigError(f"dataset {settings.dataset!r} has columns {sorted(columns)} but needs "
                               f"{' and '.join(f'`{c}`' for c in missing)}; pass --text-column/--label-column")
-        rows = ds.to_list()
-        return split_rows(rows, settings, self.stratify(settings)), len(rows)
 
 
 class Classification(LabelledTask):
@@ -111,9 +108,9 @@ class Classification(LabelledTask):
         rank, n = shard
         mine = examples[rank::n]
         collate = ClassificationCollator(pad_id)
-        device = _device(model)
+        device = model_device(model)
         loss_sum, preds, truth = 0.0, [], []
-        with _EvalMode(model):
+        with eval_mode(model):
             for i in range(0, len(mine), EVAL_BATCH_SIZE):
                 batch = collate(mine[i : i + EVAL_BATCH_SIZE])
                 logits = model(input_ids=batch["input_ids"].to(device),
