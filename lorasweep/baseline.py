@@ -9,6 +9,7 @@ node like the trials do, not on the head.
 
 from __future__ import annotations
 
+import os
 import tempfile
 PER_EXAMPLE = ("predictions", "references")  # kept in baseline.json for per-example plots, not printed
 
@@ -24,7 +25,8 @@ def score(settings_dict: dict, adapter: str | None = None, shots: int = 0) -> di
         if adapter is not None:
             from ray.train import Checkpoint
 
-            adapter = Checkpoint(adapter).to_directory(tmp)  # a copy for local folders; downloads URIs
+            # a copy for local folders (pyarrow wants them absolute); downloads storage URIs
+            adapter = Checkpoint(adapter if "://" in adapter else os.path.abspath(adapter)).to_directory(tmp)
         task, tokenizer, model = load_trained(s, adapter)
         split, _ = task.read(s)
         rows, which = (split.test, "test") if split.test else (split.eval, "eval")
