@@ -14,8 +14,8 @@ with the smoke preset's split (test 20%, eval 10%, the rest trains) and --max-se
           end, so its exported adapter is the final one;
   sweep   the recipe's own search space (the smoke preset's tiny-model learning-rate range put back to
           the recipe's 1e-5..2e-3), --trials trials, ASHA on the recipe's objective (eval F1), each trial
-          at most one epoch, reports every 1/6 epoch (packed trials ~1/3), ASHA rungs at ~1/3 and ~2/3
-          epoch, so losers stop there.
+          at most one epoch, a report every 1/6 epoch (packed or not), ASHA rungs (factor 3) at ~1/6 and
+          ~1/2 epoch, so losers stop there.
 
 Each arm writes <runs>/<arm>/baseline.json ('base 0-shot' and 'tuned' on the same held-out test rows) and
 leaderboard.csv (tokens_seen per trial). Training compute = training tokens (the sum over trials).
@@ -47,7 +47,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lorasweep.engine import resolve  # noqa: E402
 from sweeps.mistral_imdb import RECIPE  # noqa: E402
 from tests.real_material import smollm2_dir, write_sentiment_sample  # noqa: E402
-from trainers.chat import pack_examples  # noqa: E402
 from trainers.tasks import get_task  # noqa: E402
 
 PLAIN_KNOBS = ["r=16", "lora_alpha=16", "use_rslora=false", "packing=false", "warmup_ratio=0", "learning_rate=2e-4"]
@@ -116,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=400)
     ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA keeps 1/this of the trials per rung")
+    ap.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA keeps 1/this of the trials per rung")
     ap.add_argument("--quick", action="store_true", help="120 rows, 2 trials: check the script works")
     ap.add_argument("--runs", type=Path, default=ROOT / "bench" / "quality_runs", help="a new folder per run in here")
     ap.add_argument("--resume", type=Path, help="a run folder whose finished arms are reused (same options!)")
@@ -134,16 +133,13 @@ def main() -> None:
     audit = task.audit(settings)
     epoch, batch = audit["train_tokens"], settings.per_device_batch_size * settings.gradient_accumulation_steps
     steps = math.ceil(audit["train_examples"] / batch)
-    packed = len(pack_examples(task.prepare(settings, task.load_tokenizer(settings)).train.examples,
-                               settings.max_seq_length))
-    packed_steps = math.ceil(packed / batch)
-    # Reports come every `every` optimizer steps: 1/6 epoch unpacked, ~1/3 packed (~2 examples a row).
-    # ASHA's first rung sits just below a packed trial's first report, so no trial jumps a rung (Ray
-    # would judge a skipped rung later, against the others' early numbers: a waste near the end).
+    # Reports come every `every` optimizer steps, 1/6 epoch (packed trials report at the same tokens:
+    # trainers/loop.py report_interval). ASHA's first rung sits just below the first report, the
+    # next at `reduction_factor` x that: with factor 3, rungs at ~1/6 and ~1/2 epoch.
     every = max(1, round(steps / 6))
-    grace = int(0.9 * epoch * every / packed_steps)
-    print(f"data: {audit['rows']} rows -> {audit['train_examples']} train ({epoch} tokens, {steps} steps an epoch, "
-          f"{packed_steps} packed), {audit['eval_examples']} eval, {audit['test_rows']} test", flush=True)
+    grace = int(0.9 * epoch * every / steps)
+    print(f"data: {audit['rows']} rows -> {audit['train_examples']} train ({epoch} tokens, {steps} steps an epoch), "
+          f"{audit['eval_examples']} eval, {audit['test_rows']} test", flush=True)
 
     budget = ["--max-tokens", str(epoch)]
     plain = run_arm("plain", [*common, *budget, *sum((["--space", k] for k in PLAIN_KNOBS), []), "--num-samples", "1",
@@ -175,7 +171,7 @@ def main() -> None:
     out = ROOT / "bench" / ("quality_results_quick.json" if a.quick else "quality_results.json")
     out.write_text(json.dumps({
         "runs": str(runs), "rows": a.rows, "trials": a.trials, "audit": audit, "report_every_steps": every,
-        "grace_tokens": grace, "packed_steps": packed_steps, "reduction_factor": a.reduction_factor, "ratio": ratio, "beats": beats,
+        "grace_tokens": grace, "reduction_factor": a.reduction_factor, "ratio": ratio, "beats": beats,
         "mcnemar": {"sweep_only_right": wins, "plain_only_right": losses, "p": p},
         **{arm: {"tokens": r["tokens"], "train_s": r["train_s"], "wall_s": r["wall_s"], "base": strip(r["base"]),
                  "tuned": strip(r["tuned"]), "trials": r["trials"]} for arm, r in (("plain", plain), ("sweep", sweep))},

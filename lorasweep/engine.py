@@ -231,6 +231,9 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     if method is not None and "full" in getattr(method, "values", ()) and settings.quantization != "none":
         raise ConfigError(f"search space `method` includes full, which a {settings.quantization} base cannot train; "
                           "pass --quantization none, or --space method=lora")
+    if options.scheduler == "asha" and options.grace_tokens >= settings.max_tokens:
+        raise ConfigError(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
+                          f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
     return ResolvedSweep(recipe, preset_name, settings, options, space)
 
 

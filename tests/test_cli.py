@@ -73,6 +73,7 @@ BAD_INPUTS = [
     (["--max-seq-length", "4096"], "`max_seq_length` is 4096 but `model`"),
     (["--eval-fraction", "1.5"], "`eval_fraction` is 1.5"),
     (["--max-tokens", "0"], "`max_tokens` is 0"),
+    (["--max-tokens", "5000", "--grace-tokens", "5000"], "`--grace-tokens` is 5,000, not below max_tokens"),
     (["--scheduler", "pbt"], "`--scheduler` is 'pbt'"),
     (["--num-samples", "0"], "`--num-samples` is 0"),
     (["--model", "./no-such-model"], "`model` folder './no-such-model' has no config.json"),

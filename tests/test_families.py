@@ -210,3 +210,12 @@ def test_the_loader_keeps_4bit_layers_off_the_avx512bf16_cpu_path(assets, monkey
     n = sum(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
     assert keep_quantized_bases_out_of_cpu_inference_paths(plain) == n
     assert flags(plain) == {False}
+
+
+def test_packed_trials_report_at_the_same_tokens_as_unpacked():
+    from trainers.loop import report_interval
+
+    # 1,000 examples packed into 480 rows: a report every 24 packed steps ~ 50 unpacked steps' tokens
+    assert report_interval(50, 1000, 480) == 24
+    assert report_interval(50, 1000, 1000) == 50
+    assert report_interval(1, 1000, 100) == 1  # never 0

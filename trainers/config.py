@@ -70,7 +70,7 @@ class TrainSettings:
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     # --- budget and reporting
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
-    eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report"})
+    eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report (counted unpacked: packed trials report at the same tokens)"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
     callbacks: tuple[str, ...] = field(default=(), metadata={"help": "extra transformers TrainerCallbacks, as module:factory; factory(trial) returns a callback or None"})
 

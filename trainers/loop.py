@@ -68,6 +68,7 @@ class Setup:
     precision: str
     device: torch.device
     max_steps: int
+    report_every: int  # optimizer steps between reports, scaled so packed trials report at the same tokens
 
 
 def plan_steps(train: list[dict], settings, n_workers: int) -> int:
@@ -78,6 +79,14 @@ def plan_steps(train: list[dict], settings, n_workers: int) -> int:
     return max(1, math.ceil(settings.max_tokens / tokens_per_step))
 
 
+def report_interval(eval_every: int, examples: int, rows: int) -> int:
+    """``eval_every`` counts steps over unpacked examples. A packed trial trains on fewer, longer rows
+    (e.g. 1,000 examples -> 480 rows), so it reports every ``eval_every * rows / examples`` steps:
+    every trial then reports at about the same training tokens, and none jumps an ASHA rung that
+    its unpacked peers are judged at (a skipped rung is judged later, against their early numbers)."""
+    return max(1, round(eval_every * rows / max(examples, 1)))
+
+
 def setup(trial: TrialConfig, device: torch.device) -> Setup:
     s = trial.effective
     task, family = get_task(s.task), resolve_family(s)
@@ -86,12 +95,14 @@ def setup(trial: TrialConfig, device: torch.device) -> Setup:
     train = task.train_examples(s, data)
     rank, n = world()
     max_steps = plan_steps(train, s, n)
+    report_every = report_interval(s.eval_every, len(data.train.examples), len(train))
     if rank == 0:
         print(f"[lorasweep] {len(data.train.examples)} train examples -> {len(train)} rows (packing={s.packing}), "
-              f"{len(data.eval.examples)} eval, skipped {dict(data.train.skipped)}, {max_steps} steps planned")
+              f"{len(data.eval.examples)} eval, skipped {dict(data.train.skipped)}, {max_steps} steps planned, "
+              f"a report every {report_every}")
     precision = pick_precision(s, device)
     model = build_model(s, family, task, precision, device)
-    return Setup(trial, task, family, tokenizer, data, train, model, precision, device, max_steps)
+    return Setup(trial, task, family, tokenizer, data, train, model, precision, device, max_steps, report_every)
 
 
 def training_arguments(st: Setup, out_dir: str) -> TrainingArguments:
@@ -128,7 +139,7 @@ def training_arguments(st: Setup, out_dir: str) -> TrainingArguments:
 
 
 class ReportCallback(TrainerCallback):
-    """Every ``eval_every`` steps (and at the end of the budget): eval, checkpoint, report."""
+    """Every ``report_every`` steps (and at the end of the budget): eval, checkpoint, report."""
 
     def __init__(self, trainer: TokenCountingTrainer, st: Setup, report):
         self.trainer, self.st, self.report = trainer, st, report
@@ -142,7 +153,7 @@ class ReportCallback(TrainerCallback):
         self.t_last = time.time()
 
     def on_step_end(self, args, state, control, **kw):
-        if state.global_step % self.settings.eval_every == 0 or state.global_step >= state.max_steps:
+        if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
             control.should_log = control.should_save = True
         return control
 
