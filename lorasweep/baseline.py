@@ -14,12 +14,15 @@ import tempfile
 PER_EXAMPLE = ("predictions", "references")  # kept in baseline.json for per-example plots, not printed
 
 
-def score(settings_dict: dict, adapter: str | None = None, shots: int = 0) -> dict:
+def score(settings_dict: dict, adapter: str | None = None, shots: int = 0, secrets: list | None = None) -> dict:
     """Metrics of the base model (``adapter`` None) or of an exported adapter/model folder (a local
-    path or a storage URI) on the test split (the eval split when the recipe has no test split)."""
+    path or a storage URI) on the test split (the eval split when the recipe has no test split).
+    ``secrets``: the driver's ``credentials.share()`` (HF_TOKEN for a gated base)."""
+    from lorasweep.credentials import apply
     from trainers.config import TrainSettings
     from trainers.loop import load_trained
 
+    apply(secrets)
     s = TrainSettings.from_dict(settings_dict)
     with tempfile.TemporaryDirectory() as tmp:
         if adapter is not None:
@@ -38,8 +41,11 @@ def run_remote(settings_dict: dict, resources, adapter: str | None, shots: list[
     """``score`` for each number of shots, as Ray tasks sized like one trial worker."""
     import ray
 
+    from lorasweep.credentials import share
+
     remote = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus or 0)(score)
-    refs = {f"{k}-shot": remote.remote(settings_dict, adapter, k) for k in shots}
+    secrets = share()  # a reference in a list: the token itself is in no task spec
+    refs = {f"{k}-shot": remote.remote(settings_dict, adapter, k, secrets) for k in shots}
     return {name: ray.get(ref) for name, ref in refs.items()}
 
 

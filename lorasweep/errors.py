@@ -11,3 +11,9 @@ class ConfigError(ValueError):
 class TrialError(RuntimeError):
     """A trial that cannot go on (out of memory, non-finite loss). Raised inside a Ray Train worker:
     that trial is marked failed with this message on the leaderboard, and the sweep goes on."""
+
+
+class StorageError(ConfigError):
+    """A write under ``--storage-path`` that failed (no space, no permission, a bad mount): one line
+    naming the path and the fix, exit 2. Every write is a temp file renamed into place, so what was
+    written before stays as it was."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorasweep.errors import ConfigError
@@ -124,6 +125,9 @@ class Inputs:
     model_config: object | None = None
     num_parameters: int | None = None  # counted by the dry run's estimate only (needs the config)
     data: dict | None = None  # the task's data audit (rows kept, skipped by reason, tokens)
+    # Folders the storage check made (outermost first): removed again, if still empty, after a
+    # dry run or a refusal, so bad input leaves nothing behind.
+    created: list[str] = field(default_factory=list)
 
 
 def check_inputs(sweep) -> Inputs:
@@ -131,7 +135,7 @@ def check_inputs(sweep) -> Inputs:
 
     Rewrites local paths in ``sweep.settings`` to absolute ones (trials run in other folders) and
     sets ``settings.family`` from the checkpoint's ``model_type`` when the user did not name one."""
-    from trainers.families import get_family, resolve_family
+    from trainers.families import get_family
     from trainers.tasks import get_task
 
     s, o = sweep.settings, sweep.options
@@ -139,15 +143,26 @@ def check_inputs(sweep) -> Inputs:
     if s.family:
         get_family(s.family)  # a typo is refused before anything is read
     s.dataset = check_dataset_path(s.dataset)
-    _check_storage(o)
+    inputs = Inputs(created=_check_storage(o))
+    try:
+        _check_trial_inputs(sweep, inputs, task)
+    except BaseException:
+        remove_created(inputs.created)
+        raise
+    return inputs
+
+
+def _check_trial_inputs(sweep, inputs: Inputs, task) -> None:
+    from trainers.families import resolve_family
+
+    s = sweep.settings
     check_pairings(s)  # cheap: before reading the model and the data
-    inputs = Inputs()
     inputs.model_config = read_model_config(s.model)
     if _is_local(s.model):
         s.model = str(Path(os.path.expanduser(s.model)).resolve())
     if inputs.model_config is None:  # only a Hub id out of reach gets here (a bad folder raised)
         _warn("the data is not audited either (the tokenizer comes from the model)")
-        return inputs
+        return
     family = resolve_family(s, inputs.model_config)
     task.check(s, family)
     s.family = family.name if not family.generic else ""
@@ -156,7 +171,6 @@ def check_inputs(sweep) -> Inputs:
         raise ConfigError(f"`max_seq_length` is {s.max_seq_length} but `model` {s.model!r} takes at most {limit} "
                           f"positions; pass --max-seq-length {limit} or less")
     inputs.data = task.audit(s)
-    return inputs
 
 
 # QLoRA under ZeRO-3 needs 4-bit weights stored as the compute dtype so ZeRO can partition them
@@ -197,19 +211,46 @@ def check_pairings(settings) -> None:
                           "upgrade them or use --zero-stage 2")
 
 
-def _check_storage(o) -> None:
+def _check_storage(o) -> list[str]:
+    """A local ``--storage-path`` is checked by writing to it: the sweep folder is made here (a
+    permission bit says nothing about /proc, a read-only mount or a full disk). Returns the folders
+    made, outermost first, for ``remove_created``. A URI is left to its filesystem."""
     if "://" in o.storage_path:
-        return
+        return []
     root = Path(o.storage_path)
-    probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"`--storage-path` {o.storage_path!r} is not writable; pick a folder you can write")
-    exists = (root / o.name).exists()
+    sweep_dir = root / o.name
+    exists = sweep_dir.is_dir() and any(sweep_dir.iterdir())  # an empty folder holds nothing to lose
     if exists and not o.resume and not o.dry_run:
         raise ConfigError(f"sweep `--name {o.name}` already exists in {root}; pass --resume to continue it "
                           "or a new --name (nothing was changed)")
-    if o.resume and not (root / o.name / "tuner.pkl").exists():
+    if o.resume and not (sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"`--resume`: no sweep named {o.name!r} in {root} (no tuner.pkl); check --name and --storage-path")
+    made = [str(p) for p in (sweep_dir, *sweep_dir.parents) if not os.path.lexists(p)][::-1]
+    try:
+        os.makedirs(sweep_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=sweep_dir, prefix=".lorasweep-probe-"):
+            pass
+    except OSError as e:
+        remove_created(made)
+        raise ConfigError(f"`--storage-path` {o.storage_path!r} is not writable ({_os_reason(e)}); pick a folder "
+                          "you can write") from None
+    return made
+
+
+def _os_reason(e: OSError) -> str:
+    return f"{type(e).__name__}: {e.strerror}" if e.strerror else f"{type(e).__name__}: {str(e).splitlines()[0]}"
+
+
+def remove_created(folders: list[str]) -> None:
+    """Remove the folders ``_check_storage`` made, innermost first, each only while it is empty
+    (``os.rmdir`` cannot delete a file), so nothing anyone wrote there is ever removed."""
+    for folder in reversed(folders):
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:  # never made (the check failed before it)
+            continue
+        except OSError:  # something was written in it: it stays, and so do its parents
+            return
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -240,6 +281,116 @@ def check_cluster(options, res, cluster: dict) -> None:
             f"`--workers-per-trial` is {res.workers} but the cluster has room for {slots} worker(s) of "
             f"({need_cpu:g} CPU, {need_gpu:g} GPU); lower --workers-per-trial"
             + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
+
+
+# Where `ray up` leaves the autoscaler's config on the head: the cluster YAML with each node type's
+# `resources` filled in from its instance type (AWS: CPU, memory, GPU, accelerator_type).
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def addable_node_types(text: str) -> dict[str, dict]:
+    """``{node type: resources}`` of the worker node types an autoscaler config (YAML or JSON) can
+    add: the head's type and types capped at 0 workers are left out."""
+    import yaml
+
+    config = yaml.safe_load(text) or {}
+    head = config.get("head_node_type")
+    return {name: dict(t.get("resources") or {}) for name, t in (config.get("available_node_types") or {}).items()
+            if name != head and t.get("max_workers", config.get("max_workers", 1)) != 0}
+
+
+def _read_node_types(path: str) -> dict[str, dict] | None:
+    """On the head node: its autoscaler config's node types; None without one. Only the resources
+    leave the head (the config also names the SSH key and the provider's settings)."""
+    full = os.path.expanduser(path)
+    if not os.path.isfile(full):
+        return None
+    try:
+        with open(full, encoding="utf-8") as f:
+            return addable_node_types(f.read())
+    except Exception:  # unreadable or not a cluster config: as good as none
+        return None
+
+
+def with_addable_node_types(cluster: dict, path: str = BOOTSTRAP_CONFIG) -> dict:
+    """``cluster`` plus ``node_types``, what the autoscaler can add (None when its config is not on
+    the head), read by a 0-CPU task pinned to the head, wherever the driver runs. Their accelerator
+    types join ``accelerators`` for the dry run's estimate."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None)
+    if head is None:
+        return {**cluster, "node_types": None}
+    read = ray.remote(num_cpus=0, max_retries=0)(_read_node_types)
+    pin = NodeAffinitySchedulingStrategy(head["NodeID"], soft=False)
+    node_types = ray.get(read.options(scheduling_strategy=pin).remote(path), timeout=120)
+    accelerators = {k for r in (node_types or {}).values() for k in r if k.startswith("accelerator_type:")}
+    return {**cluster, "node_types": node_types, "accelerators": sorted({*cluster["accelerators"], *accelerators})}
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def node_label(node: dict) -> str:
+    return f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+
+
+def nodes_lacking(paths: list[str], nodes: list[dict], timeout_s: float = 120) -> dict[str, list[str]]:
+    """``{node label: paths missing there}`` for the nodes (``ray.nodes()`` entries) where some of
+    ``paths`` do not exist, asked by a 0-CPU task pinned to each node; {} when every node has them all."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_missing)
+    refs = {node_label(n): probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(paths) for n in nodes}
+    out = {}
+    for label, ref in refs.items():
+        try:
+            missing = ray.get(ref, timeout=timeout_s)
+        except (ray.exceptions.RayError, TimeoutError) as e:  # a node going away: the trials will not land there
+            _warn(f"could not check the local inputs on node {label} ({type(e).__name__})")
+            continue
+        if missing:
+            out[label] = missing
+    return out
+
+
+def lacking_message(fields: dict[str, str], lacking: dict[str, list[str]], n_nodes: int) -> str:
+    """One line: which local input is missing on which trial nodes, and the fix."""
+    parts = []
+    for name, path in fields.items():
+        where = [label for label, missing in lacking.items() if path in missing]
+        if where:
+            parts.append(f"`{name}` path {path!r} is missing on {len(where)} of {n_nodes} node(s) that run trials "
+                         f"({', '.join(where)})")
+    return ("; ".join(parts) + ": trials there cannot read it; put it on a filesystem every node mounts at the same "
+            "path, or upload it (s3://, gs:// or the Hugging Face Hub) and pass that")
+
+
+def check_paths_on_nodes(sweep, res) -> None:
+    """On a cluster (``--address``) of more than one node, a local ``--dataset``/``--model`` must exist
+    on every node that can run a trial worker: a worker that does not find it would take the path
+    for a Hub id. Nodes the autoscaler has yet to add cannot be asked: a warning says so."""
+    import ray
+
+    s, o = sweep.settings, sweep.options
+    fields = {name: path for name, path in (("dataset", s.dataset), ("model", s.model)) if os.path.isabs(path)}
+    if not o.address or not fields:
+        return
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if o.autoscale:
+        _warn(f"{' and '.join(f'`{k}` {p!r}' for k, p in fields.items())}: a local path, which the nodes --autoscale "
+              "adds must see at the same path (a shared filesystem, or cluster.yaml file_mounts); or upload it "
+              "(s3://, gs:// or the Hub)")
+    if len(alive) < 2:
+        return
+    trial_nodes = [n for n in alive if worker_slots(n["Resources"], res) > 0]
+    lacking = nodes_lacking(list(fields.values()), trial_nodes)
+    if lacking:
+        raise ConfigError(lacking_message(fields, lacking, len(trial_nodes)))
 
 
 # ----------------------------------------------------------------------------- the estimate

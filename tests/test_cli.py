@@ -78,6 +78,7 @@ BAD_INPUTS = [
     (["--num-samples", "0"], "`--num-samples` is 0"),
     (["--model", "./no-such-model"], "`model` folder './no-such-model' has no config.json"),
     (["--storage-path", "/etc/passwd/runs"], "`--storage-path` '/etc/passwd/runs' is not writable"),
+    (["--storage-path", "/proc/nosuch"], "`--storage-path` '/proc/nosuch' is not writable (FileNotFoundError"),
     (["--resume"], "`--resume`: no sweep named 'llama_finetome-smoke'"),
     (["--objective", "accuracy"], "`--objective` is 'accuracy'; task `chat_sft` reports: eval_loss"),
     (["--task", "nosuch"], "`task` is 'nosuch'; known tasks: chat_sft, classification, instruct_classification"),

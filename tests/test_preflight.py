@@ -3,19 +3,24 @@ listens."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from trainers.config import Resources
 
-from lorasweep.engine import SweepOptions, concurrency, resolve
+from lorasweep.engine import SweepOptions, concurrency, resolve, trial_resources
 from sweeps.llama_finetome import RECIPE
-from lorasweep.preflight import Inputs, asha_tokens, check_cluster, count_parameters, estimate
+from lorasweep.preflight import (Inputs, addable_node_types, asha_tokens, check_cluster, check_paths_on_nodes,
+                                 count_parameters, estimate, node_label, nodes_lacking, with_addable_node_types)
 from lorasweep.errors import ConfigError
+from tests.conftest import FAKE_HF
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +64,180 @@ def test_concurrency_counts_worker_slots_node_by_node():
     assert concurrency(SweepOptions(name="x", max_concurrent=8), two_gpu_workers, cluster(gpu_node(3), gpu_node(3))) == 2
     assert concurrency(SweepOptions(name="x", max_concurrent=8), res(2, 1), cluster(gpu_node(4), gpu_node(4))) == 4
     assert concurrency(SweepOptions(name="x", max_concurrent=3), res(1, 1), cluster(gpu_node(4), gpu_node(4))) == 3
+
+
+# ----------------------------------------------------------------------------- an autoscaling cluster
+
+# What `ray up cluster.yaml` leaves on the head as ~/ray_bootstrap_config.yaml (JSON, which is YAML):
+# cluster.yaml with the node types' resources filled in from their AWS instance types.
+BOOTSTRAPPED = {
+    "cluster_name": "lorasweep", "max_workers": 4, "head_node_type": "head",
+    "auth": {"ssh_user": "ubuntu", "ssh_private_key": "~/ray_bootstrap_key.pem"},
+    "available_node_types": {
+        "head": {"node_config": {"InstanceType": "m6i.xlarge"}, "resources": {"CPU": 0}, "max_workers": 0},
+        "gpu_worker": {"min_workers": 0, "max_workers": 4, "node_config": {"InstanceType": "g5.xlarge"},
+                       "resources": {"CPU": 4, "memory": 11596411699, "GPU": 1, "accelerator_type:A10G": 1}},
+    },
+}
+HEAD_ONLY = cluster({"CPU": 0})  # what an autoscaling cluster.yaml cluster is before the sweep asks for GPUs
+
+
+def test_autoscale_takes_gpus_per_worker_from_the_node_types_it_can_add():
+    types = addable_node_types(json.dumps(BOOTSTRAPPED))
+    assert types == {"gpu_worker": BOOTSTRAPPED["available_node_types"]["gpu_worker"]["resources"]}
+    opts = SweepOptions(name="x", address="auto", autoscale=True, max_concurrent=4)
+    r = trial_resources(opts, {**HEAD_ONLY, "node_types": types})
+    assert r.gpus == 1  # not 0: trials would train on CPUs, one at a time
+    assert concurrency(opts, r, HEAD_ONLY) == 4  # --max-concurrent, not the head's 0 worker slots (floored to 1)
+    cpu_only = {"cpu_worker": {"CPU": 16, "memory": 6e10}}
+    assert trial_resources(opts, {**HEAD_ONLY, "node_types": cpu_only}).gpus == 0  # a CPU cluster, known to be one
+    assert trial_resources(SweepOptions(name="x", autoscale=True, gpus_per_worker=2), HEAD_ONLY).gpus == 2
+
+
+@pytest.mark.parametrize("node_types,why", [
+    (None, "no ~/ray_bootstrap_config.yaml on the head"),
+    # the shipped cluster.yaml as written: `resources: {}` until `ray up` fills it in from the instance type
+    ("cluster.yaml", "its autoscaler config gives no resources for node type(s) gpu_worker"),
+    ({}, "its autoscaler config lists no node type to add"),
+])
+def test_autoscale_without_known_gpus_asks_for_gpus_per_worker(node_types, why):
+    if node_types == "cluster.yaml":
+        node_types = addable_node_types((ROOT / "cluster.yaml").read_text())
+    with pytest.raises(ConfigError) as e:
+        trial_resources(SweepOptions(name="x", address="auto", autoscale=True), {**HEAD_ONLY, "node_types": node_types})
+    msg = str(e.value)
+    assert msg.startswith("`--gpus-per-worker` is -1 (auto) but with --autoscale the GPUs of the nodes the cluster "
+                          f"will add are unknown ({why}") and "\n" not in msg
+    assert msg.endswith("); pass --gpus-per-worker 1 (or 0 to train on CPUs)")
+
+
+# ----------------------------------------------------------------------------- a real multi-node cluster
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A real two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``) laid out as
+    cluster.yaml lays one out: a head that runs no trials (0 CPUs) and a worker node. Each raylet
+    starts in its own folder, which its workers inherit as their cwd, so ``/proc/self/cwd/<file>``
+    is a path that exists on one node and not on the other: what a local file on the head is to a
+    node without a shared filesystem. Started before any test sets HF_TOKEN: a worker can only get
+    the token through our code."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from lorasweep.engine import _free_port
+
+    head_cwd, worker_cwd = tmp_path_factory.mktemp("head_cwd"), tmp_path_factory.mktemp("worker_cwd")
+    (head_cwd / "only_on_head.jsonl").write_text("{}\n")
+    port = _free_port(0)
+    here = os.getcwd()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("HF_TOKEN", raising=False)
+        mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        # Ray Train asks the state API whether a trial is alive: this cluster's, not another Ray's on 8265.
+        mp.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+        try:
+            os.chdir(head_cwd)
+            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": port,
+                                                              "include_dashboard": True})
+            os.chdir(worker_cwd)
+            worker = c.add_node(num_cpus=2, resources={"worker_node": 1})
+        finally:
+            os.chdir(here)
+        c.wait_for_nodes()
+        ray.init(address=c.address)
+        try:
+            yield SimpleNamespace(address=c.address, head_cwd=head_cwd, worker_id=worker.node_id)
+        finally:
+            ray.shutdown()
+            c.shutdown()
+
+
+def test_a_local_input_missing_on_a_trial_node_is_refused_naming_that_node(two_nodes, tmp_path):
+    import ray
+
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    worker = next(n for n in alive if n["NodeID"] == two_nodes.worker_id)
+    shared = tmp_path / "chats.jsonl"  # one machine: every node sees tmp_path, as with a shared filesystem
+    shared.write_text("{}\n")
+    assert nodes_lacking([str(shared)], alive) == {}
+    only_on_head = "/proc/self/cwd/only_on_head.jsonl"
+    assert nodes_lacking([only_on_head, str(shared)], alive) == {node_label(worker): [only_on_head]}
+
+    def sweep(dataset, model="unsloth/Llama-3.2-1B-Instruct", address=two_nodes.address):
+        return SimpleNamespace(settings=SimpleNamespace(dataset=dataset, model=model),
+                               options=SweepOptions(name="x", address=address))
+
+    check_paths_on_nodes(sweep(str(shared), model=str(tmp_path)), res(1, 0))
+    with pytest.raises(ConfigError) as e:
+        check_paths_on_nodes(sweep(only_on_head), res(1, 0))
+    assert str(e.value) == (
+        f"`dataset` path {only_on_head!r} is missing on 1 of 1 node(s) that run trials ({node_label(worker)}): trials "
+        "there cannot read it; put it on a filesystem every node mounts at the same path, or upload it (s3://, gs:// "
+        "or the Hugging Face Hub) and pass that")
+    check_paths_on_nodes(sweep(only_on_head, address=None), res(1, 0))  # a local Ray: the driver's check suffices
+
+
+def test_autoscale_reads_the_node_types_on_the_head(two_nodes, tmp_path):
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text(json.dumps(BOOTSTRAPPED))
+    seen = with_addable_node_types(HEAD_ONLY, str(config))
+    assert seen["node_types"] == {"gpu_worker": BOOTSTRAPPED["available_node_types"]["gpu_worker"]["resources"]}
+    assert seen["accelerators"] == ["accelerator_type:A10G"]  # the dry run prices A10Gs, not the default A100
+    assert with_addable_node_types(HEAD_ONLY, str(tmp_path / "none.yaml"))["node_types"] is None
+
+
+def _token_probe_worker(config: dict) -> None:
+    """A trial worker's first lines, as ``trainers.loop.train_func`` has them, then what it sees."""
+    import ray.train
+
+    from lorasweep.credentials import receive
+
+    config = receive(config)
+    seen = hashlib.sha256(os.environ.get("HF_TOKEN", "").encode()).hexdigest()  # a report is written to disk
+    ray.train.report({"token_seen": seen == config["token_sha256"], "node_id": ray.get_runtime_context().get_node_id()})
+
+
+def _token_probe_trial(config: dict, secrets: list | None = None) -> None:
+    """``engine.lora_trial``'s TorchTrainer, its train_loop_config built the same way."""
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lorasweep.credentials import with_secrets
+
+    TorchTrainer(_token_probe_worker, train_loop_config=with_secrets(config, secrets),
+                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1, "worker_node": 0.1}),
+                 run_config=RunConfig(name=tune.get_context().get_trial_id(), storage_path=config["train_storage"],
+                                      callbacks=[TuneReportCallback()])).fit()
+
+
+def test_hf_token_reaches_a_trial_worker_on_another_node_and_is_written_nowhere(two_nodes, tmp_path, monkeypatch):
+    import ray
+    from ray import tune
+
+    from lorasweep.credentials import share
+    from tests.test_sweep import _files_under
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_HF)  # the driver's environment only: the nodes started without it
+    storage = tmp_path / "runs"
+    # The trainable wrapped as engine.build_tuner wraps lora_trial.
+    trainable = tune.with_resources(tune.with_parameters(_token_probe_trial, secrets=share()), {"memory": 1})
+    grid = tune.Tuner(trainable, param_space={"token_sha256": hashlib.sha256(FAKE_HF.encode()).hexdigest(),
+                                              "train_storage": str(storage / "train_runs")},
+                      run_config=tune.RunConfig(name="probe", storage_path=str(storage), verbose=0)).fit()
+    (result,) = grid
+    assert result.error is None, result.error
+    assert result.metrics["token_seen"] is True and result.metrics["node_id"] == two_nodes.worker_id
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    scanned = 0
+    for path in _files_under(storage, session):
+        assert FAKE_HF.encode() not in path.read_bytes(), f"HF_TOKEN found in {path}"
+        scanned += 1
+    assert list(session.glob("logs/*")) and (storage / "probe").is_dir() and scanned > 20
 
 
 # ----------------------------------------------------------------------------- the estimate
