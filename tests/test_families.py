@@ -219,3 +219,65 @@ def test_packed_trials_report_at_the_same_tokens_as_unpacked():
     assert report_interval(50, 1000, 480) == 24
     assert report_interval(50, 1000, 1000) == 50
     assert report_interval(1, 1000, 100) == 1  # never 0
+
+
+# ----------------------------------------------------------------------------- precision and DeepSpeed per worker
+
+
+def test_precision_comes_from_the_device_the_worker_got(monkeypatch):
+    """fp32 on a CPU worker even where the machine has a GPU; on a GPU, bf16 only where it is native
+    (T4/V100 emulate it, far slower than fp16)."""
+    from trainers.model import pick_precision
+
+    s = TrainSettings(model="m", dataset="d.jsonl")
+    asked = []
+    native = {"value": True}
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native["value"] or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_precision(s, torch.device("cpu")) == "fp32" and asked == []
+    assert pick_precision(s, torch.device("cuda", 0)) == "bf16"
+    native["value"] = False
+    assert pick_precision(s, torch.device("cuda", 0)) == "fp16"
+    assert asked == [False, False]
+    assert pick_precision(TrainSettings(model="m", dataset="d.jsonl", precision="bf16"), torch.device("cpu")) == "bf16"
+
+
+def test_one_worker_trains_without_deepspeed_unless_deepspeed_still_does_something():
+    from dataclasses import replace
+
+    from trainers.config import for_workers
+
+    s = TrainSettings(model="m", dataset="d.jsonl")
+    for stage in (1, 2, 3):
+        plain, note = for_workers(replace(s, zero_stage=stage), 1, "bf16")
+        assert plain == replace(s, zero_stage=0)
+        assert note.startswith("one worker: training without DeepSpeed") and f"ZeRO-{stage}" in note and "\n" not in note
+    kept = [replace(s, zero_stage=2), 2, "bf16"], [replace(s, zero_stage=0), 1, "bf16"], \
+        [replace(s, zero_stage=3, offload=True), 1, "bf16"], [replace(s, zero_stage=2, offload=True), 1, "fp16"], \
+        [replace(s, zero_stage=2, method="full", quantization="none"), 1, "bf16"], \
+        [replace(s, zero_stage=3, method="full", quantization="none"), 1, "fp16"]
+    for settings, workers, precision in kept:  # more workers; DDP; offload; fp32 master weights of a full fine-tune
+        assert for_workers(settings, workers, precision) == (settings, ""), (settings, workers, precision)
+    full_fp32 = replace(s, zero_stage=2, method="full", quantization="none")
+    assert for_workers(full_fp32, 1, "fp32")[0].zero_stage == 0
+
+
+def test_a_one_worker_trial_builds_its_trainer_without_deepspeed(assets, tmp_path, capsys):
+    """The llama_finetome real preset's ZeRO-2 with one worker per trial: setup says so once and hands
+    the Trainer no DeepSpeed config."""
+    from dataclasses import replace
+
+    from trainers.config import TrialConfig
+    from trainers.loop import setup
+
+    settings = replace(_settings(assets, "llama", "chat_sft", "none"), zero_stage=2)
+    st = setup(TrialConfig(settings), torch.device("cpu"), str(tmp_path))
+    assert st.settings.zero_stage == 0 and st.args.deepspeed is None
+    assert [line for line in capsys.readouterr().out.splitlines() if "DeepSpeed" in line] == [
+        "[lorasweep] one worker: training without DeepSpeed (ZeRO-2 partitions across workers; with one it only "
+        "adds overhead)"]

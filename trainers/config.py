@@ -154,6 +154,7 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
     retries: int = 0  # worker-group restarts from the last checkpoint after a worker error
+    placement: str = "PACK"  # the workers' placement group: PACK (fewest nodes) or SPREAD (one per node)
 
 
 @dataclass
@@ -185,6 +186,24 @@ class TrialConfig:
                    knobs={k: v for k, v in config.items() if k != "trial"},
                    resources=Resources(**fixed["resources"]), train_storage=fixed["train_storage"],
                    objective=fixed.get("objective", "eval_loss"))
+
+
+def for_workers(settings: TrainSettings, workers: int, precision: str) -> tuple[TrainSettings, str]:
+    """The settings a trial of ``workers`` workers trains with, and a line saying what changed ("" if nothing).
+
+    ZeRO partitions optimizer state (stage 1), gradients (2) and weights (3) across workers; a single
+    worker has nothing to partition, and DeepSpeed only adds its start-up and its own optimizer
+    step, so one worker trains plain (``zero_stage`` 0). DeepSpeed stays where it still does what one
+    plain process cannot: ``offload`` (optimizer state, and weights at stage 3, in CPU memory), and a
+    full fine-tune in fp16/bf16, where DeepSpeed keeps fp32 master weights (the plain Trainer would
+    update the half-precision weights themselves: lossy in bf16, and an error in fp16).
+    """
+    if workers > 1 or settings.zero_stage == 0 or settings.offload or \
+            (settings.method == "full" and precision in ("bf16", "fp16")):
+        return settings, ""
+    return replace(settings, zero_stage=0), (
+        f"one worker: training without DeepSpeed (ZeRO-{settings.zero_stage} partitions across workers; "
+        "with one it only adds overhead)")
 
 
 def deepspeed_config(zero_stage: int, offload: bool) -> dict | None:

@@ -6,12 +6,19 @@ as ``evaluate.load`` would) and shards its work across the workers of a trial, a
 
 from __future__ import annotations
 
+import math
+import sys
+
 import torch
 import torch.distributed as dist
 
 from trainers.chat import IGNORE_INDEX, Collator
 
 EVAL_BATCH_SIZE = 8
+# Logits are built for at most this many (token x vocab) entries at a time: 512 tokens of Llama-3's
+# 128,256-word vocabulary = 256 MB in fp32, where a whole batch (8 rows x 2,047 tokens) is 8.4 GB,
+# and log_softmax and the shift each copy it again.
+LOGITS_PER_CHUNK = 2**26
 
 
 def world() -> tuple[int, int]:
@@ -59,6 +66,91 @@ class eval_mode:  # noqa: N801  (used as a context manager, like torch.no_grad)
             self.model.train()
 
 
+def shard_calls(n: int, per_call: int, shard: tuple[int, int]) -> list[tuple[list[int], bool]]:
+    """This rank's forward calls over ``n`` items: the item indices of each call (at most
+    ``per_call``) and whether its results count.
+
+    Items are dealt round-robin (rank r scores r, r + world, ...), and every rank makes the same
+    number of calls, ceil(ceil(n / world) / per_call): under ZeRO-3 each forward gathers every
+    layer's weights from all ranks, so a rank that made one call fewer would leave the others
+    waiting in that collective forever. A rank short of calls repeats one item and drops the result.
+    """
+    rank, world_size = shard
+    mine = list(range(rank, n, world_size))
+    calls = [(mine[i : i + per_call], True) for i in range(0, len(mine), per_call)]
+    total = math.ceil(math.ceil(n / world_size) / per_call)
+    spare = [mine[0] if mine else 0]
+    return calls + [(spare, False)] * (total - len(calls))
+
+
+# ----------------------------------------------------------------------------- logits where they are needed
+
+_FULL_LOGITS: set[str] = set()  # model classes whose logits lm_head(hidden) does not reproduce
+
+
+def _logit_postprocessing(model):
+    """What a model's forward does to ``lm_head(hidden)``, for the known cases: Gemma-2/3's final
+    soft-capping, Granite's ``logits_scaling``, Cohere's ``logit_scale`` (``apply_head`` checks the
+    result against the model's own logits every batch)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    divide = getattr(config, "logits_scaling", None)
+    scale = getattr(config, "logit_scale", None)
+
+    def post(logits):
+        if divide is not None:
+            logits = logits / divide
+        if scale is not None:
+            logits = logits * scale
+        if cap is not None:  # the order of Gemma2ForCausalLM.forward
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return post
+
+
+def apply_head(model, inputs: dict, fn):
+    """``fn(hidden, logits_of)`` for one forward pass without logits for the whole batch.
+
+    ``hidden`` is what the model's output head receives (batch x seq x hidden) and ``logits_of(h)``
+    the model's logits for any rows ``h`` of it (the head and the model's post-processing), so ``fn``
+    builds logits only where it needs them, a chunk at a time. ``fn`` runs inside the forward, in a
+    pre-hook of the head, so under ZeRO-3 the head's weight is gathered once for all its chunks; the
+    head itself then gets only each row's last position, and the model's logits there are checked
+    against ``logits_of``. A model whose logits that does not reproduce (an unknown post-processing)
+    is scored from its full logits instead (``fn(logits, identity)``), with one warning.
+    """
+    kind = type(getattr(model, "get_base_model", lambda: model)()).__name__
+    head = model.get_output_embeddings() if kind not in _FULL_LOGITS else None
+    if head is not None:
+        post, state = _logit_postprocessing(model), {}
+
+        def logits_of(h):
+            # .forward: no module hooks; under ZeRO-3 the weight was gathered for the call we are in
+            return post(head.forward(h))
+
+        def tap(module, args):
+            if state or not args or args[0].dim() != 3:  # a second call, keywords, not batch x seq x hidden
+                return None
+            hidden = args[0]
+            state["result"], state["last"] = fn(hidden, logits_of), logits_of(hidden[:, -1:])
+            return (hidden[:, -1:], *args[1:])
+
+        handle = head.register_forward_pre_hook(tap)
+        try:
+            theirs = model(**inputs).logits
+        finally:
+            handle.remove()
+        ours = state.get("last")
+        if ours is not None and ours.shape == theirs.shape and \
+                (theirs.float() - ours.float()).abs().max() <= 1e-3 * (1 + theirs.float().abs().max()):
+            return state["result"]
+        _FULL_LOGITS.add(kind)
+        print(f"warning: {kind}'s logits are not its lm_head's output as trainers/evaluation.py computes it; "
+              "eval builds its full logits instead (batch x sequence x vocabulary memory)", file=sys.stderr)
+    return fn(model(**inputs).logits, lambda x: x)
+
+
 # ----------------------------------------------------------------------------- language modelling loss
 
 
@@ -74,20 +166,39 @@ def evaluate_loss(model, batches: list[dict], shard: tuple[int, int] = (0, 1)) -
     """Token-weighted mean cross-entropy over every labelled token of the eval split.
 
     Summed per token (not averaged per batch), so it does not depend on batch size or the number
-    of workers; each worker scores every ``world``-th batch and the sums are all-reduced.
+    of workers; each worker scores every ``world``-th batch and the sums are all-reduced. Logits are
+    built only for labelled tokens, ``LOGITS_PER_CHUNK`` entries at a time (``apply_head``). Every
+    batch is cut into the same number of chunks (as many as the batch with the most labelled tokens
+    needs), so a head whose calls are collectives (LoRA on lm_head under ZeRO-3) runs equally often
+    on every rank.
     """
-    rank, n = shard
     device = model_device(model)
+    vocab = getattr(model.config.get_text_config(), "vocab_size", None) or 2**17
+    per_chunk = max(1, LOGITS_PER_CHUNK // vocab)
+    labelled = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]
+    n_chunks = max(1, math.ceil(max(labelled, default=0) / per_chunk))
+
+    def batch_loss(labels):
+        def fn(hidden, logits_of):
+            targets = labels[:, 1:]
+            keep = targets != IGNORE_INDEX
+            h, t = hidden[:, :-1][keep], targets[keep]
+            total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+            for hc, tc in zip(h.tensor_split(n_chunks), t.tensor_split(n_chunks)):
+                total += torch.nn.functional.cross_entropy(logits_of(hc).float(), tc, reduction="sum").double()
+            return total
+
+        return fn
+
     loss_sum, count = 0.0, 0.0
     with eval_mode(model):
-        for batch in batches[rank::n]:
+        for (i,), keep in shard_calls(len(batches), 1, shard):
+            batch = batches[i]
             inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            logits = model(**inputs).logits.float()
-            labels = batch["labels"].to(device)[:, 1:]
-            loss_sum += torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                reduction="sum").item()
-            count += (labels != IGNORE_INDEX).sum().item()
+            total = apply_head(model, inputs, batch_loss(batch["labels"].to(device)))
+            if keep:
+                loss_sum += total.item()
+                count += labelled[i]
     loss_sum, count = all_reduce_sum([loss_sum, count])
     return loss_sum / max(count, 1.0)
 
@@ -121,39 +232,58 @@ def per_class_names(labels: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def label_logprobs(model, prompts: list[list[int]], options: list[list[int]], pad_id: int,
-                   batch_size: int = EVAL_BATCH_SIZE) -> list[list[float]]:
-    """Summed log-probability of every label option after every prompt, teacher-forced: one forward
-    pass per (prompt, option) pair in batches, no sampling and no parsing of generated text."""
+                   shard: tuple[int, int] = (0, 1), batch_size: int = EVAL_BATCH_SIZE) -> list[list[float]]:
+    """Summed log-probability of every label option after each of this rank's prompts (every
+    ``world``-th, from its rank), teacher-forced: one forward pass per (prompt, option) pair in
+    batches, no sampling and no parsing of generated text. Logits are built only at the options'
+    positions (``apply_head``)."""
     device = model_device(model)
-    pairs = [(i, j) for i in range(len(prompts)) for j in range(len(options))]
-    scores = [[0.0] * len(options) for _ in prompts]
+    scores: list[list[float]] = []
     with eval_mode(model):
-        for start in range(0, len(pairs), batch_size * len(options)):
-            chunk = pairs[start : start + batch_size * len(options)]
-            seqs = [prompts[i] + options[j] for i, j in chunk]
+        for idx, keep in shard_calls(len(prompts), batch_size, shard):
+            pairs = [(i, j) for i in idx for j in range(len(options))]
+            seqs = [prompts[i] + options[j] for i, j in pairs]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
+            rows, cols, targets = [], [], []
+            for r, ((i, j), s) in enumerate(zip(pairs, seqs)):
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
-            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-            for r, (i, j) in enumerate(chunk):
-                p, o = len(prompts[i]), options[j]
                 # token t of the option is predicted at position p + t - 1
-                pos = torch.arange(p - 1, p - 1 + len(o), device=logp.device)
-                scores[i][j] = float(logp[r, pos, torch.tensor(o, device=logp.device)].sum())
+                p, o = len(prompts[i]), options[j]
+                rows += [r] * len(o)
+                cols += range(p - 1, p - 1 + len(o))
+                targets += o
+            fn = _summed_logprobs(*(torch.tensor(x, device=device) for x in (rows, cols, targets)), len(seqs))
+            sums = apply_head(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, fn).tolist()
+            if keep:
+                scores += [sums[k * len(options) : (k + 1) * len(options)] for k in range(len(idx))]
     return scores
 
 
-def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy answers (left-padded batches), for counting how often free generation gives a valid label."""
+def _summed_logprobs(rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor, n_rows: int):
+    """For ``apply_head``: per row, the summed log-probability of ``targets`` at ``(rows, cols)``."""
+
+    def fn(hidden, logits_of):
+        logp = torch.log_softmax(logits_of(hidden[rows, cols]).float(), -1)
+        picked = logp.gather(-1, targets[:, None])[:, 0].double()
+        return torch.zeros(n_rows, dtype=torch.float64, device=picked.device).index_add_(0, rows, picked)
+
+    return fn
+
+
+def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                     shard: tuple[int, int] = (0, 1)) -> list[str]:
+    """Greedy answers to this rank's prompts (every ``world``-th, left-padded batches), for counting
+    how often free generation gives a valid label. Under ZeRO-3 Transformers keeps the ranks'
+    decoding steps in step (``synced_gpus``); ``shard_calls`` keeps their ``generate`` calls so."""
     device = model_device(model)
     out = []
     pad = tokenizer.pad_token_id
     with eval_mode(model):
-        for start in range(0, len(prompts), EVAL_BATCH_SIZE):
-            chunk = prompts[start : start + EVAL_BATCH_SIZE]
+        for idx, keep in shard_calls(len(prompts), EVAL_BATCH_SIZE, shard):
+            chunk = [prompts[i] for i in idx]
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -162,7 +292,8 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens:
                 mask[r, width - len(p):] = 1
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, use_cache=True)
-            out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            if keep:
+                out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out
 
 

@@ -1,7 +1,8 @@
 """One trial, inside each of its Ray Train workers: ``train_func(config)``.
 
     setup:  TrialConfig -> task + family -> tokenizer -> data (split, formatted, packed)
-            -> base model (4-bit NF4 / 8-bit / full) + LoRA -> transformers.Trainer (DDP or ZeRO)
+            -> TrainingArguments (DDP or ZeRO; plain for one worker) -> base model (4-bit NF4 /
+            8-bit / full) + LoRA -> transformers.Trainer
     train:  every ``eval_every`` steps (and at the end of the budget): the task's metrics on the
             eval split, a checkpoint, ``ray.train.report``
 
@@ -26,9 +27,9 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from lorasweep.errors import TrialError
-from trainers.config import TrialConfig, deepspeed_config
+from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
 from trainers.data import first_line
-from trainers.evaluation import all_reduce_sum, world
+from trainers.evaluation import all_gather_lists, all_reduce_sum, world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
 from trainers.tasks import Prepared, get_task
@@ -59,6 +60,7 @@ class Setup:
     """Everything a trial builds before its first step."""
 
     trial: TrialConfig
+    settings: TrainSettings  # what the trial trains with: its effective settings for its number of workers
     task: object
     family: object
     tokenizer: object
@@ -69,6 +71,7 @@ class Setup:
     device: torch.device
     max_steps: int
     report_every: int  # optimizer steps between reports, scaled so packed trials report at the same tokens
+    args: TrainingArguments
 
 
 def plan_steps(train: list[dict], settings, n_workers: int) -> int:
@@ -87,39 +90,46 @@ def report_interval(eval_every: int, examples: int, rows: int) -> int:
     return max(1, round(eval_every * rows / max(examples, 1)))
 
 
-def setup(trial: TrialConfig, device: torch.device) -> Setup:
-    s = trial.effective
+def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
+    rank, n = world()
+    precision = pick_precision(trial.effective, device)
+    s, note = for_workers(trial.effective, n, precision)
     task, family = get_task(s.task), resolve_family(s)
     tokenizer = task.load_tokenizer(s)
     data = task.prepare(s, tokenizer)
     train = task.train_examples(s, data)
-    rank, n = world()
     max_steps = plan_steps(train, s, n)
     report_every = report_interval(s.eval_every, len(data.train.examples), len(train))
     if rank == 0:
         print(f"[lorasweep] {len(data.train.examples)} train examples -> {len(train)} rows (packing={s.packing}), "
               f"{len(data.eval.examples)} eval, skipped {dict(data.train.skipped)}, {max_steps} steps planned, "
               f"a report every {report_every}")
-    precision = pick_precision(s, device)
+        if note:
+            print(f"[lorasweep] {note}")
+    # The TrainingArguments before the model, as PEFT's DeepSpeed guide orders them: a ZeRO-3 config
+    # in them registers itself with Transformers (HfDeepSpeedConfig, held by a weak reference: the
+    # Setup keeps them alive), and from_pretrained then builds the model inside deepspeed.zero.Init,
+    # each rank holding only its shard of the weights. Built after, every rank loads the whole model.
+    args = training_arguments(s, precision, device, max_steps, out_dir)
     model = build_model(s, family, task, precision, device)
-    return Setup(trial, task, family, tokenizer, data, train, model, precision, device, max_steps, report_every)
+    return Setup(trial, s, task, family, tokenizer, data, train, model, precision, device, max_steps, report_every, args)
 
 
-def training_arguments(st: Setup, out_dir: str) -> TrainingArguments:
-    s = st.trial.effective
+def training_arguments(s: TrainSettings, precision: str, device: torch.device, max_steps: int,
+                       out_dir: str) -> TrainingArguments:
     return TrainingArguments(
         output_dir=out_dir,
         per_device_train_batch_size=s.per_device_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         learning_rate=float(s.learning_rate),
-        warmup_steps=int(round(float(s.warmup_ratio) * st.max_steps)),
+        warmup_steps=int(round(float(s.warmup_ratio) * max_steps)),
         lr_scheduler_type=s.lr_scheduler_type,
         weight_decay=s.weight_decay,
         max_grad_norm=s.max_grad_norm,
-        max_steps=st.max_steps,
-        bf16=st.precision == "bf16",
-        fp16=st.precision == "fp16",
-        use_cpu=st.device.type == "cpu",
+        max_steps=max_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",
         gradient_checkpointing=s.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         deepspeed=deepspeed_config(s.zero_stage, s.offload),
@@ -143,14 +153,16 @@ class ReportCallback(TrainerCallback):
 
     def __init__(self, trainer: TokenCountingTrainer, st: Setup, report):
         self.trainer, self.st, self.report = trainer, st, report
-        self.settings = st.trial.effective
+        self.settings = st.settings
         self.last_loss = float("nan")
         self.t_last, self.tokens_last = time.time(), 0
         self.tokens_seen = 0
         self.train_time_s = 0.0  # carried over on resume
+        self.nodes: list[str] = []
 
     def on_train_begin(self, args, state, control, **kw):
         self.t_last = time.time()
+        self.nodes = all_gather_lists([_node_id()])  # the Ray node of each rank, in rank order
 
     def on_step_end(self, args, state, control, **kw):
         if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
@@ -178,6 +190,7 @@ class ReportCallback(TrainerCallback):
             "peak_mem_gb": _peak_memory_gb(st.device),
             "train_time_s": self.train_time_s,
             "finished": finished,
+            "worker_nodes": ",".join(self.nodes),  # a string: loggers take it as it is
         }
         self.tokens_last = self.tokens_seen
         ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -188,6 +201,15 @@ class ReportCallback(TrainerCallback):
         self.report(metrics, ckpt_dir)
         self.t_last = time.time()  # eval, checkpoint upload and report are not training time
         return control
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except ImportError:
+        return "local"
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -230,6 +252,9 @@ def user_callbacks(trial: TrialConfig) -> list[TrainerCallback]:
 
 def train_func(config: dict) -> list[dict]:
     """Ray Train per-worker loop (also runs outside Ray, reporting to the returned list)."""
+    from lorasweep.credentials import receive
+
+    config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
     trial = TrialConfig.from_tune(config)
     history: list[dict] = []
     if _in_ray_train():
@@ -240,13 +265,17 @@ def train_func(config: dict) -> list[dict]:
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         report, resume = (lambda m, d: history.append(m)), None
-    st = setup(trial, device)
     out_dir = tempfile.mkdtemp(prefix="lorasweep-")
+    try:
+        st = setup(trial, device, out_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     trainer = TokenCountingTrainer(
         model=st.model,
-        args=training_arguments(st, out_dir),
+        args=st.args,
         train_dataset=st.train,
-        data_collator=st.task.collator(trial.effective, st.tokenizer),
+        data_collator=st.task.collator(st.settings, st.tokenizer),
         processing_class=st.tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # the report callback prints what matters
@@ -292,6 +321,9 @@ def load_trained(settings, folder: str | None = None, device: torch.device | Non
     from dataclasses import replace
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # One process and no DeepSpeed: load as a one-worker trial without ZeRO-3 would (a ZeRO-3 4-bit
+    # base differs only in the storage dtype of the same quantised bytes, and its device placement).
+    settings = replace(settings, zero_stage=0)
     task, family = get_task(settings.task), resolve_family(settings)
     tokenizer = task.load_tokenizer(settings)
     full = folder is not None and not os.path.exists(os.path.join(folder, "adapter_config.json"))

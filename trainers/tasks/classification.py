@@ -8,7 +8,8 @@ import torch
 
 from lorasweep.errors import ConfigError
 from trainers.data import SkipRow, Tokenized
-from trainers.evaluation import EVAL_BATCH_SIZE, eval_mode, model_device, all_gather_lists, all_reduce_sum, classification_metrics
+from trainers.evaluation import (EVAL_BATCH_SIZE, all_gather_lists, all_reduce_sum, classification_metrics, eval_mode,
+                                 model_device, shard_calls)
 from trainers.tasks import Task, register
 
 CLASSIFICATION_METRICS = ("eval_loss", "accuracy", "precision", "recall", "f1")
@@ -105,16 +106,16 @@ class Classification(LabelledTask):
         return ClassificationCollator(tokenizer.pad_token_id)
 
     def _predict(self, model, examples, pad_id, shard):
-        rank, n = shard
-        mine = examples[rank::n]
         collate = ClassificationCollator(pad_id)
         device = model_device(model)
         loss_sum, preds, truth = 0.0, [], []
         with eval_mode(model):
-            for i in range(0, len(mine), EVAL_BATCH_SIZE):
-                batch = collate(mine[i : i + EVAL_BATCH_SIZE])
+            for idx, keep in shard_calls(len(examples), EVAL_BATCH_SIZE, shard):  # as many calls on every rank
+                batch = collate([examples[i] for i in idx])
                 logits = model(input_ids=batch["input_ids"].to(device),
                                attention_mask=batch["attention_mask"].to(device)).logits.float()
+                if not keep:
+                    continue
                 labels = batch["labels"].to(device)
                 loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
                 preds += logits.argmax(-1).tolist()

@@ -95,12 +95,11 @@ class InstructClassification(LabelledTask):
     # ------------------------------------------------------------------ scoring
     def _classify(self, model, tokenizer, settings, prompts, options, truth, gen_rows, shard):
         rank, n = shard
-        scores = label_logprobs(model, prompts[rank::n], options, tokenizer.pad_token_id)
+        scores = label_logprobs(model, prompts, options, tokenizer.pad_token_id, shard)  # this rank's share
         preds = all_gather_lists([max(range(len(s)), key=s.__getitem__) for s in scores])
         truth = all_gather_lists(truth[rank::n])
         metrics = classification_metrics(truth, preds, settings.labels)
-        gen = prompts[:gen_rows][rank::n]
-        answers = generate_answers(model, tokenizer, gen, max(map(len, options)) + 2) if gen else []
+        answers = generate_answers(model, tokenizer, prompts[:gen_rows], max(map(len, options)) + 2, shard)
         valid = all_gather_lists([valid_label(a, settings.labels) is not None for a in answers])
         metrics["valid_label_rate"] = sum(valid) / len(valid) if valid else 0.0
         return metrics, preds, truth
