@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from lorasweep.errors import ConfigError
+from lorasweep.errors import ConfigError, StorageError
 from search_spaces import SearchSpace, project
 from trainers.config import Resources, TrainSettings, TrialConfig, check_keys
 
@@ -61,7 +61,7 @@ class SweepOptions:
     address: str | None = field(default=None, metadata={"help": "join a running cluster ('auto' on a `ray up` head); default: start a local Ray"})
     objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
-    max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster)"})
+    max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
     scheduler: str = field(default="asha", metadata={"help": "asha (early stopping on the objective) or none"})
     grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
     reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
@@ -70,8 +70,10 @@ class SweepOptions:
     shots: tuple[int, ...] = field(default=(0,), metadata={"help": "baseline: score the base model with these numbers of solved examples in the prompt, e.g. 0,1,3 (instruction models)"})
     baseline: bool = field(default=True, metadata={"help": "score the base model on the test split before the sweep and the best adapter after it"})
     workers_per_trial: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) per trial"})
-    gpus_per_worker: float = field(default=-1.0, metadata={"help": "-1: 1 if the cluster has GPUs, else 0"})
+    gpus_per_worker: float = field(default=-1.0, metadata={"help": "-1: 1 if the cluster has GPUs (with --autoscale: if a node type it can add has them), else 0"})
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each worker asks Ray for"})
+    placement: str = field(default="pack", metadata={"help": "a trial's workers as one placement group: pack (fewest nodes: "
+                                                     "fast collectives) or spread (one per node where it can)"})
     # Worker-group restarts from the last checkpoint after a worker error. 0: an out-of-memory or a
     # non-finite loss would only fail again; lost spot nodes are retried by Ray Train regardless
     # (FailureConfig.max_preemption_failures, unlimited by default).
@@ -91,6 +93,8 @@ class SweepOptions:
                 raise ConfigError(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be at least 1")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"`--cpus-per-worker` is {self.cpus_per_worker}; it must be > 0")
+        if self.placement not in ("pack", "spread"):
+            raise ConfigError(f"`--placement` is {self.placement!r}; choose pack or spread")
         if self.reduction_factor <= 1:
             raise ConfigError(f"`--reduction-factor` is {self.reduction_factor}; it must be > 1")
         if self.grace_tokens < 0 or self.trial_retries < 0:
@@ -232,25 +236,30 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
         raise ConfigError(f"search space `method` includes full, which a {settings.quantization} base cannot train; "
                           "pass --quantization none, or --space method=lora")
     if options.scheduler == "asha" and options.grace_tokens >= settings.max_tokens:
-        raise ConfigError(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
-                          f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
+        if "grace_tokens" not in args:  # a preset's first rung past a smaller --max-tokens: the default rule
+            options.grace_tokens = 0
+        else:
+            raise ConfigError(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
+                              f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
     return ResolvedSweep(recipe, preset_name, settings, options, space)
 
 
 # ----------------------------------------------------------------------------- Ray
 
 
-def lora_trial(config: dict) -> None:
+def lora_trial(config: dict, secrets: list | None = None) -> None:
     """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run.
 
     Train workers report (metrics + checkpoint) to Train; ``TuneReportCallback`` forwards each
     report to this trial, so ASHA sees ``tokens_seen`` and the objective as they come.
+    ``secrets`` is the driver's ``credentials.share()``: passed on to the workers by reference.
     """
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from lorasweep.credentials import with_secrets
     from trainers.loop import train_func
     from trainers.tasks import metric_mode
 
@@ -259,11 +268,12 @@ def lora_trial(config: dict) -> None:
     objective = trial.objective
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=config,
+        train_loop_config=with_secrets(config, secrets),
         scaling_config=ScalingConfig(
             num_workers=res.workers,
             use_gpu=res.gpus > 0,
             resources_per_worker={"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})},
+            placement_strategy=res.placement,
         ),
         run_config=RunConfig(
             name=tune.get_context().get_trial_id(),
@@ -297,10 +307,13 @@ def init_ray(options: SweepOptions) -> None:
         # the API by auto-detection; with two instances that fails or asks the other one, and the
         # cleaner removes a live trial's placement group: its workers die and the sweep hangs
         # (seen here, Ray 2.60). Every process of this instance is pointed at its own dashboard.
+        # address="local": a new instance even when a `ray start` cluster (or a test's) runs on this
+        # machine; plain ray.init() would join that one, and die with it (seen here). Join one with
+        # --address auto.
         port = _free_port()
         api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
-        ray.init(dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None, log_to_driver=True,
-                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api}})
+        ray.init(address="local", dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None,
+                 log_to_driver=True, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api}})
         os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
 
 
@@ -331,17 +344,40 @@ def cluster_resources() -> dict:
 
 
 def trial_resources(options: SweepOptions, cluster: dict) -> Resources:
+    """``--gpus-per-worker -1``: 1 when the cluster has GPUs (or, with ``--autoscale``, when a node
+    type it can add has them: ``cluster["node_types"]``), else 0."""
     gpus = options.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster["gpu"] > 0 else 0.0
+        if not gpus and options.autoscale:
+            gpus = _gpus_from_node_types(cluster.get("node_types"))
     return Resources(workers=options.workers_per_trial, gpus=gpus, cpus=options.cpus_per_worker,
-                     retries=options.trial_retries)
+                     retries=options.trial_retries, placement=options.placement.upper())
+
+
+def _gpus_from_node_types(node_types: dict[str, dict] | None) -> float:
+    if node_types and any(r.get("GPU", 0) > 0 for r in node_types.values()):
+        return 1.0
+    # A node type whose resources Ray could not fill in (no CPU count: its provider does not
+    # autodetect them) may well be a GPU type, so only a complete picture without GPUs means CPUs.
+    unknown = [name for name, r in (node_types or {}).items() if "CPU" not in r]
+    if node_types and not unknown:
+        return 0.0
+    why = ("no ~/ray_bootstrap_config.yaml on the head" if node_types is None
+           else "its autoscaler config lists no node type to add" if not node_types
+           else f"its autoscaler config gives no resources for node type(s) {', '.join(unknown)}")
+    raise ConfigError(f"`--gpus-per-worker` is -1 (auto) but with --autoscale the GPUs of the nodes the cluster will "
+                      f"add are unknown ({why}); pass --gpus-per-worker 1 (or 0 to train on CPUs)")
 
 
 def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
-    """Trials that fit at once, from the worker slots of every node."""
+    """Trials that fit at once, from the worker slots of every node. An autoscaling cluster grows
+    to fit the trials asked for: ``--max-concurrent`` of them (cluster.yaml starts with no GPU
+    node, which would cap the sweep at one trial at a time)."""
     from lorasweep.preflight import worker_slots
 
+    if options.autoscale:
+        return options.max_concurrent
     return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
 
 
@@ -350,6 +386,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from lorasweep.credentials import share
     from lorasweep.tracking import tune_callbacks
 
     o, s, space = sweep.options, sweep.settings, sweep.space
@@ -369,12 +406,16 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
     # It must not hold a CPU itself: even 0.01 CPU per trial leaves 2 trials x (1 worker CPU +
     # 0.01) > 2 CPUs, and the second trial's workers wait forever for a CPU its own driver holds.
     # Tune refuses an empty request, so it asks for one byte of Ray's logical memory.
-    trainable = tune.with_resources(lora_trial, {"memory": 1})
+    # HF_TOKEN reaches the trials' workers by reference (lorasweep/credentials.py).
+    trainable = tune.with_resources(tune.with_parameters(lora_trial, secrets=share()), {"memory": 1})
     tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples, max_concurrent_trials=max_concurrent)
     tune_config.trial_dirname_creator = lambda trial: f"trial_{trial.trial_id}"  # not the whole config
     run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1,
-                                failure_config=tune.FailureConfig(max_failures=0),
+                                # The trial function itself may sit on a node that goes: Tune then runs it
+                                # again, and its TorchTrainer (same name and storage) resumes from the
+                                # trial's last checkpoint, as a worker-group restart does.
+                                failure_config=tune.FailureConfig(max_failures=o.trial_retries),
                                 callbacks=tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity))
     if o.resume:
         return tune.Tuner.restore(sweep.sweep_dir, trainable, resume_unfinished=True, resume_errored=False,
@@ -422,34 +463,46 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         return 2
     if inputs.data:
         print(f"[lorasweep] {data_line(inputs.data)}")
-    init_ray(sweep.options)
-    cluster = cluster_resources()
-    res = trial_resources(sweep.options, cluster)
+    started = False
     try:
+        init_ray(sweep.options)
+        cluster = cluster_resources()
+        if sweep.options.autoscale:
+            cluster = preflight.with_addable_node_types(cluster)
+        res = trial_resources(sweep.options, cluster)
         preflight.check_cluster(sweep.options, res, cluster)
+        preflight.check_paths_on_nodes(sweep, res)
+        n = concurrency(sweep.options, res, cluster)
+        if sweep.options.dry_run:
+            print(dry_run_report(sweep, inputs, res, cluster, n))
+            return 0
+        write_start(sweep, inputs)
+        started = True
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    n = concurrency(sweep.options, res, cluster)
-    if sweep.options.dry_run:
-        print(dry_run_report(sweep, inputs, res, cluster, n))
-        return 0
+    finally:
+        if not started:  # a dry run or a refusal: the sweep folder the checks made goes again
+            preflight.remove_created(inputs.created)
 
-    write_start(sweep, inputs)
-    baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
-    print(f"[lorasweep] {sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
-          f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
-    t0 = time.time()
-    tuner = build_tuner(sweep, res, n)
     try:
-        grid = tuner.fit()  # a first Ctrl-C makes Tune save its state and return early
-    except KeyboardInterrupt:  # a second one lands here
-        print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
-              f"[lorasweep] resume with: {resume_command(argv)}")
-        return 130
-    rc = finish(sweep, grid, time.time() - t0, argv)
-    if rc == 0 and baseline is not None:
-        run_baseline(sweep, res, baseline)
+        baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
+        print(f"[lorasweep] {sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
+              f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
+        t0 = time.time()
+        tuner = build_tuner(sweep, res, n)
+        try:
+            grid = tuner.fit()  # a first Ctrl-C makes Tune save its state and return early
+        except KeyboardInterrupt:  # a second one lands here
+            print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
+                  f"[lorasweep] resume with: {resume_command(argv)}")
+            return 130
+        rc = finish(sweep, grid, time.time() - t0, argv)
+        if rc == 0 and baseline is not None:
+            run_baseline(sweep, res, baseline)
+    except StorageError as e:  # a write under --storage-path failed: what was written before stays
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return rc
 
 
@@ -463,7 +516,7 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None)
     """Before the sweep (``base`` None): the base model at every ``--shots``. After it: the best
     adapter (zero-shot) beside those. Both write ``baseline.json`` and print the table."""
     from lorasweep import baseline
-    from lorasweep.results import _exists, _join, _write_text
+    from lorasweep.results import _exists, _join, _write_text, _writes
     from trainers.tasks import get_task
 
     path = _join(sweep.sweep_dir, "baseline.json")
@@ -477,7 +530,8 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None)
     else:
         best = _join(sweep.sweep_dir, "best_adapters", "rank_1")
         results = {**base, "tuned": baseline.run_remote(settings, res, best, [0])["0-shot"]}
-    _write_text(path, json.dumps(results, indent=2, default=str))
+    with _writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
+        _write_text(path, json.dumps(results, indent=2, default=str))
     shown = {k: {m: v for m, v in r.items() if m not in baseline.PER_EXAMPLE} for k, r in results.items()}
     print(baseline.table(shown, get_task(sweep.settings.task).metric_names(sweep.settings)))
     return results

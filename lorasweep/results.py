@@ -10,7 +10,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from lorasweep.errors import StorageError
 
 # What an exported adapter folder keeps from a training checkpoint: the adapter and what is
 # needed to use it (tokenizer, chat template). Optimizer/scheduler/RNG state stay behind.
@@ -31,13 +34,19 @@ def _is_uri(path: str) -> bool:
 
 
 def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: str = "min",
-                     reported: tuple[str, ...] = ()) -> list[dict]:
+                     reported: tuple[str, ...] = (), storage: str = "") -> list[dict]:
     """One row per trial: its knobs, the objective at its best report (``best_<metric>``) and at its
-    last (``final_<metric>``), the task's other metrics at that best report, cost and status."""
+    last (``final_<metric>``), the task's other metrics at that best report, cost and status.
+    ``storage``: the sweep's --storage-path; on s3:// or gs:// Ray reports checkpoint paths without
+    the scheme ('bucket/...'), which is put back here so they can be read."""
     best_col, final_col = best_key(metric), f"final_{metric}"
+    scheme = storage.split("://", 1)[0] if _is_uri(storage) else ""
     rows = []
     for result in grid:
         df = result.metrics_dataframe
+        if scheme and df is not None and "checkpoint_path" in df:
+            df["checkpoint_path"] = df["checkpoint_path"].map(
+                lambda p: f"{scheme}://{p}" if isinstance(p, str) and "://" not in p else p)
         config = result.config or {}
         row = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]}
         row.update({k: config.get(k) for k in knobs})
@@ -187,7 +196,10 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
         for i, row in enumerate(chosen, 1):
             out = staging / f"rank_{i}"
             with tempfile.TemporaryDirectory() as tmp:
-                local = Checkpoint(row["checkpoint"]).to_directory(tmp)
+                try:
+                    local = Checkpoint(row["checkpoint"]).to_directory(tmp)
+                except OSError as e:  # reading a trial's checkpoint: not a failed write of the export
+                    raise RuntimeError(f"checkpoint {row['checkpoint']} could not be read ({_reason(e)})") from e
                 out.mkdir()
                 for name in os.listdir(local):
                     if name in _KEEP:
@@ -208,19 +220,49 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
     return [_join(dest, f"rank_{i}") for i in range(1, len(chosen) + 1)]
 
 
+EXPORT_MARKER = "EXPORT_COMPLETE"  # written last: an export without it is partial (or being written)
+
+
 def _publish(staging: Path, dest: str) -> None:
+    """Put ``staging`` at ``dest``: never half-written where a reader could take it for whole.
+
+    Local: copied next to ``dest``, then renamed into place (the marker comes with it). Object
+    storage (s3://, gs://) has no rename: the marker goes up last, after every other file, and is
+    the first thing removed before anything else changes. Either way an earlier export is kept,
+    as ``best_adapters.<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     if _is_uri(dest):
         import pyarrow.fs as pafs
 
         fs, path = pafs.FileSystem.from_uri(dest)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            if fs.get_file_info(f"{path}/{EXPORT_MARKER}").type == pafs.FileType.File:
+                fs.delete_file(f"{path}/{EXPORT_MARKER}")  # readers stop trusting it before it changes
+            pafs.copy_files(path, f"{path}.{stamp}", source_filesystem=fs, destination_filesystem=fs)
+            fs.delete_dir(path)
         pafs.copy_files(str(staging), path, destination_filesystem=fs)
+        with fs.open_output_stream(f"{path}/{EXPORT_MARKER}") as f:
+            f.write(stamp.encode())
         return
+    (staging / EXPORT_MARKER).write_text(stamp)
     # Copy next to the destination first (the slow part, which can fail), then two renames.
     tmp = f"{dest}.tmp-{os.getpid()}"
-    shutil.copytree(staging, tmp)
+    try:
+        shutil.copytree(staging, tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    earlier = None
     if os.path.exists(dest):
-        os.replace(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(tmp, dest)
+        earlier = f"{dest}.{stamp}"
+        os.replace(dest, earlier)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if earlier:
+            os.replace(earlier, dest)  # the earlier export back in its place
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _join(base: str, *parts: str) -> str:
@@ -228,27 +270,68 @@ def _join(base: str, *parts: str) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    if _is_uri(path):
-        import pyarrow.fs as pafs
+    """Write ``path`` whole or not at all (a temp file renamed over it); a failure is a
+    ``StorageError`` naming ``path``, the file as it was before."""
+    tmp = None
+    try:
+        if _is_uri(path):
+            import pyarrow.fs as pafs
 
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_output_stream(p) as f:
-            f.write(text.encode())
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-    os.replace(tmp, path)
+            fs, p = pafs.FileSystem.from_uri(path)
+            with fs.open_output_stream(p) as f:
+                f.write(text.encode())
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise StorageError(f"could not write {path} ({_reason(e)})") from None
+
+
+def _reason(e: OSError) -> str:
+    text = e.strerror or (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextmanager
+def _writes(fix: str):
+    """A failed write (a ``StorageError`` from ``_write_text``, or an ``OSError`` from copying an
+    export) becomes one ``StorageError`` line: the path, the cause and ``fix``."""
+    try:
+        yield
+    except StorageError as e:
+        raise StorageError(f"{e}; {fix}") from None
+    except shutil.Error as e:  # copytree: a list of (source, destination, why)
+        listed = e.args and isinstance(e.args[0], list) and e.args[0]
+        _, where, why = listed[0] if listed else (None, "under --storage-path", str(e))
+        raise StorageError(f"could not write {where} ({why}); {fix}") from None
+    except OSError as e:
+        raise StorageError(f"could not write {e.filename or 'under --storage-path'} ({_reason(e)}); {fix}") from None
 
 
 def write_start(sweep, inputs) -> None:
-    """At the start: the resolved config and the data audit. A resumed sweep keeps the first ones."""
-    for name, payload in (("sweep_config.json", sweep.summary()), ("data_report.json", inputs.data)):
-        path = _join(sweep.sweep_dir, name)
-        if payload is not None and not (sweep.options.resume and _exists(path)):
-            _write_text(path, json.dumps(payload, indent=2, default=str))
+    """At the start: the resolved config and the data audit. A resumed sweep keeps the first ones.
+    A failed write takes back the files this call wrote, so the folder is as the checks left it."""
+    written = []
+    fix = (f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission, "
+           "or pick another")
+    with _writes(fix):
+        try:
+            for name, payload in (("sweep_config.json", sweep.summary()), ("data_report.json", inputs.data)):
+                path = _join(sweep.sweep_dir, name)
+                if payload is not None and not (sweep.options.resume and _exists(path)):
+                    _write_text(path, json.dumps(payload, indent=2, default=str))
+                    written.append(path)
+        except StorageError:
+            for path in written:
+                if not _is_uri(path):
+                    os.unlink(path)
+            raise
 
 
 def _exists(path: str) -> bool:
@@ -276,8 +359,12 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
     knobs = list(sweep.space.params)
     metric, mode = sweep.space.metric, sweep.space.mode
     reported = get_task(sweep.settings.task).metric_names(sweep.settings)
-    rows = leaderboard_rows(grid, knobs, metric, mode, reported)
-    write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
+    rows = leaderboard_rows(grid, knobs, metric, mode, reported, sweep.options.storage_path)
+    # The trials' results and checkpoints are Tune's, already on disk: a resume rewrites these.
+    fix = (f"the trials' results stay in {sweep.sweep_dir}; free space or fix its permissions, then write the "
+           f"leaderboard and export with: {resume_command(argv)}")
+    with _writes(fix):
+        write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
     print()
     print(format_table(rows, knobs, metric=metric))
     print()
@@ -289,7 +376,8 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
               f"is kept in {sweep.sweep_dir}")
         print(f"[lorasweep] resume with: {resume_command(argv)}")
         return 130
-    exported = export_best(rows, knobs, sweep, sweep.options.top_k)
+    with _writes(fix):
+        exported = export_best(rows, knobs, sweep, sweep.options.top_k)
     o = sweep.options
     log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, knobs, exported, sweep.summary(), o.wandb_entity,
                 metric=metric)

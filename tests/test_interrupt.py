@@ -69,3 +69,61 @@ def test_ctrl_c_keeps_everything_and_the_printed_command_resumes(tiny_assets, tm
     reports = [json.loads(line) for line in (sweep_dir / f"trial_{interrupted}" / "result.json").read_text().splitlines()]
     steps = [rep["step"] for rep in reports]
     assert steps == sorted(set(steps)) and reports[-1]["tokens_seen"] >= 6000, steps
+
+
+# ----------------------------------------------------------------------------- driver loss
+
+
+def _finished_trials(sweep_dir: Path) -> dict[str, int]:
+    """trial id -> reports in its result.json, for trials whose last report says finished."""
+    out = {}
+    for result in sweep_dir.glob("trial_*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1].get("finished"):
+            out[result.parent.name.removeprefix("trial_")] = len(lines)
+    return out
+
+
+def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(tiny_assets, tmp_path):
+    """SIGKILL (no handler runs, unlike Ctrl-C) while the second of four trials trains; --resume
+    then finishes the sweep: the finished trial is not run again, the killed one goes on from its
+    checkpoint, and Optuna's study still holds the trial finished before the kill."""
+    import pickle
+
+    storage = tmp_path / "runs"
+    args = [*SMALL, "--num-samples", "4", "--max-concurrent", "1", "--storage-path", str(storage), "--name", "dk"]
+    proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_dir = storage / "dk"
+    deadline = time.time() + 600
+    try:
+        while not (_finished_trials(sweep_dir) and len(list(sweep_dir.glob("train_runs/*/checkpoint_*"))) >= 3):
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended before the second trial's checkpoint"
+            time.sleep(0.5)
+        proc.kill()  # SIGKILL to the driver alone
+        proc.wait(timeout=60)
+    finally:
+        time.sleep(2)
+        try:  # its local Ray (started by the dead driver) goes too, as it would with the driver's machine
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    finished_before = _finished_trials(sweep_dir)
+    assert (sweep_dir / "tuner.pkl").is_file()
+
+    r = subprocess.run([sys.executable, "sweeps/llama_finetome.py", *args, "--resume"], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
+    rows = _leaderboard(sweep_dir)
+    assert len(rows) == 4 and all(row["status"] == "completed" for row in rows), rows
+    after = _finished_trials(sweep_dir)
+    for trial, n_reports in finished_before.items():  # not run again: no report added
+        assert after[trial] == n_reports, (trial, n_reports, after[trial])
+    for result in sweep_dir.glob("trial_*/result.json"):  # every trial's steps only go forward
+        steps = [json.loads(line)["step"] for line in result.read_text().splitlines() if line.strip()]
+        assert steps == sorted(set(steps)), (result.parent.name, steps)
+    # Optuna's history survived: the study behind the searcher holds all four trials, finished
+    states = sorted(sweep_dir.glob("searcher-state-*.pkl"))  # one per driver session, named by its start time
+    study = pickle.loads(states[-1].read_bytes())["_ot_study"]
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4, [t.state for t in study.trials]
+    assert (sweep_dir / "best_adapters" / "rank_1" / "adapter_model.safetensors").is_file()

@@ -54,8 +54,9 @@ def test_leaderboard_ranks_every_trial_and_puts_failures_last(shared_sweep):
 def test_only_healthy_trials_are_exported_as_plain_peft_folders(shared_sweep):
     sweep_dir = shared_sweep["dir"]
     rows = _leaderboard(sweep_dir)
-    adapters = sorted(p.name for p in (sweep_dir / "best_adapters").iterdir())
+    adapters = sorted(p.name for p in (sweep_dir / "best_adapters").iterdir() if p.is_dir())
     assert adapters == ["rank_1", "rank_2", "rank_3"]
+    assert (sweep_dir / "best_adapters" / "EXPORT_COMPLETE").is_file()  # the whole export is there
     exported = []
     for name in adapters:
         d = sweep_dir / "best_adapters" / name

@@ -1,0 +1,129 @@
+"""A real multi-node Ray cluster on loopback (``ray.cluster_utils.Cluster``): a head that offers no
+CPU (as cluster.yaml's and the KubeRay manifest's heads) and worker nodes with their own CPUs, each
+its own raylet. The sweep joins it with ``--address``, as on a real cluster.
+
+Every report carries ``worker_nodes`` (the Ray node id of each rank, comma-separated), which is
+how these tests see where a trial ran.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--preset", "smoke", "--eval-every", "4", "--scheduler", "none", "--cpus-per-worker", "1"]
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def cluster():
+    """A head with no CPU and its own dashboard (Ray Train's placement-group cleaner asks the state
+    API whether a trial is alive: this cluster's, not another Ray's on this machine). Worker nodes
+    are added by each test. Every process of the cluster and the sweep import this checkout."""
+    from ray.cluster_utils import Cluster
+
+    from lorasweep.engine import _free_port
+
+    port = _free_port(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        mp.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": port,
+                                                          "include_dashboard": True})
+        try:
+            yield c
+        finally:
+            c.shutdown()
+
+
+def _reports(sweep_dir: Path) -> dict[str, list[dict]]:
+    out = {}
+    for result in sweep_dir.glob("trial_*/result.json"):
+        out[result.parent.name] = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+    return out
+
+
+def _leaderboard(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "leaderboard.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _nodes(report: dict) -> list[str]:
+    return report["worker_nodes"].split(",")
+
+
+def _sweep(args: list[str], **kw):
+    return subprocess.run([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=900, **kw)
+
+
+def test_trials_run_on_worker_nodes_as_one_placement_group_packed_or_spread(cluster, tiny_assets, tmp_path):
+    a, b = cluster.add_node(num_cpus=2), cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    workers, head = {a.node_id, b.node_id}, cluster.head_node.node_id
+    for placement in ("spread", "pack"):
+        t0 = time.time()
+        r = _sweep([*SMALL, "--address", cluster.address, "--num-samples", "2", "--max-concurrent", "8",
+                    "--workers-per-trial", "2", "--placement", placement, "--max-tokens", "3000",
+                    "--storage-path", str(tmp_path), "--name", placement])
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+        # 2 nodes x 2 CPUs hold 4 one-CPU workers: 2 two-worker trials at once, whatever --max-concurrent says
+        assert "2 trials, 2 at once, 2 worker(s)/trial" in r.stdout, r.stdout[-3000:]
+        reports = _reports(tmp_path / placement)
+        assert len(reports) == 2
+        for trial, reps in reports.items():
+            nodes = {n for rep in reps for n in _nodes(rep)}
+            assert head not in nodes and nodes <= workers, (placement, trial, nodes)
+            assert all(len(_nodes(rep)) == 2 for rep in reps)
+            assert len(nodes) == (2 if placement == "spread" else 1), (placement, trial, nodes)
+        print(f"\n[{placement}] {time.time() - t0:.0f}s: " +
+              "; ".join(f"{t}: {sorted(n[:8] for n in _nodes(reps[-1]))}" for t, reps in reports.items()))
+
+
+def test_node_loss_restarts_the_trial_on_another_node_from_its_checkpoint(cluster, tiny_assets, tmp_path):
+    nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1))}
+    cluster.wait_for_nodes()
+    proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *SMALL, "--address", cluster.address,
+                             "--num-samples", "1", "--trial-retries", "2", "--max-tokens", "40000",
+                             "--storage-path", str(tmp_path), "--name", "nodeloss"],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_dir = tmp_path / "nodeloss"
+    deadline = time.time() + 600
+    while True:
+        reports = next(iter(_reports(sweep_dir).values()), [])
+        if len(reports) >= 2:
+            break
+        assert proc.poll() is None and time.time() < deadline, "the trial never reported twice"
+        time.sleep(0.2)
+    victim = _nodes(reports[-1])[0]
+    t_kill = time.time()
+    cluster.remove_node(nodes[victim], allow_graceful=False)  # its raylet and workers are gone
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+
+    rows = _leaderboard(sweep_dir)
+    assert len(rows) == 1 and rows[0]["status"] == "completed", rows
+    reports = next(iter(_reports(sweep_dir).values()))
+    steps = [rep["step"] for rep in reports]
+    assert steps == sorted(set(steps)), steps  # the step counter went on; it never restarted at 0
+    last_before = max(i for i, rep in enumerate(reports) if _nodes(rep) == [victim])
+    after = reports[last_before + 1:]
+    assert after and all(victim not in _nodes(rep) for rep in after), reports
+    assert reports[-1]["finished"], reports[-1]  # its whole budget, on the node that was left
+    print(f"\n[node loss] killed {victim[:8]} at step {reports[last_before]['step']}; resumed on "
+          f"{_nodes(after[0])[0][:8]}, first report after at step {after[0]['step']}; "
+          f"finished {time.time() - t_kill:.0f}s after the kill")
