@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trainers.families import Family, TinyTokenizer
 
-VERSION = 4  # of how tiny models are built: a cached folder of another version is rebuilt
+VERSION = 5  # of how tiny models are built: a cached folder of another version is rebuilt
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
