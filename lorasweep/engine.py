@@ -524,9 +524,10 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None)
     if base is None:
         if sweep.options.resume and _exists(path):
             return json.loads(Path(path).read_text()) if "://" not in path else {}
-        print(f"[lorasweep] scoring the base model ({', '.join(f'{k}-shot' for k in sweep.options.shots)}) "
-              "on the test split ...")
-        results = {f"base {k}": v for k, v in baseline.run_remote(settings, res, None, list(sweep.options.shots)).items()}
+        # k-shot prompts are for instruction models; a classification head reads no examples
+        shots = list(sweep.options.shots) if get_task(sweep.settings.task).takes_shots else [0]
+        print(f"[lorasweep] scoring the base model ({', '.join(f'{k}-shot' for k in shots)}) on the test split ...")
+        results = {f"base {k}": v for k, v in baseline.run_remote(settings, res, None, shots).items()}
     else:
         best = _join(sweep.sweep_dir, "best_adapters", "rank_1")
         results = {**base, "tuned": baseline.run_remote(settings, res, best, [0])["0-shot"]}

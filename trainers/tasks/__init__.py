@@ -43,6 +43,7 @@ class Task:
     objective: str = "eval_loss"  # the default objective of recipes of this task
     can_pack: bool = False
     has_test_metrics: bool = False  # score() gives a baseline vs tuned table
+    takes_shots: bool = False  # score() puts k solved examples in the prompt (--shots); else 0-shot only
 
     def metric_names(self, settings) -> tuple[str, ...]:
         return self.metrics

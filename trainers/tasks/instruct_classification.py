@@ -35,6 +35,7 @@ class InstructClassification(LabelledTask):
     name = "instruct_classification"
     kinds = ("decoder",)
     can_pack = True
+    takes_shots = True
 
     def metric_names(self, settings):
         return (*super().metric_names(settings), "valid_label_rate")
