@@ -78,6 +78,8 @@ def test_a_sweep_on_s3_writes_resumes_and_exports_whole(s3, tiny_assets):
     for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "lorasweep.json"):
         assert f"runs/s3/best_adapters/rank_1/{name}" in keys, keys
     assert "runs/s3/best_adapters/EXPORT_COMPLETE" in keys
+    written = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket="sweeps", Prefix="runs/s3/best_adapters/")["Contents"]}
+    assert written.pop("runs/s3/best_adapters/EXPORT_COMPLETE") >= max(written.values())  # the marker went up last
     # the exported adapter loads back from the bucket as a PEFT folder
     meta = json.loads(s3.get_object(Bucket="sweeps", Key="runs/s3/best_adapters/rank_1/lorasweep.json")["Body"].read())
     assert meta["trial_id"] in {row["trial_id"] for row in rows}
