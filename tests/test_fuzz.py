@@ -378,3 +378,30 @@ def test_unicode_survives_packing_document_by_document(tiny_tokenizer, rows, max
         _decode(tiny_tokenizer, e["input_ids"]) for e in examples)
     before = Counter((tuple(e["input_ids"]), tuple([IGNORE_INDEX] + e["labels"][1:])) for e in examples)
     assert Counter((tuple(ids), tuple(labels)) for ids, labels, _ in docs) == before
+
+
+def _best_fit_by_scan(lengths: list[int], max_len: int) -> list[list[int]]:
+    """The packing rule written as a plain scan of every open bin (what pack_examples did before it
+    kept its bins sorted by free space): the reference the fast version must match exactly."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bins, space = [], []
+    for i in order:
+        best = None
+        for b, free in enumerate(space):
+            if free >= lengths[i] and (best is None or free < space[best]):
+                best = b
+        if best is None:
+            bins.append([i])
+            space.append(max_len - lengths[i])
+        else:
+            bins[best].append(i)
+            space[best] -= lengths[i]
+    return [sorted(b) for b in bins]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=300), st.integers(min_value=64, max_value=256))
+def test_packing_with_sorted_bins_is_exactly_best_fit_decreasing(lengths, max_len):
+    examples = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate(lengths)]
+    rows = pack_examples(examples, max_len)
+    got = [sorted({t for t in r["input_ids"]}) for r in rows]
+    assert got == _best_fit_by_scan(lengths, max_len)

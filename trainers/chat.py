@@ -9,6 +9,7 @@ Two row schemas are understood, both as real datasets ship them:
 
 from __future__ import annotations
 
+import bisect
 import os
 
 import torch
@@ -139,19 +140,20 @@ def pack_examples(examples: list[dict], max_len: int) -> list[dict]:
     """
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     bins: list[list[int]] = []
-    space: list[int] = []
+    # (free tokens, bin) for every open bin, sorted: the best fit (least room that still holds the
+    # example, the first such bin on a tie) is one bisection away, not a scan of every bin, which
+    # made packing quadratic (0.8 s for 10k examples, ~80 s for FineTome's ~98k, in every worker).
+    free_bins: list[tuple[int, int]] = []
     for i in order:
         n = len(examples[i]["input_ids"])
-        best = None
-        for b, free in enumerate(space):  # O(n * bins); fine for the sample sizes a trial packs
-            if free >= n and (best is None or free < space[best]):
-                best = b
-        if best is None:
+        k = bisect.bisect_left(free_bins, (n, -1))
+        if k == len(free_bins):
             bins.append([i])
-            space.append(max_len - n)
+            bisect.insort(free_bins, (max_len - n, len(bins) - 1))
         else:
-            bins[best].append(i)
-            space[best] -= n
+            free, b = free_bins.pop(k)
+            bins[b].append(i)
+            bisect.insort(free_bins, (free - n, b))
     rows = []
     for b in bins:
         ids, labels, pos = [], [], []
