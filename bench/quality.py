@@ -1,7 +1,7 @@
 """Does a lorasweep sweep beat a plain notebook-style LoRA run, for at most 4x its training compute?
 
-    cd /work/main && . .venv/bin/activate
-    python bench/quality.py                # 400 sentences, 6 trials: ~45 min on a shared 2-core CPU
+    . .venv/bin/activate
+    python bench/quality.py                # 400 sentences, 6 trials: ~33 min on 2 CPU cores (Nov 2026: 651 s plain, 1,270 s sweep)
     python bench/quality.py --quick        # 120 sentences, 2 trials: checks the script works (~15 min)
     python bench/quality.py --resume bench/quality_runs/<stamp>   # after a kill: reuses finished work
 
