@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorasweep.errors import ConfigError
+from lorasweep.errors import ConfigError, os_reason
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by the `accelerator_type:<X>` resource Ray gives GPU
 # nodes. A10G is the AWS part (lower clocks than the A10's 125).
@@ -232,13 +232,9 @@ def _check_storage(o) -> list[str]:
             pass
     except OSError as e:
         remove_created(made)
-        raise ConfigError(f"`--storage-path` {o.storage_path!r} is not writable ({_os_reason(e)}); pick a folder "
+        raise ConfigError(f"`--storage-path` {o.storage_path!r} is not writable ({os_reason(e)}); pick a folder "
                           "you can write") from None
     return made
-
-
-def _os_reason(e: OSError) -> str:
-    return f"{type(e).__name__}: {e.strerror}" if e.strerror else f"{type(e).__name__}: {str(e).splitlines()[0]}"
 
 
 def remove_created(folders: list[str]) -> None:

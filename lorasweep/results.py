@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lorasweep.errors import StorageError
+from lorasweep.errors import StorageError, os_reason
 
 # What an exported adapter folder keeps from a training checkpoint: the adapter and what is
 # needed to use it (tokenizer, chat template). Optimizer/scheduler/RNG state stay behind.
@@ -199,7 +199,7 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
                 try:
                     local = Checkpoint(row["checkpoint"]).to_directory(tmp)
                 except OSError as e:  # reading a trial's checkpoint: not a failed write of the export
-                    raise RuntimeError(f"checkpoint {row['checkpoint']} could not be read ({_reason(e)})") from e
+                    raise RuntimeError(f"checkpoint {row['checkpoint']} could not be read ({os_reason(e)})") from e
                 out.mkdir()
                 for name in os.listdir(local):
                     if name in _KEEP:
@@ -290,12 +290,7 @@ def _write_text(path: str, text: str) -> None:
     except OSError as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise StorageError(f"could not write {path} ({_reason(e)})") from None
-
-
-def _reason(e: OSError) -> str:
-    text = e.strerror or (str(e).splitlines() or [""])[0]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+        raise StorageError(f"could not write {path} ({os_reason(e)})") from None
 
 
 @contextmanager
@@ -311,7 +306,7 @@ def _writes(fix: str):
         _, where, why = listed[0] if listed else (None, "under --storage-path", str(e))
         raise StorageError(f"could not write {where} ({why}); {fix}") from None
     except OSError as e:
-        raise StorageError(f"could not write {e.filename or 'under --storage-path'} ({_reason(e)}); {fix}") from None
+        raise StorageError(f"could not write {e.filename or 'under --storage-path'} ({os_reason(e)}); {fix}") from None
 
 
 def write_start(sweep, inputs) -> None:
