@@ -33,16 +33,19 @@ def _leaderboard(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _start(tmp_path: Path, name: str, **popen):
+    """A three-trial sweep started in the background: its args, process, folder and a deadline."""
+    storage = tmp_path / "runs"
+    args = [*SMALL, "--num-samples", "3", "--max-concurrent", "1", "--storage-path", str(storage), "--name", name]
+    proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(), **popen)
+    return args, proc, storage / name, time.time() + 600
+
+
 # ----------------------------------------------------------------------------- Ctrl-C and resume
 
 
 def test_ctrl_c_keeps_everything_and_the_printed_command_resumes(tiny_assets, tmp_path):
-    storage = tmp_path / "runs"
-    args = [*SMALL, "--num-samples", "3", "--max-concurrent", "1", "--storage-path", str(storage), "--name", "cc"]
-    proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sweep_dir = storage / "cc"
-    deadline = time.time() + 600
+    args, proc, sweep_dir, deadline = _start(tmp_path, "cc", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while not list(sweep_dir.glob("train_runs/*/checkpoint_*")):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint before the sweep ended"
         time.sleep(1)
@@ -90,12 +93,8 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
     checkpoint, and Optuna's study still holds the trial finished before the kill."""
     import pickle
 
-    storage = tmp_path / "runs"
-    args = [*SMALL, "--num-samples", "3", "--max-concurrent", "1", "--storage-path", str(storage), "--name", "dk"]
-    proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    sweep_dir = storage / "dk"
-    deadline = time.time() + 600
+    args, proc, sweep_dir, deadline = _start(tmp_path, "dk", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True)
     try:
         while not (_finished_trials(sweep_dir) and len({p.parent for p in sweep_dir.glob("train_runs/*/checkpoint_*")}) >= 2):
             assert proc.poll() is None and time.time() < deadline, "the sweep ended before the second trial's checkpoint"
