@@ -52,6 +52,9 @@ class Recipe:
     doc: str = ""
 
 
+SEARCHERS = ("tpe", "random", "grid")
+
+
 @dataclass
 class SweepOptions:
     """Driver-side options (the trial-side ones are ``TrainSettings``); each is a flag."""
@@ -62,6 +65,8 @@ class SweepOptions:
     objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
     max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
+    searcher: str = field(default="tpe", metadata={"help": "tpe (Optuna's TPE, from the recipe's known-good points), random, "
+                                                  "or grid (every combination of the knobs' choices; every knob must be a choice)"})
     scheduler: str = field(default="asha", metadata={"help": "asha (early stopping on the objective) or none"})
     grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
     reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
@@ -78,6 +83,9 @@ class SweepOptions:
     # non-finite loss would only fail again; lost spot nodes are retried by Ray Train regardless
     # (FailureConfig.max_preemption_failures, unlimited by default).
     trial_retries: int = field(default=0, metadata={"help": "worker-group restarts per trial, from its last checkpoint"})
+    ray_train: bool = field(default=False, metadata={"help": "run one-worker trials through a Ray Train TorchTrainer too "
+                                                     "(default: they train in the Tune trial's own process, reused "
+                                                     "from trial to trial; trials of several workers always use Ray Train)"})
     autoscale: bool = field(default=False, metadata={"help": "the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker"})
     dashboard_host: str = field(default="127.0.0.1", metadata={"help": "where a local Ray's dashboard listens (default 127.0.0.1: this machine only)"})
     wandb_project: str | None = field(default=None, metadata={"help": "log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)"})
@@ -86,6 +94,8 @@ class SweepOptions:
     dry_run: bool = field(default=False, metadata={"help": "check everything, audit the data, print the config, cluster fit and cost estimate; train nothing"})
 
     def validate(self) -> "SweepOptions":
+        if self.searcher not in SEARCHERS:
+            raise ConfigError(f"`--searcher` is {self.searcher!r}; choose {', '.join(SEARCHERS)}")
         if self.scheduler not in ("asha", "none"):
             raise ConfigError(f"`--scheduler` is {self.scheduler!r}; choose asha or none")
         for name in ("num_samples", "max_concurrent", "top_k", "workers_per_trial"):
@@ -231,6 +241,11 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
                           f"`{task.name}` ({', '.join(task.metric_names(settings))}); fix the recipe or pass --objective")
     options.objective = space.metric
     space = dataclasses.replace(space, seeds=tuple(project(space, s) for s in space.seeds)).validate()
+    if options.searcher == "grid":
+        continuous = [k for k, d in space.params.items() if not hasattr(d, "values")]
+        if continuous:
+            raise ConfigError(f"`--searcher grid` needs every knob to be a choice; {', '.join(continuous)} "
+                              f"{'is' if len(continuous) == 1 else 'are'} a range: pass e.g. --space {continuous[0]}=a,b,c")
     method = space.params.get("method")
     if method is not None and "full" in getattr(method, "values", ()) and settings.quantization != "none":
         raise ConfigError(f"search space `method` includes full, which a {settings.quantization} base cannot train; "
@@ -248,7 +263,8 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
 
 
 def lora_trial(config: dict, secrets: list | None = None) -> None:
-    """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run.
+    """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run, or for a one-worker
+    trial that needs no DeepSpeed (``Resources.in_trial_process``) the same loop in this process.
 
     Train workers report (metrics + checkpoint) to Train; ``TuneReportCallback`` forwards each
     report to this trial, so ASHA sees ``tokens_seen`` and the objective as they come.
@@ -260,11 +276,13 @@ def lora_trial(config: dict, secrets: list | None = None) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from lorasweep.credentials import with_secrets
-    from trainers.loop import train_func
+    from trainers.loop import train_func, train_in_trial_process
     from trainers.tasks import metric_mode
 
     trial = TrialConfig.from_tune(config)
     res = trial.resources
+    if res.in_trial_process:
+        return train_in_trial_process(with_secrets(config, secrets))
     objective = trial.objective
     trainer = TorchTrainer(
         train_func,
@@ -343,16 +361,32 @@ def cluster_resources() -> dict:
     }
 
 
-def trial_resources(options: SweepOptions, cluster: dict) -> Resources:
+def trial_resources(options: SweepOptions, cluster: dict, sweep: "ResolvedSweep | None" = None) -> Resources:
     """``--gpus-per-worker -1``: 1 when the cluster has GPUs (or, with ``--autoscale``, when a node
-    type it can add has them: ``cluster["node_types"]``), else 0."""
+    type it can add has them: ``cluster["node_types"]``), else 0. With ``sweep``, also whether its
+    trials train in the Tune trial's own process (``in_trial_process``)."""
     gpus = options.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster["gpu"] > 0 else 0.0
         if not gpus and options.autoscale:
             gpus = _gpus_from_node_types(cluster.get("node_types"))
-    return Resources(workers=options.workers_per_trial, gpus=gpus, cpus=options.cpus_per_worker,
-                     retries=options.trial_retries, placement=options.placement.upper())
+    res = Resources(workers=options.workers_per_trial, gpus=gpus, cpus=options.cpus_per_worker,
+                    retries=options.trial_retries, placement=options.placement.upper())
+    if sweep is not None:
+        res.in_trial_process = trains_in_trial_process(sweep, res)
+    return res
+
+
+def trains_in_trial_process(sweep: "ResolvedSweep", res: Resources) -> bool:
+    """One worker, and no trial of the space that needs DeepSpeed (``trainers.config.for_workers``:
+    ``offload``, or a full fine-tune in half precision, i.e. on a GPU): Ray Train would only add a
+    controller and a worker process per trial. ``--ray-train`` keeps it anyway."""
+    s = sweep.settings
+    method = sweep.space.params.get("method")
+    full = s.method == "full" or (method is not None and "full" in getattr(method, "values", ()))
+    half = s.precision in ("bf16", "fp16") or (s.precision == "auto" and res.gpus > 0)
+    deepspeed = s.zero_stage > 0 and (s.offload or (full and half))
+    return res.workers == 1 and not sweep.options.ray_train and not deepspeed
 
 
 def _gpus_from_node_types(node_types: dict[str, dict] | None) -> float:
@@ -381,7 +415,22 @@ def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
     return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
 
 
-def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
+def _sampler(name: str, space: SearchSpace, seed: int):
+    """Optuna's sampler for ``--searcher`` (None: OptunaSearch's default, TPE, seeded)."""
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler({k: list(d.values) for k, d in space.params.items()}, seed=seed)
+    return None
+
+
+def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, trainable=None, callbacks=(), stop=None):
+    """The Tuner of a sweep. ``trainable`` replaces the trial function (bench/driver_scale.py times
+    the driver with a trivial one), ``callbacks`` are more Tune callbacks (bench/startup.py
+    notes when each trial starts) and ``stop`` a Tune stopper (bench/search.py's compute budget);
+    everything else is what a sweep runs."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -392,8 +441,9 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
     o, s, space = sweep.options, sweep.settings, sweep.space
     param_space = TrialConfig(s, resources=res, train_storage=_join(sweep.sweep_dir, "train_runs"),
                               objective=space.metric).to_tune(space.to_tune())
+    sampler = _sampler(o.searcher, space, o.seed)
     searcher = OptunaSearch(metric=space.metric, mode=space.mode, points_to_evaluate=[dict(p) for p in space.seeds],
-                            seed=o.seed)
+                            **({"sampler": sampler} if sampler is not None else {"seed": o.seed}))
     if o.scheduler == "asha":
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
@@ -402,21 +452,35 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int):
                                   reduction_factor=o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    # The trial function only waits on its TorchTrainer, whose workers ask for their own CPUs/GPUs.
-    # It must not hold a CPU itself: even 0.01 CPU per trial leaves 2 trials x (1 worker CPU +
-    # 0.01) > 2 CPUs, and the second trial's workers wait forever for a CPU its own driver holds.
-    # Tune refuses an empty request, so it asks for one byte of Ray's logical memory.
+    # A trial that trains in its own process asks for what its one worker would have.
+    # Otherwise the trial function only waits on its TorchTrainer, whose workers ask for their own
+    # CPUs/GPUs. It must not hold a CPU itself: even 0.01 CPU per trial leaves 2 trials x (1 worker
+    # CPU + 0.01) > 2 CPUs, and the second trial's workers wait forever for a CPU its own driver
+    # holds. Tune refuses an empty request, so it asks for one byte of Ray's logical memory.
     # HF_TOKEN reaches the trials' workers by reference (lorasweep/credentials.py).
-    trainable = tune.with_resources(tune.with_parameters(lora_trial, secrets=share()), {"memory": 1})
+    wants = ({"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})} if res.in_trial_process
+             else {"memory": 1})
+    trainable = tune.with_resources(tune.with_parameters(trainable or lora_trial, secrets=share()), wants)
     tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
-                                  num_samples=o.num_samples, max_concurrent_trials=max_concurrent)
+                                  num_samples=o.num_samples, max_concurrent_trials=max_concurrent,
+                                  # the next trial starts in a finished one's process: torch, Transformers,
+                                  # the CUDA context and the data cache are already there
+                                  reuse_actors=res.in_trial_process)
     tune_config.trial_dirname_creator = lambda trial: f"trial_{trial.trial_id}"  # not the whole config
-    run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1,
+    run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1, stop=stop,
                                 # The trial function itself may sit on a node that goes: Tune then runs it
                                 # again, and its TorchTrainer (same name and storage) resumes from the
-                                # trial's last checkpoint, as a worker-group restart does.
+                                # trial's last checkpoint, as a worker-group restart does. A trial in its
+                                # own process resumes from its last Tune checkpoint the same way. Like Ray
+                                # Train, Tune does not count a preempted node against max_failures.
                                 failure_config=tune.FailureConfig(max_failures=o.trial_retries),
-                                callbacks=tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity))
+                                # Used by trials in their own process (Ray Train keeps its own): the best
+                                # two by the objective, and always the latest (what a restart resumes).
+                                checkpoint_config=tune.CheckpointConfig(
+                                    num_to_keep=2, checkpoint_score_attribute=space.metric,
+                                    checkpoint_score_order=space.mode),
+                                callbacks=[*tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity),
+                                           *callbacks])
     if o.resume:
         return tune.Tuner.restore(sweep.sweep_dir, trainable, resume_unfinished=True, resume_errored=False,
                                   param_space=param_space)
@@ -469,7 +533,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         cluster = cluster_resources()
         if sweep.options.autoscale:
             cluster = preflight.with_addable_node_types(cluster)
-        res = trial_resources(sweep.options, cluster)
+        res = trial_resources(sweep.options, cluster, sweep)
         preflight.check_cluster(sweep.options, res, cluster)
         preflight.check_paths_on_nodes(sweep, res)
         n = concurrency(sweep.options, res, cluster)

@@ -44,6 +44,10 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     rows = []
     for result in grid:
         df = result.metrics_dataframe
+        if df is not None and "checkpoint_path" not in df and "checkpoint_dir_name" in df:
+            # a trial trained in its own process checkpoints to Tune: <trial folder>/<checkpoint_dir_name>
+            df["checkpoint_path"] = df["checkpoint_dir_name"].map(
+                lambda name: f"{result.path.rstrip('/')}/{name}" if isinstance(name, str) and name else None)
         if scheme and df is not None and "checkpoint_path" in df:
             df["checkpoint_path"] = df["checkpoint_path"].map(
                 lambda p: f"{scheme}://{p}" if isinstance(p, str) and "://" not in p else p)

@@ -41,21 +41,28 @@ def _start(tmp_path: Path, name: str, **popen):
     return args, proc, storage / name, time.time() + 600
 
 
+def _checkpoints(sweep_dir: Path) -> list[tuple[str, Path]]:
+    """(trial id, folder) of every checkpoint: a one-worker trial keeps them in its Tune folder
+    (trial_<id>/checkpoint_<n>), a Ray Train trial under train_runs/<id>/."""
+    own = [(p.parent.name.removeprefix("trial_"), p) for p in sweep_dir.glob("trial_*/checkpoint_*")]
+    return sorted(own + [(p.parent.name, p) for p in sweep_dir.glob("train_runs/*/checkpoint_*")])
+
+
 # ----------------------------------------------------------------------------- Ctrl-C and resume
 
 
 def test_ctrl_c_keeps_everything_and_the_printed_command_resumes(tiny_assets, tmp_path):
     args, proc, sweep_dir, deadline = _start(tmp_path, "cc", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while not list(sweep_dir.glob("train_runs/*/checkpoint_*")):
+    while not _checkpoints(sweep_dir):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint before the sweep ended"
         time.sleep(1)
     time.sleep(2)  # mid-trial: the first checkpoint is in, the trial still training
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-4000:]
-    checkpoints = sorted(sweep_dir.glob("train_runs/*/checkpoint_*"))
+    checkpoints = _checkpoints(sweep_dir)
     assert checkpoints, "checkpoints were lost"
-    interrupted = checkpoints[0].parent.name  # the trial that was training
+    interrupted = checkpoints[0][0]  # the trial that was training
     assert (sweep_dir / "leaderboard.csv").is_file() and (sweep_dir / "tuner.pkl").is_file()
     assert not (sweep_dir / "best_adapters").exists()  # nothing exported from a partial sweep
     resume = next(line for line in out.splitlines() if "resume with: " in line).split("resume with: ", 1)[1]
@@ -96,7 +103,7 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
     args, proc, sweep_dir, deadline = _start(tmp_path, "dk", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                              start_new_session=True)
     try:
-        while not (_finished_trials(sweep_dir) and len({p.parent for p in sweep_dir.glob("train_runs/*/checkpoint_*")}) >= 2):
+        while not (_finished_trials(sweep_dir) and len({t for t, _ in _checkpoints(sweep_dir)}) >= 2):
             assert proc.poll() is None and time.time() < deadline, "the sweep ended before the second trial's checkpoint"
             time.sleep(0.5)
         proc.kill()  # SIGKILL to the driver alone

@@ -59,7 +59,7 @@ def test_a_sweep_on_s3_writes_resumes_and_exports_whole(s3, tiny_assets):
     proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
-    while not any("/checkpoint_" in k for k in _keys(s3, "runs/s3/train_runs/")):
+    while not any("/checkpoint_" in k for k in _keys(s3, "runs/s3/")):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint reached the bucket"
         time.sleep(1)
     time.sleep(2)

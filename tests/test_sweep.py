@@ -51,6 +51,27 @@ def test_leaderboard_ranks_every_trial_and_puts_failures_last(shared_sweep):
     assert "(2 failed)" in out and "best adapter:" in out and "rank  trial_id" in out
 
 
+def _reports(sweep_dir: Path) -> dict[str, list[dict]]:
+    return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            for p in sweep_dir.glob("trial_*/result.json")}
+
+
+def test_one_worker_trials_train_in_the_trial_process_and_reuse_it(shared_sweep):
+    # No Ray Train run: the checkpoints are the Tune trials' own, and the exported one is among them.
+    sweep_dir = shared_sweep["dir"]
+    assert not (sweep_dir / "train_runs").exists()
+    assert list(sweep_dir.glob("trial_*/checkpoint_*"))
+    best = _leaderboard(sweep_dir)[0]["checkpoint"]  # what best_adapters/rank_1 was copied from
+    assert Path(best).parent.name.startswith("trial_") and Path(best).name.startswith("checkpoint_"), best
+    # Tune handed a finished trial's process to the next trial (reuse_actors): torch already imported,
+    # so that trial's start-up is its data and model only.
+    reports = _reports(sweep_dir)
+    healthy = [r for r in reports.values() if r and r[-1].get("step", 0) > 3]
+    pids = [r[0]["pid"] for r in healthy]
+    assert len(healthy) == 3 and len(set(pids)) < len(pids), pids
+    assert all(0 < r[0]["setup_s"] < 60 and r[0]["first_step_at"] < r[0]["timestamp"] + 1 for r in healthy)  # Tune: whole seconds
+
+
 def test_only_healthy_trials_are_exported_as_plain_peft_folders(shared_sweep):
     sweep_dir = shared_sweep["dir"]
     rows = _leaderboard(sweep_dir)

@@ -155,6 +155,9 @@ class Resources:
     gpus: float = 0.0
     retries: int = 0  # worker-group restarts from the last checkpoint after a worker error
     placement: str = "PACK"  # the workers' placement group: PACK (fewest nodes) or SPREAD (one per node)
+    # One worker that needs no DeepSpeed: it trains in the Tune trial's own process (no Ray Train
+    # controller and worker actors to start and import torch in), and Tune reuses that process.
+    in_trial_process: bool = False
 
 
 @dataclass

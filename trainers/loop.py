@@ -38,21 +38,41 @@ STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every
 
 
 class TokenCountingTrainer(Trainer):
-    """Counts non-padding training tokens and refuses non-finite losses."""
+    """Counts non-padding training tokens and refuses non-finite losses.
 
-    tokens_local = 0
+    Both stay on the device: reading a GPU tensor (``int(n)``, ``bool(isfinite(...))``) stalls
+    the host until the GPU catches up, and per micro-batch that is 4-8 stalls per optimizer step.
+    The count is read at reports; finiteness once per optimizer step (``check_finite``, where the
+    Trainer reads the gradient norm anyway)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tokens = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        self._tokens_base = 0  # restored from a checkpoint on resume
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.args.device)
+
+    @property
+    def tokens_local(self) -> int:
+        return self._tokens_base + int(self._tokens.item())
+
+    @tokens_local.setter
+    def tokens_local(self, value: int) -> None:
+        self._tokens_base, self._tokens = int(value), torch.zeros_like(self._tokens)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n = inputs.pop("num_tokens", None)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if model.training:
-            loss = out[0] if return_outputs else out
-            if not torch.isfinite(loss.detach()).all():
-                raise TrialError(f"non-finite loss at step {self.state.global_step + 1} "
-                                 f"(learning_rate {self.args.learning_rate:g}); the trial stops, the sweep goes on")
+            loss = (out[0] if return_outputs else out).detach()
+            self._nonfinite |= ~torch.isfinite(loss).all().to(self._nonfinite.device)
             if n is not None:
-                self.tokens_local += int(n)
+                self._tokens += n.to(self._tokens.device, torch.float64).sum() if torch.is_tensor(n) else float(n)
         return out
+
+    def check_finite(self) -> None:
+        if bool(self._nonfinite):
+            raise TrialError(f"non-finite loss at step {self.state.global_step} "
+                             f"(learning_rate {self.args.learning_rate:g}); the trial stops, the sweep goes on")
 
 
 @dataclass
@@ -72,6 +92,7 @@ class Setup:
     max_steps: int
     report_every: int  # optimizer steps between reports, scaled so packed trials report at the same tokens
     args: TrainingArguments
+    started_at: float = 0.0  # wall clock when train_func began
 
 
 def plan_steps(train: list[dict], settings, n_workers: int) -> int:
@@ -90,14 +111,48 @@ def report_interval(eval_every: int, examples: int, rows: int) -> int:
     return max(1, round(eval_every * rows / max(examples, 1)))
 
 
+# TrainSettings fields that change how a trial trains but not what its data is: trials differing
+# only in these share one tokenisation. Listed as exclusions, so a new field counts as a data
+# setting (a cache miss, never a wrong hit) until it is added here.
+NOT_DATA = frozenset({"method", "quantization", "precision", "per_device_batch_size", "gradient_accumulation_steps",
+                      "gradient_checkpointing", "zero_stage", "offload", "lora_dropout", "target_modules",
+                      "lr_scheduler_type", "weight_decay", "max_grad_norm", "r", "lora_alpha", "use_rslora",
+                      "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks"})
+_DATA: dict = {}  # this process's last data: key -> (tokenizer, Prepared, {packing: training rows})
+
+
+def data_key(s: TrainSettings) -> str:
+    d = {k: v for k, v in s.to_dict().items() if k not in NOT_DATA}
+    if os.path.isfile(s.dataset):  # a local file edited between two sweeps in one process is re-read
+        st = os.stat(s.dataset)
+        d["dataset_file"] = (st.st_size, st.st_mtime_ns)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def prepared_data(s: TrainSettings, task) -> tuple[object, Prepared, list[dict], bool]:
+    """``(tokenizer, prepared, training rows, cached)``. A process Tune reuses for the next trial
+    keeps the last trial's tokenised data (and its packed rows), so trials that differ only in
+    training knobs tokenise and pack once per process instead of once each (on FineTome's 100k
+    conversations: a minute or more per trial)."""
+    key = data_key(s)
+    cached = key in _DATA
+    if not cached:
+        _DATA.clear()  # one dataset at a time: memory stays that of one trial's data
+        tokenizer = task.load_tokenizer(s)
+        _DATA[key] = (tokenizer, task.prepare(s, tokenizer), {})
+    tokenizer, data, rows = _DATA[key]
+    if s.packing not in rows:
+        rows[s.packing] = task.train_examples(s, data)
+    return tokenizer, data, rows[s.packing], cached
+
+
 def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
+    started_at = time.time()
     rank, n = world()
     precision = pick_precision(trial.effective, device)
     s, note = for_workers(trial.effective, n, precision)
     task, family = get_task(s.task), resolve_family(s)
-    tokenizer = task.load_tokenizer(s)
-    data = task.prepare(s, tokenizer)
-    train = task.train_examples(s, data)
+    tokenizer, data, train, cached = prepared_data(s, task)
     max_steps = plan_steps(train, s, n)
     report_every = report_interval(s.eval_every, len(data.train.examples), len(train))
     if rank == 0:
@@ -106,13 +161,16 @@ def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
               f"a report every {report_every}")
         if note:
             print(f"[lorasweep] {note}")
+        if cached:
+            print("[lorasweep] data as an earlier trial in this process tokenised it (same data settings)")
     # The TrainingArguments before the model, as PEFT's DeepSpeed guide orders them: a ZeRO-3 config
     # in them registers itself with Transformers (HfDeepSpeedConfig, held by a weak reference: the
     # Setup keeps them alive), and from_pretrained then builds the model inside deepspeed.zero.Init,
     # each rank holding only its shard of the weights. Built after, every rank loads the whole model.
     args = training_arguments(s, precision, device, max_steps, out_dir)
     model = build_model(s, family, task, precision, device)
-    return Setup(trial, s, task, family, tokenizer, data, train, model, precision, device, max_steps, report_every, args)
+    return Setup(trial, s, task, family, tokenizer, data, train, model, precision, device, max_steps, report_every, args,
+                 started_at)
 
 
 def training_arguments(s: TrainSettings, precision: str, device: torch.device, max_steps: int,
@@ -159,12 +217,18 @@ class ReportCallback(TrainerCallback):
         self.tokens_seen = 0
         self.train_time_s = 0.0  # carried over on resume
         self.nodes: list[str] = []
+        self.first_step_at: float | None = None  # wall clock: where trial start-up ends (bench/startup.py)
 
     def on_train_begin(self, args, state, control, **kw):
         self.t_last = time.time()
         self.nodes = all_gather_lists([_node_id()])  # the Ray node of each rank, in rank order
 
+    def on_step_begin(self, args, state, control, **kw):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
     def on_step_end(self, args, state, control, **kw):
+        self.trainer.check_finite()
         if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
             control.should_log = control.should_save = True
         return control
@@ -191,6 +255,11 @@ class ReportCallback(TrainerCallback):
             "train_time_s": self.train_time_s,
             "finished": finished,
             "worker_nodes": ",".join(self.nodes),  # a string: loggers take it as it is
+            # start-up: seconds from train_func's start to the first optimizer step, and when that was
+            "setup_s": round((self.first_step_at or now) - self.st.started_at, 3),
+            "first_step_at": self.first_step_at or now,
+            "pid": os.getpid(),  # one process reused for several trials shows here
+            "reported_at": time.time(),  # wall clock, finer than Tune's whole-second timestamp
         }
         self.tokens_last = self.tokens_seen
         ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -252,19 +321,78 @@ def user_callbacks(trial: TrialConfig) -> list[TrainerCallback]:
 
 def train_func(config: dict) -> list[dict]:
     """Ray Train per-worker loop (also runs outside Ray, reporting to the returned list)."""
+    if _in_ray_train():
+        import ray.train
+
+        return _train(config, ray.train.torch.get_device(), _ray_report, ray.train.get_checkpoint())
+    history: list[dict] = []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return _train(config, device, lambda m, d: history.append(m), None, history)
+
+
+def train_in_trial_process(config: dict) -> None:
+    """A one-worker trial without Ray Train: the loop runs in the Tune trial's own process, which
+    Tune reuses for the next trial (``reuse_actors``), torch and Transformers already imported.
+    Reports and checkpoints go straight to Tune; a restarted trial resumes from its last one."""
+    import gc
+
+    from ray import tune
+
+    gpus = config["trial"]["resources"]["gpus"]
+    # Ray gives the process its GPU(s) through CUDA_VISIBLE_DEVICES: the first visible one is ours.
+    device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+    try:
+        _train(config, device, _tune_report, _latest_tune_checkpoint(tune.get_checkpoint()))
+    finally:
+        # The process lives on for the next trial: hand the model's memory back now.
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+
+def _latest_tune_checkpoint(given):
+    """The newest checkpoint in this trial's storage folder, when it is newer than ``given`` (what Tune
+    restored). Tune records a trial's checkpoints in its experiment state, saved every few seconds;
+    a driver killed between a report and that save restores the trial one report back, and the trial
+    would train that interval again and report its steps twice. Ray Train keeps the newest itself."""
+    import pyarrow.fs as pafs
+    from ray import tune
+    from ray.train._internal.session import get_session  # where Tune keeps the trial's storage (Ray 2.60)
+
+    try:
+        storage = get_session().storage
+        fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+        found = [i for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+                 if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+                 and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File]
+    except (AttributeError, OSError):
+        return given
+    if not found:
+        return given
+    newest = max(found, key=lambda i: i.base_name)
+    if given is not None and os.path.basename(given.path.rstrip("/")) >= newest.base_name:
+        return given
+    return tune.Checkpoint(newest.path, filesystem=fs)
+
+
+def _tune_report(metrics: dict, ckpt_dir: str) -> None:
+    from ray import tune
+
+    # Tune copies the folder into the trial's storage before this returns.
+    has = os.path.isdir(ckpt_dir) and any(os.scandir(ckpt_dir))
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if has else None)
+
+
+def _train(config: dict, device: torch.device, report, resume, history: list | None = None) -> list[dict]:
     from lorasweep.credentials import receive
 
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
     trial = TrialConfig.from_tune(config)
-    history: list[dict] = []
-    if _in_ray_train():
-        import ray.train
-
-        device = ray.train.torch.get_device()
-        report, resume = _ray_report, ray.train.get_checkpoint()
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        report, resume = (lambda m, d: history.append(m)), None
+    if resume is not None and _finished(resume):
+        # Its budget was spent before the driver went: nothing to train, nothing new to report.
+        print(f"[lorasweep] the trial finished at its last checkpoint ({os.path.basename(resume.path)}): nothing to resume")
+        return history if history is not None else []
     out_dir = tempfile.mkdtemp(prefix="lorasweep-")
     try:
         st = setup(trial, device, out_dir)
@@ -304,7 +432,16 @@ def train_func(config: dict) -> list[dict]:
                          "per_device_batch_size or max_seq_length, or turn on gradient_checkpointing") from None
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    return history
+    return history if history is not None else []
+
+
+def _finished(checkpoint) -> bool:
+    """Whether a checkpoint's own state says its trial had finished (read without downloading it)."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as f:
+            return bool(json.loads(f.read()).get("finished", False))
+    except (OSError, ValueError):
+        return False
 
 
 def _is_oom(e: BaseException) -> bool:
