@@ -50,16 +50,24 @@ def run_sweep(recipe, argv: list[str], *, seeds: bool = True, stop=None, shutdow
         n = engine.concurrency(sweep.options, res, cluster)
         started = Started()
         tuner = engine.build_tuner(sweep, res, n, callbacks=[started], stop=stop)
+        import resource
+
+        before, t_fit = resource.getrusage(resource.RUSAGE_SELF), time.time()
         grid = tuner.fit()
+        after, t_fit = resource.getrusage(resource.RUSAGE_SELF), time.time() - t_fit
+        driver_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         reports = {}
         for result in grid:
             df = result.metrics_dataframe
             if result.error is not None:
                 raise RuntimeError(f"a bench trial failed: {result.error}")
-            reports[df["trial_id"].iloc[0]] = df.to_dict("records")
+            if df is not None and len(df):  # a trial stopped before its first report has none
+                reports[df["trial_id"].iloc[0]] = df.to_dict("records")
         del inputs
         return {"started": started.started, "reports": reports, "wall_s": time.time() - t0,
-                "sweep_dir": sweep.sweep_dir, "in_trial_process": res.in_trial_process}
+                "sweep_dir": sweep.sweep_dir, "in_trial_process": res.in_trial_process,
+                # the driver's own CPU seconds over tuner.fit(), as a share of one core's time
+                "driver_cpu_share": driver_cpu / max(t_fit, 1e-9)}
     finally:
         if shutdown:
             ray.shutdown()
