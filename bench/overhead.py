@@ -15,11 +15,10 @@ import statistics
 import tempfile
 
 from bench.common import Figure
-from bench.sweep_util import fixed_space, run_sweep, standalone, steady, trial_config
+from bench.sweep_util import KNOBS, fixed_space, run_sweep, standalone, steady, trial_config
 
 TITLE = "framework overhead"
 TARGET = (">=", 0.97)
-KNOBS = {"r": 16, "lora_alpha": 32, "use_rslora": False, "packing": False, "warmup_ratio": 0.05, "learning_rate": 1e-3}
 
 
 def run(device: str, quick: bool) -> Figure:

@@ -13,6 +13,10 @@ import time
 from bench.common import ROOT
 
 
+# The knobs of the trials that the start-up and overhead figures time: one unpacked trial shape.
+KNOBS = {"r": 16, "lora_alpha": 32, "use_rslora": False, "packing": False, "warmup_ratio": 0.05, "learning_rate": 1e-3}
+
+
 def fixed_space(knobs: dict) -> list[str]:
     """``--space`` flags that pin every knob to one value (every trial trains the same thing)."""
     return [a for k, v in knobs.items() for a in ("--space", f"{k}={str(v).lower() if isinstance(v, bool) else v}")]
