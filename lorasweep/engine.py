@@ -556,18 +556,36 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         t0 = time.time()
         tuner = build_tuner(sweep, res, n)
         try:
-            grid = tuner.fit()  # a first Ctrl-C makes Tune save its state and return early
+            grid, interrupted = fit(tuner)  # a first Ctrl-C makes Tune save its state and return early
         except KeyboardInterrupt:  # a second one lands here
             print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
                   f"[lorasweep] resume with: {resume_command(argv)}")
             return 130
-        rc = finish(sweep, grid, time.time() - t0, argv)
+        rc = finish(sweep, grid, time.time() - t0, argv, interrupted)
         if rc == 0 and baseline is not None:
             run_baseline(sweep, res, baseline)
     except StorageError as e:  # a write under --storage-path failed: what was written before stays
         print(f"error: {e}", file=sys.stderr)
         return 2
     return rc
+
+
+def fit(tuner) -> tuple:
+    """``(tuner.fit(), whether a Ctrl-C ended it)``. Tune's SIGINT handler, on the first Ctrl-C,
+    stops the run and puts back the handler that was there before it: a sentinel set here shows
+    whether that happened (the trials it ends look TERMINATED, like finished ones)."""
+    import signal
+
+    def sentinel(sig, frame):  # a Ctrl-C that reaches it is a second one: stop now
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, sentinel)
+    try:
+        grid = tuner.fit()
+        tune_handles_it = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+        return grid, tune_handles_it and signal.getsignal(signal.SIGINT) is sentinel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def wants_baseline(sweep: ResolvedSweep) -> bool:

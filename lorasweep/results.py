@@ -351,7 +351,7 @@ def resume_command(argv: list[str]) -> str:
     return " ".join(["python", shlex.quote(script), *map(shlex.quote, args), "--resume"])
 
 
-def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
+def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = False) -> int:
     from lorasweep.tracking import log_summary
     from trainers.tasks import get_task
 
@@ -368,11 +368,14 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str]) -> int:
     print(format_table(rows, knobs, metric=metric))
     print()
     done = grid.num_terminated + grid.num_errors
-    if done < sweep.options.num_samples:
+    # ``interrupted``: a Ctrl-C ended the run. Tune then ends the running trials too (TERMINATED,
+    # like finished ones; they resume with --resume), so a sweep whose trials had all started would
+    # otherwise look finished, and be exported.
+    if interrupted or done < sweep.options.num_samples:
         # Ctrl-C: Tune saved its state and returned. The leaderboard so far is written; the
         # adapters are exported when the sweep completes.
-        print(f"[lorasweep] interrupted after {done} of {sweep.options.num_samples} trials; everything written so far "
-              f"is kept in {sweep.sweep_dir}")
+        ended = "" if interrupted else f" after {done} of {sweep.options.num_samples} trials"
+        print(f"[lorasweep] interrupted{ended}; everything written so far is kept in {sweep.sweep_dir}")
         print(f"[lorasweep] resume with: {resume_command(argv)}")
         return 130
     with _writes(fix):
