@@ -1,6 +1,6 @@
 """Llama-3.2-1B-Instruct x FineTome-100k: chat SFT with QLoRA, the flagship sweep.
 
-    # 6 trials of a tiny Llama on a generated FineTome-format sample; CPU, no Hub, ~3 minutes
+    # 6 trials of a tiny Llama on a generated FineTome-format sample; CPU, no Hub, about a minute (its tiny model is built once, first)
     python sweeps/llama_finetome.py --preset smoke
 
     # the real sweep on a GPU box (HF_TOKEN in the environment for gated checkpoints)
