@@ -21,7 +21,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--preset", "smoke", "--max-tokens", "6000", "--eval-every", "4", "--scheduler", "none"]
+# 24k tokens: ~20 reports a trial, several seconds of training, so a Ctrl-C two seconds after the first
+# checkpoint lands mid-trial (trials start within a second of each other since they reuse a process).
+BUDGET = 24_000
+SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", "--scheduler", "none"]
 
 
 def _env(**extra) -> dict:
@@ -78,7 +81,7 @@ def test_ctrl_c_keeps_everything_and_the_printed_command_resumes(tiny_assets, tm
     # the interrupted trial went on from its checkpoint: its reports never restart at an earlier step
     reports = [json.loads(line) for line in (sweep_dir / f"trial_{interrupted}" / "result.json").read_text().splitlines()]
     steps = [rep["step"] for rep in reports]
-    assert steps == sorted(set(steps)) and reports[-1]["tokens_seen"] >= 6000, steps
+    assert steps == sorted(set(steps)) and reports[-1]["tokens_seen"] >= BUDGET, steps
 
 
 # ----------------------------------------------------------------------------- driver loss

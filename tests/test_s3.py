@@ -20,7 +20,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--preset", "smoke", "--max-tokens", "6000", "--eval-every", "4", "--scheduler", "none"]
+# 24k tokens: ~20 reports a trial, several seconds of training, so a Ctrl-C two seconds after the first
+# checkpoint lands mid-trial (trials start within a second of each other since they reuse a process).
+BUDGET = 24_000
+SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", "--scheduler", "none"]
 
 
 @pytest.fixture

@@ -346,8 +346,17 @@ def train_in_trial_process(config: dict) -> None:
     gpus = config["trial"]["resources"]["gpus"]
     # Ray gives the process its GPU(s) through CUDA_VISIBLE_DEVICES: the first visible one is ours.
     device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+    resume = _latest_tune_checkpoint(tune.get_checkpoint())
+    if resume is not None and _finished(resume):
+        # Its budget was spent before the driver went. If the driver never recorded that last
+        # report (a Ctrl-C as it arrived), report it again from the checkpoint; train nothing.
+        state = _state(resume)
+        if not _recorded(state):
+            tune.report(state, checkpoint=resume)
+        print(f"[lorasweep] the trial finished at its last checkpoint ({os.path.basename(resume.path)}): nothing to resume")
+        return
     try:
-        _train(config, device, _tune_report, _latest_tune_checkpoint(tune.get_checkpoint()))
+        _train(config, device, _tune_report, resume)
     finally:
         # The process lives on for the next trial: hand the model's memory back now.
         gc.collect()
@@ -440,13 +449,31 @@ def _train(config: dict, device: torch.device, report, resume, history: list | N
     return history if history is not None else []
 
 
-def _finished(checkpoint) -> bool:
-    """Whether a checkpoint's own state says its trial had finished (read without downloading it)."""
+def _state(checkpoint) -> dict:
+    """A checkpoint's own state (its report's metrics), read without downloading the checkpoint."""
     try:
         with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as f:
-            return bool(json.loads(f.read()).get("finished", False))
+            return json.loads(f.read())
     except (OSError, ValueError):
+        return {}
+
+
+def _finished(checkpoint) -> bool:
+    return bool(_state(checkpoint).get("finished", False))
+
+
+def _recorded(state: dict) -> bool:
+    """Whether this trial's result.json (Tune's record of its reports) ends with the report ``state``."""
+    from ray.train._internal.session import get_session
+
+    try:
+        storage = get_session().storage
+        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/result.json") as f:
+            lines = [line for line in f.read().decode().splitlines() if line.strip()]
+        last = json.loads(lines[-1]) if lines else {}
+    except (AttributeError, OSError, ValueError):
         return False
+    return last.get("step") == state.get("step") and bool(last.get("finished"))
 
 
 def _is_oom(e: BaseException) -> bool:
