@@ -23,9 +23,6 @@ costs 4 + 8/64 + 32/(64*256) = 4.127 bits a weight, so 16/4.127 = 3.88 is the li
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from bench.common import Figure, bench_cache, timed
@@ -44,6 +41,8 @@ def checkpoint(layers: int) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from trainers.tiny import save_folder
+
     want = {**CONFIG, "num_hidden_layers": layers}
     path = bench_cache() / ("llama100m" if layers == CONFIG["num_hidden_layers"] else f"llama100m_{layers}l")
     cfg_file = path / "config.json"
@@ -54,11 +53,7 @@ def checkpoint(layers: int) -> Path:
             return path
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**want), dtype=torch.bfloat16)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    model.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)  # whole or not at all: a killed run leaves no half-written checkpoint
-    return path
+    return save_folder(path, model)  # whole or not at all: a killed run leaves no half-written checkpoint
 
 
 def nbytes(t) -> int:

@@ -212,6 +212,8 @@ def bench_model(hidden: int, intermediate: int, layers: int, heads: int, kv_head
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from trainers.tiny import save_folder
+
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -220,19 +222,7 @@ def bench_model(hidden: int, intermediate: int, layers: int, heads: int, kv_head
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "bench_zero.json").write_text(json.dumps({"version": MODEL_VERSION, "parameters": model.num_parameters()}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return save_folder(out, model, tokenizer, "bench_zero.json", {"version": MODEL_VERSION, "parameters": model.num_parameters()})
 
 
 def _settings(model: Path, dataset: Path, zero_stage: int, steps: int, per_device_batch_size: int):

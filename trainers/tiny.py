@@ -114,25 +114,36 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
     marker = out / "lorasweep_tiny.json"
     if (out / "config.json").exists() and marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
         return out
+    tokenizer = train_tokenizer(texts, vocab_size, family.tiny_tokenizer)
+    config = family.tiny_config(tokenizer)
+    torch.manual_seed(seed)
+    # An encoder ships as its masked-LM checkpoint (like distilbert-base-uncased); the task's
+    # Auto class adds its own head when the trial loads it.
+    auto = {"decoder": AutoModelForCausalLM, "encoder": AutoModelForMaskedLM,
+            "encoder-decoder": AutoModelForSeq2SeqLM}[family.kind]
+    model = auto.from_config(config)
+    lm_loss = None
+    if pretrain_steps and family.kind != "encoder-decoder":
+        lm_loss = pretrain(model, tokenizer, texts, pretrain_steps, family.kind)
+    return save_folder(out, model, tokenizer, "lorasweep_tiny.json",
+                       {"version": VERSION, "family": family.name, "architecture": type(model).__name__,
+                        "parameters": model.num_parameters(), "seed": seed, "pretrain_steps": pretrain_steps,
+                        "pretrain_loss": lm_loss})
+
+
+def save_folder(out: str | Path, model, tokenizer=None, marker: str | None = None, meta: dict | None = None) -> Path:
+    """``model`` (and ``tokenizer``, and a ``marker`` JSON file holding ``meta``) saved as the folder
+    ``out``: written to a temp sibling and renamed, so a crash never leaves a folder that looks
+    complete; what was at ``out`` before is replaced."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     try:
-        tokenizer = train_tokenizer(texts, vocab_size, family.tiny_tokenizer)
-        config = family.tiny_config(tokenizer)
-        torch.manual_seed(seed)
-        # An encoder ships as its masked-LM checkpoint (like distilbert-base-uncased); the task's
-        # Auto class adds its own head when the trial loads it.
-        auto = {"decoder": AutoModelForCausalLM, "encoder": AutoModelForMaskedLM,
-                "encoder-decoder": AutoModelForSeq2SeqLM}[family.kind]
-        model = auto.from_config(config)
-        lm_loss = None
-        if pretrain_steps and family.kind != "encoder-decoder":
-            lm_loss = pretrain(model, tokenizer, texts, pretrain_steps, family.kind)
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "lorasweep_tiny.json").write_text(json.dumps(
-            {"version": VERSION, "family": family.name, "architecture": type(model).__name__, "parameters": model.num_parameters(),
-             "seed": seed, "pretrain_steps": pretrain_steps, "pretrain_loss": lm_loss}))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if marker:
+            (tmp / marker).write_text(json.dumps(meta or {}))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
