@@ -381,12 +381,15 @@ def trains_in_trial_process(sweep: "ResolvedSweep", res: Resources) -> bool:
     """One worker, and no trial of the space that needs DeepSpeed (``trainers.config.for_workers``:
     ``offload``, or a full fine-tune in half precision, i.e. on a GPU): Ray Train would only add a
     controller and a worker process per trial. ``--ray-train`` keeps it anyway."""
+    from trainers.config import for_workers
+
+    if res.workers != 1 or sweep.options.ray_train:
+        return False
     s = sweep.settings
-    method = sweep.space.params.get("method")
-    full = s.method == "full" or (method is not None and "full" in getattr(method, "values", ()))
-    half = s.precision in ("bf16", "fp16") or (s.precision == "auto" and res.gpus > 0)
-    deepspeed = s.zero_stage > 0 and (s.offload or (full and half))
-    return res.workers == 1 and not sweep.options.ray_train and not deepspeed
+    # what pick_precision gives a worker: a GPU's half precision (bf16 or fp16: the same to for_workers)
+    precision = s.precision if s.precision != "auto" else ("bf16" if res.gpus > 0 else "fp32")
+    methods = {s.method, *getattr(sweep.space.params.get("method"), "values", ())}
+    return all(for_workers(dataclasses.replace(s, method=m), 1, precision)[0].zero_stage == 0 for m in methods)
 
 
 def _gpus_from_node_types(node_types: dict[str, dict] | None) -> float:

@@ -329,10 +329,11 @@ def train_func(config: dict) -> list[dict]:
     if _in_ray_train():
         import ray.train
 
-        return _train(config, ray.train.torch.get_device(), _ray_report, ray.train.get_checkpoint())
+        _train(config, ray.train.torch.get_device(), _ray_report, ray.train.get_checkpoint())
+        return []
     history: list[dict] = []
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return _train(config, device, lambda m, d: history.append(m), None, history)
+    _train(config, torch.device("cuda" if torch.cuda.is_available() else "cpu"), lambda m, d: history.append(m), None)
+    return history
 
 
 def train_in_trial_process(config: dict) -> None:
@@ -347,14 +348,10 @@ def train_in_trial_process(config: dict) -> None:
     # Ray gives the process its GPU(s) through CUDA_VISIBLE_DEVICES: the first visible one is ours.
     device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
     resume = _latest_tune_checkpoint(tune.get_checkpoint())
-    if resume is not None and _finished(resume):
-        # Its budget was spent before the driver went. If the driver never recorded that last
-        # report (a Ctrl-C as it arrived), report it again from the checkpoint; train nothing.
-        state = _state(resume)
-        if not _recorded(state):
-            tune.report(state, checkpoint=resume)
-        print(f"[lorasweep] the trial finished at its last checkpoint ({os.path.basename(resume.path)}): nothing to resume")
-        return
+    if resume is not None and _finished(resume) and not _recorded(_state(resume)):
+        # Its budget was spent, but the driver never recorded that last report (a Ctrl-C as it
+        # arrived): report it again from the checkpoint. _train then trains nothing.
+        tune.report(_state(resume), checkpoint=resume)
     try:
         _train(config, device, _tune_report, resume)
     finally:
@@ -372,11 +369,9 @@ def _latest_tune_checkpoint(given):
     would train that interval again and report its steps twice. Ray Train keeps the newest itself."""
     import pyarrow.fs as pafs
     from ray import tune
-    from ray.train._internal.session import get_session  # where Tune keeps the trial's storage (Ray 2.60)
 
     try:
-        storage = get_session().storage
-        fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+        fs, trial_path = _trial_storage()
         found = [i for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
                  if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
                  and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File]
@@ -390,6 +385,14 @@ def _latest_tune_checkpoint(given):
     return tune.Checkpoint(newest.path, filesystem=fs)
 
 
+def _trial_storage():
+    """``(filesystem, path)`` of this Tune trial's folder in the sweep's storage (local or s3://)."""
+    from ray.train._internal.session import get_session  # where Tune keeps it (Ray 2.60)
+
+    storage = get_session().storage
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
 def _tune_report(metrics: dict, ckpt_dir: str) -> None:
     from ray import tune
 
@@ -398,7 +401,7 @@ def _tune_report(metrics: dict, ckpt_dir: str) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if has else None)
 
 
-def _train(config: dict, device: torch.device, report, resume, history: list | None = None) -> list[dict]:
+def _train(config: dict, device: torch.device, report, resume) -> None:
     from lorasweep.credentials import receive
 
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
@@ -406,7 +409,7 @@ def _train(config: dict, device: torch.device, report, resume, history: list | N
     if resume is not None and _finished(resume):
         # Its budget was spent before the driver went: nothing to train, nothing new to report.
         print(f"[lorasweep] the trial finished at its last checkpoint ({os.path.basename(resume.path)}): nothing to resume")
-        return history if history is not None else []
+        return
     out_dir = tempfile.mkdtemp(prefix="lorasweep-")
     try:
         st = setup(trial, device, out_dir)
@@ -446,7 +449,6 @@ def _train(config: dict, device: torch.device, report, resume, history: list | N
                          "per_device_batch_size or max_seq_length, or turn on gradient_checkpointing") from None
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    return history if history is not None else []
 
 
 def _state(checkpoint) -> dict:
@@ -464,11 +466,9 @@ def _finished(checkpoint) -> bool:
 
 def _recorded(state: dict) -> bool:
     """Whether this trial's result.json (Tune's record of its reports) ends with the report ``state``."""
-    from ray.train._internal.session import get_session
-
     try:
-        storage = get_session().storage
-        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/result.json") as f:
+        fs, trial_path = _trial_storage()
+        with fs.open_input_stream(f"{trial_path}/result.json") as f:
             lines = [line for line in f.read().decode().splitlines() if line.strip()]
         last = json.loads(lines[-1]) if lines else {}
     except (AttributeError, OSError, ValueError):
