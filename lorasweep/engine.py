@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -92,6 +93,8 @@ class SweepOptions:
     wandb_entity: str | None = field(default=None, metadata={"help": "W&B team or user (default: the key's)"})
     resume: bool = field(default=False, metadata={"help": "continue the sweep --name from its storage"})
     dry_run: bool = field(default=False, metadata={"help": "check everything, audit the data, print the config, cluster fit and cost estimate; train nothing"})
+    verbose: bool = field(default=False, metadata={"help": "Tune's own progress output, Ray's logs and every trial's output in this console "
+                                                  "(default: one line per event; a trial's output goes to stdout/stderr in its folder)"})
 
     def validate(self) -> "SweepOptions":
         if self.searcher not in SEARCHERS:
@@ -184,6 +187,7 @@ class ResolvedSweep:
             "settings": self.settings.to_dict(),
             "sweep": dataclasses.asdict(self.options),
             "search_space": self.space.describe(),
+            "space": self.space.to_json(),
             "metric": self.space.metric,
             "mode": self.space.mode,
             "seeds": list(self.space.seeds),
@@ -276,9 +280,16 @@ def lora_trial(config: dict, secrets: list | None = None) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from lorasweep.credentials import with_secrets
+    from lorasweep.dashboard import mark_trial
     from trainers.loop import train_func, train_in_trial_process
     from trainers.tasks import metric_mode
 
+    mark_trial(tune.get_context().get_trial_id())  # a `trial_<id>` row in the dashboard's task table
+    for stream in (sys.stdout, sys.stderr):
+        # Tune's log_to_file tees them into the trial's folder through an object with no isatty,
+        # which Transformers' weight-loading report calls (every classification trial failed on it)
+        if stream is not None and not hasattr(stream, "isatty"):
+            stream.isatty = lambda: False
     trial = TrialConfig.from_tune(config)
     res = trial.resources
     if res.in_trial_process:
@@ -312,8 +323,19 @@ def init_ray(options: SweepOptions) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return
+    # Ray's own chatter off unless --verbose: its INFO lines, the workers' output forwarded to this
+    # console (a trial's goes to its folder: Tune's log_to_file), and the token-auth notice (the
+    # dashboard line below says it once, with how to sign in).
+    quiet = {} if options.verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
+    if not options.verbose:
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
+    from lorasweep.dashboard import env_vars
+
     if options.address:
-        ray.init(address=options.address)
+        ray.init(address=options.address, runtime_env={"env_vars": env_vars()}, **quiet)
     else:
         # The dashboard (and its HTTP API) listens on loopback unless --dashboard-host says
         # otherwise; a cluster's head decides its own (cluster.yaml keeps it on loopback too).
@@ -331,7 +353,7 @@ def init_ray(options: SweepOptions) -> None:
         port = _free_port()
         api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
         ray.init(address="local", dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None,
-                 log_to_driver=True, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api}})
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **env_vars()}}, **quiet)
         os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
 
 
@@ -438,7 +460,9 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from lorasweep.console import Console
     from lorasweep.credentials import share
+    from lorasweep.report import asha_rungs
     from lorasweep.tracking import tune_callbacks
 
     o, s, space = sweep.options, sweep.settings, sweep.space
@@ -447,12 +471,14 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     sampler = _sampler(o.searcher, space, o.seed)
     searcher = OptunaSearch(metric=space.metric, mode=space.mode, points_to_evaluate=[dict(p) for p in space.seeds],
                             **({"sampler": sampler} if sampler is not None else {"seed": o.seed}))
+    rungs = []
     if o.scheduler == "asha":
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
-        grace = o.grace_tokens or max(1, s.max_tokens // 8)
-        scheduler = ASHAScheduler(time_attr="tokens_seen", max_t=s.max_tokens, grace_period=min(grace, s.max_tokens),
+        grace = min(o.grace_tokens or max(1, s.max_tokens // 8), s.max_tokens)
+        scheduler = ASHAScheduler(time_attr="tokens_seen", max_t=s.max_tokens, grace_period=grace,
                                   reduction_factor=o.reduction_factor)
+        rungs = asha_rungs(s.max_tokens, grace, o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     # A trial that trains in its own process asks for what its one worker would have.
@@ -470,7 +496,22 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
                                   # the CUDA context and the data cache are already there
                                   reuse_actors=res.in_trial_process)
     tune_config.trial_dirname_creator = lambda trial: f"trial_{trial.trial_id}"  # not the whole config
-    run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1, stop=stop,
+    # Quiet by default: one line per event (lorasweep/console.py) instead of Tune's boxes, and a
+    # trial's stdout/stderr in its folder. Tune snapshots its state at every checkpoint (num_to_keep
+    # is set) and warns about it each time: that is the cost of resuming exactly, not news.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not o.verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new one prints its boxes even at verbose=0
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the console's failure line names error.txt
+        # "The `on_trial_result` operation took 0.6 s" (W&B's queue on a busy driver) and "Trials did
+        # not complete: [...]" (the failure lines said it, with the reasons)
+        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    console = [] if o.verbose else [Console(list(space.params), space.metric, space.mode, rungs)]
+    run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1 if o.verbose else 0, stop=stop,
+                                # a trial's stdout/stderr: written in its working dir on its node, then
+                                # synced into its folder under --storage-path with its checkpoints
+                                log_to_file=not o.verbose, sync_config=tune.SyncConfig(sync_artifacts=True),
                                 # The trial function itself may sit on a node that goes: Tune then runs it
                                 # again, and its TorchTrainer (same name and storage) resumes from the
                                 # trial's last checkpoint, as a worker-group restart does. A trial in its
@@ -482,7 +523,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
                                 checkpoint_config=tune.CheckpointConfig(
                                     num_to_keep=2, checkpoint_score_attribute=space.metric,
                                     checkpoint_score_order=space.mode),
-                                callbacks=[*tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity),
+                                callbacks=[*console, *tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity),
                                            *callbacks])
     if o.resume:
         return tune.Tuner.restore(sweep.sweep_dir, trainable, resume_unfinished=True, resume_errored=False,
@@ -518,8 +559,8 @@ def assets_cache() -> Path:
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> int:
-    from lorasweep import preflight
-    from lorasweep.results import finish, resume_command, write_start
+    from lorasweep import dashboard, preflight
+    from lorasweep.results import finish, publish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -533,6 +574,8 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
     started = False
     try:
         init_ray(sweep.options)
+        if not sweep.options.dry_run:
+            print(dashboard.line(sweep.options.address))
         cluster = cluster_resources()
         if sweep.options.autoscale:
             cluster = preflight.with_addable_node_types(cluster)
@@ -564,9 +607,10 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
             print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
                   f"[lorasweep] resume with: {resume_command(argv)}")
             return 130
-        rc = finish(sweep, grid, time.time() - t0, argv, interrupted)
+        rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted)
         if rc == 0 and baseline is not None:
             run_baseline(sweep, res, baseline)
+        publish(sweep, rows, exported, summary_run=rc != 130)  # the report (finished or interrupted), W&B
     except StorageError as e:  # a write under --storage-path failed: what was written before stays
         print(f"error: {e}", file=sys.stderr)
         return 2

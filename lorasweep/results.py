@@ -190,6 +190,8 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
     its time, never overwritten."""
     from ray.train import Checkpoint
 
+    from trainers.data import progress
+
     chosen = [r for r in rows if r.get("checkpoint") and r["status"] != "failed"][:top_k]
     if not chosen:
         return []
@@ -197,7 +199,7 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
     staging = Path(tempfile.mkdtemp(prefix="best_adapters-"))
     staging.chmod(0o755)  # mkdtemp makes it owner-only
     try:
-        for i, row in enumerate(chosen, 1):
+        for i, row in enumerate(progress(chosen, "exporting the best adapters"), 1):
             out = staging / f"rank_{i}"
             with tempfile.TemporaryDirectory() as tmp:
                 try:
@@ -321,7 +323,8 @@ def write_start(sweep, inputs) -> None:
            "or pick another")
     with _writes(fix):
         try:
-            for name, payload in (("sweep_config.json", sweep.summary()), ("data_report.json", inputs.data)):
+            config = {**sweep.summary(), "versions": versions()}
+            for name, payload in (("sweep_config.json", config), ("data_report.json", inputs.data)):
                 path = _join(sweep.sweep_dir, name)
                 if payload is not None and not (sweep.options.resume and _exists(path)):
                     _write_text(path, json.dumps(payload, indent=2, default=str))
@@ -331,6 +334,25 @@ def write_start(sweep, inputs) -> None:
                 if not _is_uri(path):
                     os.unlink(path)
             raise
+
+
+# What a sweep's numbers depend on; the report and the model cards show them.
+KEY_LIBRARIES = ("torch", "transformers", "peft", "ray", "optuna", "bitsandbytes", "deepspeed", "datasets",
+                 "accelerate", "wandb")
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of ``KEY_LIBRARIES`` (read from package metadata: nothing imported)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in KEY_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def _exists(path: str) -> bool:
@@ -351,8 +373,8 @@ def resume_command(argv: list[str]) -> str:
     return " ".join(["python", shlex.quote(script), *map(shlex.quote, args), "--resume"])
 
 
-def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = False) -> int:
-    from lorasweep.tracking import log_summary
+def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = False) -> tuple[int, list[dict], list[str]]:
+    """The leaderboard (always) and the export (a complete sweep): ``(exit code, rows, exported)``."""
     from trainers.tasks import get_task
 
     knobs = list(sweep.space.params)
@@ -377,12 +399,9 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
         ended = "" if interrupted else f" after {done} of {sweep.options.num_samples} trials"
         print(f"[lorasweep] interrupted{ended}; everything written so far is kept in {sweep.sweep_dir}")
         print(f"[lorasweep] resume with: {resume_command(argv)}")
-        return 130
+        return 130, rows, []
     with _writes(fix):
         exported = export_best(rows, knobs, sweep, sweep.options.top_k)
-    o = sweep.options
-    log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, knobs, exported, sweep.summary(), o.wandb_entity,
-                metric=metric)
     best_col = best_key(metric)
     ok = [r for r in rows if r.get(best_col) is not None]
     failed = [r for r in rows if r["status"] == "failed"]
@@ -390,8 +409,35 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
           f"leaderboard: {_join(sweep.sweep_dir, 'leaderboard.csv')}")
     if not exported:
         print("[lorasweep] no trial produced a checkpoint; nothing exported")
-        return 1
+        return 1, rows, exported
     if len(ok) > 1 and not math.isnan(ok[0][best_col]):
         print(f"[lorasweep] best {metric} {ok[0][best_col]:.4f}, worst {ok[-1][best_col]:.4f}")
     print(f"[lorasweep] best adapter: {exported[0]}")
-    return 0
+    return 0, rows, exported
+
+
+def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = True) -> None:
+    """After the leaderboard, the export and the baseline: the sweep report, then (``summary_run``:
+    not for an interrupted sweep, whose resume makes one) the W&B summary run, which carries the
+    report's plots. A report that cannot be drawn costs a warning line,
+    never the sweep's result, which is on disk already."""
+    from lorasweep import report
+    from lorasweep.tracking import log_summary
+
+    figs, html_path = {}, None
+    try:
+        data = report.load(sweep.sweep_dir)
+        figs = report.figures(data)
+        html_path, _ = report.write(sweep.sweep_dir, data, figs)
+        print(f"[lorasweep] report: {html_path}")
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plotting bug must not cost the sweep its W&B summary
+        print(f"[lorasweep] warning: no report ({type(e).__name__}: {e}); "
+              f"retry with: python -m lorasweep.report {sweep.sweep_dir}")
+    if not summary_run:
+        return
+    o = sweep.options
+    log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, list(sweep.space.params), exported, sweep.summary(),
+                o.wandb_entity, metric=sweep.space.metric, figures=figs,
+                report_html=html_path if html_path and "://" not in html_path else None)

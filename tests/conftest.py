@@ -83,4 +83,5 @@ def shared_sweep(tiny_assets, tmp_path_factory) -> dict:
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
     print(f"\n[shared_sweep] {time.time() - t0:.0f}s")
     return {"dir": storage / "shared", "storage": storage, "stdout": r.stdout, "stderr": r.stderr,
+            "wall_s": time.time() - t0,
             "ray_session": Path("/tmp/ray/session_latest").resolve(), "data": data}

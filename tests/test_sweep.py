@@ -139,3 +139,35 @@ def test_no_secret_in_any_file_the_sweep_wrote(shared_sweep):
         assert (sweep_dir / expected).is_file()
     assert len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 6  # 5 trials + the summary run
     assert list(session.glob("logs/*")) and scanned > 50
+
+
+def test_console_is_one_line_per_event_and_a_failure_names_its_traceback(shared_sweep):
+    """What a user watches: each trial's start, its reports, ASHA's stops and each failure on one
+    line; no Tune config boxes, no tracebacks, no Ray or library noise (``--verbose`` brings those)."""
+    out, err = shared_sweep["stdout"], shared_sweep["stderr"]
+    lines = out.splitlines()
+    board = json.loads((shared_sweep["dir"] / "leaderboard.json").read_text())
+    for row in board:
+        tid = row["trial_id"]
+        assert sum(line.startswith(f"[lorasweep] {tid} started: r=") for line in lines) == 1, tid
+        ends = [line for line in lines if line.startswith(f"[lorasweep] {tid} ")
+                and any(w in line for w in (" failed", " finished:", " stopped by ASHA"))]
+        assert len(ends) == 1, (tid, ends)
+        if row["status"] == "failed":
+            assert row["error"] in ends[0]
+            trace = Path(ends[0].rsplit("; traceback: ", 1)[1])
+            assert trace.is_file() and 'File "' in trace.read_text()  # Ray's formatted traceback, frames and all
+        else:
+            assert (" finished:" if row["status"] == "completed" else " stopped by ASHA at rung") in ends[0]
+    for noise in ("trial/settings", "Configuration for experiment", "Traceback", "core_worker.cc", "FutureWarning",
+                  "Checkpoint successfully created", "Token authentication", "Trials did not complete",
+                  "may be a performance bottleneck", "Exception ignored"):
+        assert noise not in out and noise not in err, noise
+    # a trial's own output (the worker's plan line) is in its folder, once, not in the console
+    assert "steps planned" not in out
+    for row in board:
+        log = shared_sweep["dir"] / f"trial_{row['trial_id']}" / "stdout"
+        assert log.read_text().count("steps planned") == 1, log
+    minutes = max(1.0, shared_sweep["wall_s"] / 60)
+    assert len(lines) + len(err.splitlines()) < 50 * minutes  # one screen per minute of the sweep
+

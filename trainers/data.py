@@ -101,3 +101,15 @@ class SkipRow(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def progress(items, desc: str):
+    """``items`` with a progress bar on an interactive terminal (the driver's data audit, the
+    export); as they are anywhere else: a trial's log or CI's output gets no bar redrawn 1,000 times."""
+    import sys
+
+    if not getattr(sys.stderr, "isatty", lambda: False)():  # Tune's log_to_file puts a Tee there
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=f"[lorasweep] {desc}", leave=False)

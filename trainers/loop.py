@@ -254,6 +254,7 @@ class ReportCallback(TrainerCallback):
             "train_loss": self.last_loss,
             "tokens_seen": int(self.tokens_seen),
             "step": state.global_step,
+            "max_steps": state.max_steps,  # the plan: the console shows step 50/162
             "epoch": round(state.epoch or 0.0, 4),
             "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
             "peak_mem_gb": _peak_memory_gb(st.device),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lorasweep.errors import ConfigError
-from trainers.data import Split, Tokenized, load_dataset_rows, split_rows
+from trainers.data import Split, Tokenized, load_dataset_rows, progress, split_rows
 from trainers.registry import Registry
 
 # Direction of every metric a task can report; anything not listed is maximised.
@@ -96,7 +96,8 @@ class Task:
 
     def prepare(self, settings, tokenizer) -> Prepared:
         split, n = self.read(settings)
-        train, held = self.tokenize(settings, tokenizer, split.train), self.tokenize(settings, tokenizer, split.eval)
+        train = self.tokenize(settings, tokenizer, progress(split.train, "tokenising train rows"))
+        held = self.tokenize(settings, tokenizer, progress(split.eval, "tokenising eval rows"))
         if not train.examples:
             raise ConfigError(f"`dataset` {settings.dataset!r} has no usable training rows (skipped: {dict(train.skipped)})")
         if not held.examples:
