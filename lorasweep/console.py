@@ -102,7 +102,7 @@ class Console(Callback):
         # Tune has just written the traceback to the trial's local folder; storage gets it later
         local = trial.error_file
         text = Path(local).read_text(errors="replace") if local and Path(local).is_file() else trial.get_error()
-        reason = _one_line(RuntimeError(text)) if text else "no error text (see the trial's folder)"
+        reason = _one_line(text) if text else "no error text (see the trial's folder)"
         # the last report's step, unless the reason names the step it failed at
         at = f" after step {last['step']}" if last.get("step") is not None and " step " not in reason else ""
         where = f"{trial.path.rstrip('/')}/error.txt" if trial.path else "its trial folder"  # under --storage-path

@@ -462,7 +462,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
 
     from lorasweep.console import Console
     from lorasweep.credentials import share
-    from lorasweep.report import asha_rungs
+    from lorasweep.preflight import asha_grace, asha_rungs
     from lorasweep.tracking import tune_callbacks
 
     o, s, space = sweep.options, sweep.settings, sweep.space
@@ -475,7 +475,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     if o.scheduler == "asha":
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
-        grace = min(o.grace_tokens or max(1, s.max_tokens // 8), s.max_tokens)
+        grace = asha_grace(s.max_tokens, o.grace_tokens)
         scheduler = ASHAScheduler(time_attr="tokens_seen", max_t=s.max_tokens, grace_period=grace,
                                   reduction_factor=o.reduction_factor)
         rungs = asha_rungs(s.max_tokens, grace, o.reduction_factor)

@@ -392,17 +392,27 @@ def check_paths_on_nodes(sweep, res) -> None:
 # ----------------------------------------------------------------------------- the estimate
 
 
+def asha_grace(max_t: int, grace_tokens: int) -> int:
+    """ASHA's first rung: ``--grace-tokens``, or max_tokens/8 when it is 0, never past the budget."""
+    return min(grace_tokens or max(1, max_t // 8), max_t)
+
+
+def asha_rungs(max_t: int, grace: float, rf: float) -> list[float]:
+    """Where Ray's ASHA (one bracket) decides, in tokens seen: grace * rf^k below max_t (its last
+    milestone is the budget itself, where every trial ends anyway)."""
+    rungs, t = [], grace
+    while t < max_t:
+        rungs.append(t)
+        t *= rf
+    return rungs
+
+
 def asha_tokens(max_t: int, grace: int, rf: float) -> float:
     """Expected training tokens of one trial under ASHA: everyone reaches the first rung, 1/rf of
     them the next, and so on. E.g. max 2M, grace 250k, rf 3 -> rungs 250k, 750k:
     250k + (750k-250k)/3 + (2M-750k)/9 = 0.56M, 28% of running every trial to the end."""
-    rungs = []
-    t = grace
-    while t < max_t:
-        rungs.append(t)
-        t *= rf
     total, prev = 0.0, 0
-    for k, rung in enumerate([*rungs, max_t]):
+    for k, rung in enumerate([*asha_rungs(max_t, grace, rf), max_t]):
         total += (rung - prev) / rf**k
         prev = rung
     return total
@@ -413,7 +423,7 @@ def estimate(sweep, inputs: Inputs, res, cluster: dict, at_once: int) -> list[st
     MFU, plus start-up per trial) and wall time at the cluster's concurrency."""
     s, o = sweep.settings, sweep.options
     n = o.num_samples
-    per_trial = asha_tokens(s.max_tokens, o.grace_tokens or max(1, s.max_tokens // 8), o.reduction_factor) \
+    per_trial = asha_tokens(s.max_tokens, asha_grace(s.max_tokens, o.grace_tokens), o.reduction_factor) \
         if o.scheduler == "asha" else float(s.max_tokens)
     lines = [f"budget: {n} trials x {s.max_tokens:,} training tokens = {n * s.max_tokens:,} tokens at most; "
              f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if o.scheduler == "asha" else "")]

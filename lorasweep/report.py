@@ -22,11 +22,10 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from lorasweep.preflight import asha_grace, asha_rungs
 from lorasweep.results import _join, _one_line, _write_text
-
-PLOTS = ("best_so_far", "parallel", "importance", "curves", "baseline")  # in the order the page shows them
-
 
 @dataclass
 class Trial:
@@ -53,10 +52,21 @@ class SweepData:
     metric: str
     mode: str
     trials: list[Trial]
-    unit: str  # "GPU-hours" or "CPU-hours": what a trial held, times its wall time
-    rungs: list[int] = field(default_factory=list)  # ASHA's milestones in tokens seen
+    resources: dict  # what each trial held (TrialConfig.resources: the same for every trial)
+    rungs: list[float] = field(default_factory=list)  # ASHA's milestones in tokens seen
     baseline: dict = field(default_factory=dict)
     ranked: list[dict] = field(default_factory=list)  # leaderboard.json, when the sweep wrote one
+
+    @property
+    def unit(self) -> str:
+        """What a trial's device-hours count: the GPUs it held, else its CPUs, times its wall time."""
+        return "GPU-hours" if self.resources.get("gpus", 0) > 0 else "CPU-hours"
+
+    @cached_property
+    def importance(self) -> tuple[dict[str, dict[str, float]], str]:
+        """``importances(self)``, computed once (a random forest per evaluator): the figure, the page
+        and the Markdown all show it."""
+        return importances(self)
 
     @property
     def name(self) -> str:
@@ -76,7 +86,7 @@ def load(sweep_dir: str) -> SweepData:
     ranked = _read_json(_join(sweep_dir, "leaderboard.json")) or []
     status = {r["trial_id"]: r for r in ranked}
     tune_status = _tune_status(sweep_dir)  # before a leaderboard exists: a live or killed sweep
-    trials = []
+    trials, resources = [], {}
     for name in sorted(_listdir(sweep_dir)):
         if not name.startswith("trial_"):
             continue
@@ -97,9 +107,10 @@ def load(sweep_dir: str) -> SweepData:
             state = "stopped early"
         else:
             state = "running"  # or pending: a live sweep, or one killed before it finished
-        error = row.get("error") or (_one_line(RuntimeError(error_text)) if error_text else None)
+        error = row.get("error") or (_one_line(error_text) if error_text else None)
         last = reports[-1] if reports else {}
         res = (params.get("trial") or {}).get("resources") or {}
+        resources = resources or res
         held = res.get("workers", 1) * (res.get("gpus") or res.get("cpus") or 1)
         trials.append(Trial(
             trial_id=trial_id, knobs={k: params.get(k) for k in knobs}, reports=reports, status=state, error=error,
@@ -107,24 +118,14 @@ def load(sweep_dir: str) -> SweepData:
             device_hours=held * float(last.get("time_total_s", 0.0)) / 3600,
             started=float(last.get("timestamp", 0)) - float(last.get("time_total_s", 0)),
             ended=float(last.get("timestamp", 0))))
-    any_gpu = any(((t.reports[-1]["config"].get("trial") or {}).get("resources") or {}).get("gpus", 0) > 0
-                  for t in trials if t.reports)
     sweep, settings = config.get("sweep", {}), config.get("settings", {})
     rungs = []
     if sweep.get("scheduler") == "asha" and settings.get("max_tokens"):
         max_t = settings["max_tokens"]
-        rungs = asha_rungs(max_t, min(sweep.get("grace_tokens") or max(1, max_t // 8), max_t),
-                           sweep.get("reduction_factor", 3))
+        rungs = asha_rungs(max_t, asha_grace(max_t, sweep.get("grace_tokens", 0)), sweep.get("reduction_factor", 3))
     return SweepData(sweep_dir=sweep_dir, config=config, knobs=knobs, metric=metric, mode=mode, trials=trials,
-                     unit="GPU-hours" if any_gpu else "CPU-hours", rungs=rungs,
+                     resources=resources, rungs=rungs,
                      baseline=_read_json(_join(sweep_dir, "baseline.json")) or {}, ranked=ranked)
-
-
-def asha_rungs(max_t: int, grace: int, reduction_factor: float) -> list[int]:
-    """Where Ray's ASHA (one bracket) decides, in tokens seen: grace * factor^k below max_t (its
-    last milestone is the budget itself, where every trial ends anyway)."""
-    n = int(math.log(max_t / grace) / math.log(reduction_factor) + 1 + 1e-9)
-    return [int(grace * reduction_factor ** k) for k in range(n) if grace * reduction_factor ** k < max_t]
 
 
 def _tune_status(sweep_dir: str) -> dict[str, str]:
@@ -203,8 +204,8 @@ def best_so_far(data: SweepData) -> list[dict]:
 def figures(data: SweepData) -> dict:
     """name -> plotly Figure, for every plot the sweep has data for (``PLOTS`` order)."""
     figs = {}
-    for name in PLOTS:
-        fig = globals()[f"_fig_{name}"](data)
+    for name, draw in PLOTS.items():
+        fig = draw(data)
         if fig is not None:
             m = fig.layout.margin
             fig.update_layout(template="plotly_white", margin=dict(l=m.l or 60, r=30, b=50, t=m.t or 60))
@@ -278,7 +279,7 @@ def _fig_parallel(data: SweepData):
 def _fig_importance(data: SweepData):
     import plotly.graph_objects as go
 
-    found, _ = importances(data)
+    found, _ = data.importance
     if not found:
         return None
     fig = go.Figure()
@@ -358,6 +359,11 @@ def _fig_baseline(data: SweepData):
     return fig
 
 
+# name -> drawing function, in the order the page shows them
+PLOTS = {"best_so_far": _fig_best_so_far, "parallel": _fig_parallel, "importance": _fig_importance,
+         "curves": _fig_curves, "baseline": _fig_baseline}
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -384,8 +390,7 @@ def leaderboard_table(data: SweepData) -> tuple[list[str], list[list]]:
 
 def settings_table(data: SweepData) -> list[tuple[str, str]]:
     c, s, o = data.config, data.config.get("settings", {}), data.config.get("sweep", {})
-    res = next((((t.reports[-1]["config"].get("trial") or {}).get("resources") or {})
-                for t in data.trials if t.reports), {})
+    res = data.resources
     return [
         ("recipe / preset", f"{c.get('recipe')} / {c.get('preset')}"),
         ("model", s.get("model")), ("dataset", s.get("dataset")), ("task", s.get("task")),
@@ -393,7 +398,7 @@ def settings_table(data: SweepData) -> list[tuple[str, str]]:
         ("token budget per trial", f"{s.get('max_tokens'):,}" if s.get("max_tokens") else None),
         ("objective", f"{data.metric} ({data.mode})"),
         ("searcher / scheduler", f"{o.get('searcher')} / {o.get('scheduler')}"
-         + (f" (rungs at {', '.join(f'{r:,}' for r in data.rungs)} tokens)" if data.rungs else "")),
+         + (f" (rungs at {', '.join(f'{r:,.0f}' for r in data.rungs)} tokens)" if data.rungs else "")),
         ("trials / at once", f"{o.get('num_samples')} / {o.get('max_concurrent')}"),
         ("resources per trial", f"{res.get('workers', '?')} worker(s) x ({res.get('cpus', '?')} CPU, "
                                 f"{res.get('gpus', '?')} GPU)" + (" in the trial's process" if res.get("in_trial_process") else "")),
@@ -469,7 +474,7 @@ th{background:#f3f5f7}.note{color:#555}.plot{margin-bottom:2em}code{background:#
 
 
 def render_html(data: SweepData, figs: dict) -> str:
-    found, why = importances(data)
+    found, why = data.importance
     parts = [f"<h1>Sweep {html.escape(data.name)}</h1>", f"<p>{html.escape(_summary_line(data))}</p>"]
     cols, rows = leaderboard_table(data)
     parts += ["<h2>Leaderboard</h2>", _html_table(cols, rows)]
@@ -505,7 +510,7 @@ def render_html(data: SweepData, figs: dict) -> str:
 
 
 def render_md(data: SweepData) -> str:
-    found, why = importances(data)
+    found, why = data.importance
     out = [f"# Sweep {data.name}", "", _summary_line(data), "",
            "Interactive plots: `report.html` in this folder (opens offline).", "", "## Leaderboard", "",
            _md_table(*leaderboard_table(data)), "", "## Which knobs mattered", ""]

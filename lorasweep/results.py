@@ -100,8 +100,9 @@ def _best_report(df, metric: str, mode: str):
     return top.iloc[0]
 
 
-def _one_line(err: BaseException) -> str:
-    """The root cause of a trial's error, on one line (Ray wraps it a few times)."""
+def _one_line(err: BaseException | str) -> str:
+    """The root cause of a trial's error (or of its error.txt's text), on one line (Ray wraps it a
+    few times)."""
     text = str(err)
     if "TrialError: " in text:  # ours: already says what happened and at which step
         return text[text.rindex("TrialError: ") + len("TrialError: "):].strip().splitlines()[0][:300]

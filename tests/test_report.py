@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lorasweep import report
+from lorasweep.preflight import asha_rungs
 from tests.conftest import ROOT
 
 SPACE = {"r": {"choice": [8, 16, 32]}, "use_rslora": {"choice": [True, False]},
@@ -71,7 +72,7 @@ def test_asha_rungs_are_where_rays_scheduler_decides():
     for max_t, grace, rf in [(60_000, 15_000, 2), (2_000_000, 250_000, 3), (1000, 1000, 3), (30_000, 8_000, 3)]:
         sched = ASHAScheduler(time_attr="tokens_seen", max_t=max_t, grace_period=grace, reduction_factor=rf)
         milestones = sorted(m for m, _ in sched._brackets[0]._rungs if m < max_t)
-        assert report.asha_rungs(max_t, grace, rf) == milestones, (max_t, grace, rf)
+        assert asha_rungs(max_t, grace, rf) == milestones, (max_t, grace, rf)
 
 
 def test_report_finds_the_knob_that_decides_and_lists_stops_and_failures(tmp_path):

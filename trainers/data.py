@@ -108,7 +108,7 @@ def progress(items, desc: str):
     export); as they are anywhere else: a trial's log or CI's output gets no bar redrawn 1,000 times."""
     import sys
 
-    if not getattr(sys.stderr, "isatty", lambda: False)():  # Tune's log_to_file puts a Tee there
+    if not sys.stderr.isatty():
         return items
     from tqdm.auto import tqdm
 
