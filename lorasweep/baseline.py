@@ -51,6 +51,8 @@ def run_remote(settings_dict: dict, resources, adapter: str | None, shots: list[
 
 def table(results: dict[str, dict], metric_names: tuple[str, ...]) -> str:
     """``metric  base 0-shot  base 3-shot  tuned`` with one row per metric."""
+    from lorasweep.results import aligned
+
     cols = list(results)
     lines = [["metric", *cols]]
     for m in metric_names:
@@ -58,6 +60,5 @@ def table(results: dict[str, dict], metric_names: tuple[str, ...]) -> str:
             lines.append([m, *(f"{results[c][m]:.4f}" if isinstance(results[c].get(m), float) else "" for c in cols)])
     n = next(iter(results.values()), {}).get("n")
     which = next(iter(results.values()), {}).get("split", "test")
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    body = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+    body = "\n".join(aligned(lines))
     return f"baseline vs tuned on the {which} split ({n} rows):\n{body}"

@@ -126,6 +126,8 @@ class Console(Callback):
 
 def table(trials, knobs: list[str], metric: str, mode: str, limit: int = 12) -> str:
     """Knobs, the best objective and the state of each trial: running ones first, then the best."""
+    from lorasweep.results import aligned
+
     sign = 1 if mode == "min" else -1
     order = {"RUNNING": 0, "PENDING": 1}
 
@@ -143,8 +145,7 @@ def table(trials, knobs: list[str], metric: str, mode: str, limit: int = 12) -> 
         best = _best_of(t, metric, mode, last)
         rows.append([t.trial_id, *(_num(t.config.get(k)) for k in knobs),
                      "" if best is None else _num(best), tokens(last.get("tokens_seen")), state])
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [cols, *rows]]
+    lines = aligned([cols, *rows])
     counts = {}
     for t in trials:
         name = {"ERROR": "failed", "TERMINATED": "ended"}.get(t.status, t.status.lower())

@@ -129,9 +129,13 @@ def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric
 def format_table(rows: list[dict], knobs: list[str], limit: int = 20, metric: str = "eval_loss") -> str:
     cols = ["rank", "trial_id", *knobs, best_key(metric), "tokens_seen", "wall_time_s", "status"]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    table = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]
-    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in table)
+    return "\n".join(aligned([cols] + [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]))
+
+
+def aligned(table: list[list]) -> list[str]:
+    """A console table's lines: each column left-aligned to its widest cell, two spaces apart."""
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
+    return ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)) for line in table]
 
 
 def model_card(row: dict, knobs: list[str], sweep, rank: int) -> str:
