@@ -266,6 +266,30 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
 # ----------------------------------------------------------------------------- Ray
 
 
+class ResumeFromNewest:
+    """Mixed into every trial's Tune trainable (Tune's ``__mixins__`` hook). Tune restores a trial from
+    the checkpoint that its last experiment-state snapshot names, but it deletes a checkpoint as soon
+    as a newer one pushes it out of ``CheckpointConfig(num_to_keep=2)``'s best two, which can be
+    before the next snapshot. A driver killed in that window (1 resume in 3 in tests/test_interrupt.py)
+    left the trial failing with "does not exist on storage anymore". Tune deletes a checkpoint only
+    for a newer one, so the newest complete checkpoint in the trial's folder is the one to resume."""
+
+    def restore(self, checkpoint_path):
+        import pyarrow.fs as pafs
+
+        from trainers.loop import newest_checkpoint
+
+        ckpt = getattr(checkpoint_path, "checkpoint", None)  # Tune passes a _TrainingResult
+        if ckpt is not None and ckpt.filesystem.get_file_info(ckpt.path).type == pafs.FileType.NotFound:
+            newest = newest_checkpoint(ckpt.filesystem, os.path.dirname(ckpt.path.rstrip("/")))
+            if newest is not None:
+                print(f"[lorasweep] {os.path.basename(ckpt.path)} was pruned after Tune last saved its state; "
+                      f"resuming from {os.path.basename(newest)}", file=sys.stderr)
+                checkpoint_path = type(checkpoint_path)(checkpoint=type(ckpt)(newest, filesystem=ckpt.filesystem),
+                                                        metrics=checkpoint_path.metrics)
+        return super().restore(checkpoint_path)
+
+
 def lora_trial(config: dict, secrets: list | None = None) -> None:
     """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run, or for a one-worker
     trial that needs no DeepSpeed (``Resources.in_trial_process``) the same loop in this process.
@@ -489,7 +513,9 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     # HF_TOKEN reaches the trials' workers by reference (lorasweep/credentials.py).
     wants = ({"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})} if res.in_trial_process
              else {"memory": 1})
-    trainable = tune.with_resources(tune.with_parameters(trainable or lora_trial, secrets=share()), wants)
+    trainable = tune.with_parameters(trainable or lora_trial, secrets=share())
+    trainable.__mixins__ = (ResumeFromNewest,)
+    trainable = tune.with_resources(trainable, wants)
     tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples, max_concurrent_trials=max_concurrent,
                                   # the next trial starts in a finished one's process: torch, Transformers,

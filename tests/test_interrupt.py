@@ -87,6 +87,32 @@ def test_ctrl_c_keeps_everything_and_the_printed_command_resumes(tiny_assets, tm
 # ----------------------------------------------------------------------------- driver loss
 
 
+def _prune_recorded_checkpoints(sweep_dir: Path, finished: dict) -> list[str]:
+    """Leave each unfinished trial as the race that Tune's pruning opens leaves it: the checkpoint
+    that Tune's last state snapshot names is gone, a newer one is on storage. (Tune deletes one
+    when a newer report pushes it out of num_to_keep, and saves its state only later; a driver
+    killed in between left 1 resume in 3 failing.) The newest is renamed one step on when the
+    snapshot names it; an older named one is deleted. Returns the trials changed."""
+    import shutil
+
+    newest_state = max(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
+    changed = []
+    for trial_json, runtime_json in json.loads(newest_state.read_text())["trial_data"]:
+        trial_id = json.loads(trial_json)["trial_id"]
+        named = (json.loads(runtime_json).get("last_result") or {}).get("checkpoint_dir_name")
+        folder = sweep_dir / f"trial_{trial_id}"
+        on_disk = sorted(p.name for p in folder.glob("checkpoint_*"))
+        if trial_id in finished or not named or named not in on_disk:
+            continue
+        if named == on_disk[-1]:
+            number = int(named.removeprefix("checkpoint_"))
+            (folder / named).rename(folder / f"checkpoint_{number + 1:06d}")
+        else:
+            shutil.rmtree(folder / named)
+        changed.append(trial_id)
+    return changed
+
+
 def _finished_trials(sweep_dir: Path) -> dict[str, int]:
     """trial id -> reports in its result.json, for trials whose last report says finished."""
     out = {}
@@ -119,6 +145,8 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
             pass
     finished_before = _finished_trials(sweep_dir)
     assert (sweep_dir / "tuner.pkl").is_file()
+    killed = _prune_recorded_checkpoints(sweep_dir, finished_before)
+    assert killed, "no trial was killed mid-training"
 
     r = subprocess.run([sys.executable, "sweeps/llama_finetome.py", *args, "--resume"], cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=900)

@@ -368,22 +368,29 @@ def _latest_tune_checkpoint(given):
     restored). Tune records a trial's checkpoints in its experiment state, saved every few seconds;
     a driver killed between a report and that save restores the trial one report back, and the trial
     would train that interval again and report its steps twice. Ray Train keeps the newest itself."""
-    import pyarrow.fs as pafs
     from ray import tune
 
     try:
         fs, trial_path = _trial_storage()
-        found = [i for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
-                 if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-                 and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File]
+        newest = newest_checkpoint(fs, trial_path)
     except (AttributeError, OSError):
         return given
-    if not found:
+    if newest is None:
         return given
-    newest = max(found, key=lambda i: i.base_name)
-    if given is not None and os.path.basename(given.path.rstrip("/")) >= newest.base_name:
+    if given is not None and os.path.basename(given.path.rstrip("/")) >= os.path.basename(newest):
         return given
-    return tune.Checkpoint(newest.path, filesystem=fs)
+    return tune.Checkpoint(newest, filesystem=fs)
+
+
+def newest_checkpoint(fs, trial_path: str) -> str | None:
+    """Path of the newest complete ``checkpoint_*`` folder (its state file written) under a Tune
+    trial's folder on ``fs`` (a pyarrow filesystem: local or s3), or None."""
+    import pyarrow.fs as pafs
+
+    found = [i for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+             and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File]
+    return max(found, key=lambda i: i.base_name).path if found else None
 
 
 def _trial_storage():
