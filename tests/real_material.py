@@ -206,3 +206,59 @@ def write_sentiment_sample(path, n_rows: int, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+_CRITIC_FIRST = ["Ana", "Ben", "Cora", "Dev", "Eli", "Fay", "Gus", "Ida", "Jon", "Kit", "Lea", "Max", "Nia",
+                 "Oto", "Pia", "Rex"]
+_CRITIC_LAST = ["Lor", "Tas", "Venn", "Quin", "Dorr", "Mikk", "Sull", "Bory"]
+
+
+def write_movie_qa_sample(path, n_rows: int, seed: int = 0) -> Path:
+    """``n_rows`` extractive-QA rows in SQuAD v2's schema (``id``, ``title``, ``context``, ``question``,
+    ``answers`` = {"text": [...], "answer_start": [...]}) over the real movie-review sentences.
+
+    A context quotes three different sentences, each attributed to an invented critic:
+    ``Critic Ana Lor wrote: "<sentence>" Critic Ben Tas wrote: "<sentence>" ...``. The question
+    "What did <critic> write?" is answered by that critic's sentence exactly (without the quotes, at
+    its true offset). One third of the questions (SQuAD v2: 33.4%) name a critic who is not in the
+    context; their answer lists are empty. No sentence is used twice in the file; shuffled with
+    ``seed``. Written atomically (a temp file beside ``path``, then a rename).
+    """
+    rng = random.Random(seed)
+    texts = list(dict.fromkeys(t for t, _ in movie_snippets()))  # the file repeats two sentences
+    rng.shuffle(texts)
+    if 3 * n_rows > len(texts):
+        raise ValueError(f"asked for {n_rows} rows of 3 sentences; only {len(texts)} distinct sentences exist")
+    critics = [f"{a} {b}" for a in _CRITIC_FIRST for b in _CRITIC_LAST]
+    n_unanswerable = round(n_rows / 3)
+    flags = [i < n_unanswerable for i in range(n_rows)]
+    rng.shuffle(flags)
+    rows, seen = [], set()
+    for i, unanswerable in enumerate(flags):
+        names = rng.sample(critics, 4)  # three quoted, the fourth for an unanswerable question
+        context, answers = "", {"text": [], "answer_start": []}
+        asked = names[3] if unanswerable else rng.choice(names[:3])
+        for name, sentence in zip(names[:3], texts[3 * i: 3 * i + 3]):
+            context += f'{" " if context else ""}Critic {name} wrote: "'
+            if name == asked:
+                answers = {"text": [sentence], "answer_start": [len(context)]}
+            context += sentence + '"'
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            assert context[start:start + len(text)] == text
+        row_id = f"{rng.getrandbits(96):024x}"
+        while row_id in seen:
+            row_id = f"{rng.getrandbits(96):024x}"
+        seen.add(row_id)
+        rows.append({"id": row_id, "title": "Movie_reviews", "context": context,
+                     "question": f"What did {asked} write?", "answers": answers})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
