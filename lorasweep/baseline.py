@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-PER_EXAMPLE = ("predictions", "references")  # kept in baseline.json for per-example plots, not printed
+# kept in baseline.json (per-example plots, samples.jsonl), not printed as rows
+PER_EXAMPLE = ("predictions", "references", "per_example", "samples")
 
 
 def score(settings_dict: dict, adapter: str | None = None, shots: int = 0, secrets: list | None = None) -> dict:
@@ -58,7 +59,29 @@ def table(results: dict[str, dict], metric_names: tuple[str, ...]) -> str:
     for m in metric_names:
         if any(m in r for r in results.values()):
             lines.append([m, *(f"{results[c][m]:.4f}" if isinstance(results[c].get(m), float) else "" for c in cols)])
+    missing = {m: why for r in results.values() for m, why in (r.get("unavailable") or {}).items()}
+    for m in metric_names:
+        if m in missing and not any(m in r for r in results.values()):
+            lines.append([m, *(["unavailable"] * len(cols))])
     n = next(iter(results.values()), {}).get("n")
     which = next(iter(results.values()), {}).get("split", "test")
     body = "\n".join(aligned(lines))
-    return f"baseline vs tuned on the {which} split ({n} rows):\n{body}"
+    notes = "".join(f"\n  {m}: {why}" for m, why in missing.items())
+    return f"baseline vs tuned on the {which} split ({n} rows):\n{body}{notes}"
+
+
+def samples_rows(results: dict[str, dict]) -> list[dict]:
+    """``samples.jsonl``: one row per sample prompt, the generation of every scored model side by
+    side (``base 0-shot``, ``base 1-shot``, ``tuned``), from the ``samples`` each scoring kept."""
+    runs = {name: r["samples"] for name, r in results.items() if isinstance(r, dict) and r.get("samples")}
+    if not runs:
+        return []
+    first = next(iter(runs.values()))
+    out = []
+    for i, sample in enumerate(first):
+        row = {"prompt": sample["prompt"], "reference": sample["reference"]}
+        for name, samples in runs.items():
+            if i < len(samples) and samples[i]["prompt"] == sample["prompt"]:
+                row[name] = samples[i]["generation"]
+        out.append(row)
+    return out

@@ -27,8 +27,8 @@ from trainers.config import Resources, TrainSettings, TrialConfig, check_keys
 class Preset:
     """Overrides of a recipe's defaults. ``settings`` are ``TrainSettings`` fields and ``sweep`` are
     ``SweepOptions`` fields (unknown keys are refused with the CLI's one-line error).
-    ``assets(cache_dir) -> {"model": ..., "dataset": ...}`` builds offline stand-ins (tiny model,
-    generated sample) before Ray starts; ``space`` narrows or moves the recipe's search space."""
+    ``assets(cache_dir) -> {"model": ..., "dataset": ..., other settings}`` builds offline stand-ins
+    (tiny model, generated sample) before Ray starts; ``space`` narrows or moves the recipe's search space."""
 
     description: str
     settings: dict = field(default_factory=dict)
@@ -226,9 +226,9 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     if preset.assets is not None and not ("model" in args and "dataset" in args):
         # Offline stand-ins (built once, cached); an explicit --model/--dataset still wins.
         made = preset.assets(assets_cache() / recipe.name)
-        for key in ("model", "dataset"):
+        for key, value in made.items():  # model, dataset, and any other local stand-in (a BERTScore encoder)
             if key not in args:
-                settings_d[key] = str(made[key])
+                settings_d[key] = str(value)
     settings = TrainSettings.from_dict(settings_d).validate()
     task = get_task(settings.task)
 
@@ -688,6 +688,9 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None)
         results = {**base, "tuned": baseline.run_remote(settings, res, best, [0])["0-shot"]}
     with _writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
         _write_text(path, json.dumps(results, indent=2, default=str))
+        samples = baseline.samples_rows(results)
+        if samples:  # generation tasks: base and tuned answers to the same prompts, side by side
+            _write_text(_join(sweep.sweep_dir, "samples.jsonl"), "".join(json.dumps(r) + "\n" for r in samples))
     shown = {k: {m: v for m, v in r.items() if m not in baseline.PER_EXAMPLE} for k, r in results.items()}
     print(baseline.table(shown, get_task(sweep.settings.task).metric_names(sweep.settings)))
     return results

@@ -243,7 +243,10 @@ def test_precision_comes_from_the_device_the_worker_got(monkeypatch):
     assert pick_precision(s, torch.device("cuda", 0)) == "bf16"
     native["value"] = False
     assert pick_precision(s, torch.device("cuda", 0)) == "fp16"
-    assert asked == [False, False]
+    # T5 overflows fp16: fp32 where the GPU has no native bf16; a decoder family still gets fp16
+    assert pick_precision(s, torch.device("cuda", 0), get_family("t5")) == "fp32"
+    assert pick_precision(s, torch.device("cuda", 0), get_family("llama")) == "fp16"
+    assert asked == [False] * 4
     assert pick_precision(TrainSettings(model="m", dataset="d.jsonl", precision="bf16"), torch.device("cpu")) == "bf16"
 
 

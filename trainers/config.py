@@ -29,7 +29,7 @@ Method = Literal["lora", "full"]
 @dataclass
 class TrainSettings:
     # --- what to train
-    task: str = field(default="chat_sft", metadata={"help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification)"})
+    task: str = field(default="chat_sft", metadata={"help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification, extractive_qa, summarization, instruction_sft)"})
     family: str = field(default="", metadata={"help": "model family in trainers/families/; empty = found from the checkpoint's config.model_type"})
     model: str = field(default="", metadata={"help": "Hub id or local folder of the base model"})
     dataset: str = field(default="", metadata={"help": "Hub id, or a local .jsonl/.json/.parquet file"})
@@ -45,8 +45,16 @@ class TrainSettings:
     text_column: str = field(default="text", metadata={"help": "classification: the column with the input text"})
     label_column: str = field(default="label", metadata={"help": "classification: the column with the label (its id, or its name)"})
     labels: tuple[str, ...] = field(default=(), metadata={"help": "classification: label names in id order, e.g. negative,positive"})
-    prompt: str = field(default="{text}", metadata={"help": "instruct_classification: the user turn, with {text} where the input goes"})
-    gen_eval_rows: int = field(default=32, metadata={"help": "instruct_classification: rows (of the eval split at each report, of the test split for the baseline) also answered by free greedy generation, to count valid labels"})
+    prompt: str = field(default="{text}", metadata={"help": "the user turn: instruct_classification puts the text where {text} is; generation tasks fill {column} with that column of the row, e.g. 'Context: {context}\\nQuestion: {question}'"})
+    gen_eval_rows: int = field(default=32, metadata={"help": "eval rows answered by free greedy generation at every report (instruct_classification: to count valid labels; generation tasks: their text metrics, so ASHA can stop on them); the same fixed rows every time"})
+    # --- generation tasks (extractive_qa, summarization, instruction_sft)
+    target_column: str = field(default="response", metadata={"help": "summarization/instruction_sft: the column with the reference output (dialogsum: summary; dolly: response)"})
+    no_answer: str = field(default="unanswerable", metadata={"help": "extractive_qa: what the model answers when the context does not hold the answer (SQuAD v2's unanswerable questions)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "generation tasks: new tokens at most per greedy answer (also the cap on a seq2seq target's length in training)"})
+    bertscore_model: str = field(default="", metadata={"help": "summarization: encoder for BERTScore (a Hub id or a local folder; empty = not scored); scored on the test split only"})
+    bertscore_layers: int = field(default=0, metadata={"help": "summarization: the encoder layer BERTScore reads (0 = bert-score's choice for known models, else the last)"})
+    skip_rows_with: tuple[str, ...] = field(default=(), metadata={"help": "generation tasks: skip rows where any of these columns is non-empty (dolly: context, as the Gemma tutorial does)"})
+    samples: int = field(default=8, metadata={"help": "generation tasks: test prompts whose base and tuned generations are saved side by side in samples.jsonl"})
     # --- how to train
     method: Method = field(default="lora", metadata={"help": "lora (adapters on a frozen base) or full (every weight; no quantization)"})
     quantization: Quantization = field(default="4bit", metadata={"help": "4bit = QLoRA (NF4, double quant); 8bit; none"})
@@ -117,13 +125,31 @@ class TrainSettings:
             raise ConfigError(f"`warmup_ratio` is {self.warmup_ratio!r}; it must be in [0, 1)")
         if not 0 < self.learning_rate <= 1:
             raise ConfigError(f"`learning_rate` is {self.learning_rate!r}; it must be in (0, 1]")
-        if "{text}" not in self.prompt:
-            raise ConfigError(f"`prompt` is {self.prompt!r}; it must contain {{text}} where the input goes")
+        for name in ("max_new_tokens", "gen_eval_rows"):
+            positive(name)
+        if self.samples < 0 or self.bertscore_layers < 0:
+            name = "samples" if self.samples < 0 else "bertscore_layers"
+            raise ConfigError(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
+        prompt_fields(self.prompt)  # well-formed; which placeholders it needs is the task's check
         if not self.model:
             raise ConfigError("`model` is empty; pass --model with a Hub id or a local folder")
         if not self.dataset:
             raise ConfigError("`dataset` is empty; pass --dataset with a Hub id or a local .jsonl/.parquet file")
         return self
+
+
+def prompt_fields(prompt: str) -> list[str]:
+    """The ``{name}`` placeholders of a prompt, in order; a malformed one is a ConfigError."""
+    import string
+
+    try:
+        names = [name for _, name, spec, conv in string.Formatter().parse(prompt) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"`prompt` is {prompt!r}: {e}; write placeholders as {{column}} and a literal brace as {{{{ or }}}}") from None
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise ConfigError(f"`prompt` has the placeholder {{{bad[0]}}}; placeholders name a column, e.g. {{text}} or {{question}}")
+    return names
 
 
 def _is_tuple(f) -> bool:

@@ -92,7 +92,13 @@ class Tokenized:
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(e["input_ids"]) for e in self.examples)
+        return sum(example_tokens(e) for e in self.examples)
+
+
+def example_tokens(example: dict) -> int:
+    """Tokens an example costs a step: its ``input_ids``, or ``n_tokens`` where the example says
+    (an encoder-decoder's input + target)."""
+    return example.get("n_tokens") or len(example["input_ids"])
 
 
 class SkipRow(Exception):

@@ -162,7 +162,7 @@ def eval_batches(examples: list[dict], pad_id: int) -> list[dict]:
     return [collate(ex[i : i + EVAL_BATCH_SIZE]) for i in range(0, len(ex), EVAL_BATCH_SIZE)]
 
 
-def evaluate_loss(model, batches: list[dict], shard: tuple[int, int] = (0, 1)) -> float:
+def evaluate_loss(model, batches: list[dict], shard: tuple[int, int] = (0, 1), per_example: bool = False):
     """Token-weighted mean cross-entropy over every labelled token of the eval split.
 
     Summed per token (not averaged per batch), so it does not depend on batch size or the number
@@ -170,7 +170,8 @@ def evaluate_loss(model, batches: list[dict], shard: tuple[int, int] = (0, 1)) -
     built only for labelled tokens, ``LOGITS_PER_CHUNK`` entries at a time (``apply_head``). Every
     batch is cut into the same number of chunks (as many as the batch with the most labelled tokens
     needs), so a head whose calls are collectives (LoRA on lm_head under ZeRO-3) runs equally often
-    on every rank.
+    on every rank. ``per_example``: also each row's own mean loss, in batch order (this process's
+    rows; the baseline scores in one process), as ``(loss, [row losses])``.
     """
     device = model_device(model)
     vocab = getattr(model.config.get_text_config(), "vocab_size", None) or 2**17
@@ -182,25 +183,30 @@ def evaluate_loss(model, batches: list[dict], shard: tuple[int, int] = (0, 1)) -
         def fn(hidden, logits_of):
             targets = labels[:, 1:]
             keep = targets != IGNORE_INDEX
-            h, t = hidden[:, :-1][keep], targets[keep]
-            total = torch.zeros((), dtype=torch.float64, device=hidden.device)
-            for hc, tc in zip(h.tensor_split(n_chunks), t.tensor_split(n_chunks)):
-                total += torch.nn.functional.cross_entropy(logits_of(hc).float(), tc, reduction="sum").double()
-            return total
+            h, t, row = hidden[:, :-1][keep], targets[keep], keep.nonzero()[:, 0]
+            rows = torch.zeros(len(labels), dtype=torch.float64, device=hidden.device)
+            for hc, tc, rc in zip(h.tensor_split(n_chunks), t.tensor_split(n_chunks), row.tensor_split(n_chunks)):
+                ce = torch.nn.functional.cross_entropy(logits_of(hc).float(), tc, reduction="none").double()
+                rows.index_add_(0, rc, ce)
+            return rows
 
         return fn
 
-    loss_sum, count = 0.0, 0.0
+    loss_sum, count, each = 0.0, 0.0, []
     with eval_mode(model):
         for (i,), keep in shard_calls(len(batches), 1, shard):
             batch = batches[i]
             inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            total = apply_head(model, inputs, batch_loss(batch["labels"].to(device)))
+            rows = apply_head(model, inputs, batch_loss(batch["labels"].to(device)))
             if keep:
-                loss_sum += total.item()
+                loss_sum += rows.sum().item()
                 count += labelled[i]
+                if per_example:
+                    n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1)
+                    each += (rows.cpu() / n).tolist()
     loss_sum, count = all_reduce_sum([loss_sum, count])
-    return loss_sum / max(count, 1.0)
+    loss = loss_sum / max(count, 1.0)
+    return (loss, each) if per_example else loss
 
 
 # ----------------------------------------------------------------------------- classification metrics
@@ -274,13 +280,18 @@ def _summed_logprobs(rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tens
 
 
 def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                     shard: tuple[int, int] = (0, 1)) -> list[str]:
-    """Greedy answers to this rank's prompts (every ``world``-th, left-padded batches), for counting
-    how often free generation gives a valid label. Under ZeRO-3 Transformers keeps the ranks'
-    decoding steps in step (``synced_gpus``); ``shard_calls`` keeps their ``generate`` calls so."""
+                     shard: tuple[int, int] = (0, 1), stop_ids: list[int] | None = None) -> list[str]:
+    """Greedy answers to this rank's prompts (every ``world``-th, in batches), decoded without special
+    tokens. A decoder's prompts are left-padded and its answer is what follows them; an
+    encoder-decoder's (T5) are right-padded and its decoder writes only the answer. ``stop_ids``:
+    tokens that end an answer besides eos (a chat template's end-of-turn). Under ZeRO-3
+    Transformers keeps the ranks' decoding steps in step (``synced_gpus``); ``shard_calls`` keeps
+    their ``generate`` calls so."""
     device = model_device(model)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     out = []
     pad = tokenizer.pad_token_id
+    eos = [t for t in dict.fromkeys([tokenizer.eos_token_id, *(stop_ids or [])]) if t is not None]
     with eval_mode(model):
         for idx, keep in shard_calls(len(prompts), EVAL_BATCH_SIZE, shard):
             chunk = [prompts[i] for i in idx]
@@ -288,13 +299,17 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens:
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for r, p in enumerate(chunk):
-                ids[r, width - len(p):] = torch.tensor(p)
-                mask[r, width - len(p):] = 1
+                at = slice(0, len(p)) if seq2seq else slice(width - len(p), width)
+                ids[r, at] = torch.tensor(p)
+                mask[r, at] = 1
+            # use_cache: a trial's model has it off for training (packing needs that); generation
+            # without it recomputes the whole prefix at every new token.
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, use_cache=True)
+                                 num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                 eos_token_id=eos or None, use_cache=True)
             if keep:
-                out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return out
+                out += tokenizer.batch_decode(gen if seq2seq else gen[:, width:], skip_special_tokens=True)
+    return [text.strip() for text in out]
 
 
 def valid_label(answer: str, labels: tuple[str, ...]) -> int | None:

@@ -28,7 +28,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from lorasweep.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
-from trainers.data import first_line
+from trainers.data import example_tokens, first_line
 from trainers.evaluation import all_gather_lists, all_reduce_sum, world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
@@ -98,7 +98,7 @@ class Setup:
 def plan_steps(train: list[dict], settings, n_workers: int) -> int:
     """Optimizer steps that consume ``max_tokens`` on this data, e.g. 2 rows x 4 accum x 2 workers
     x 1,500 tokens/packed row = 24,000 tokens/step -> 2M tokens = 84 steps."""
-    tokens_per_row = sum(len(e["input_ids"]) for e in train) / len(train)
+    tokens_per_row = sum(example_tokens(e) for e in train) / len(train)
     tokens_per_step = tokens_per_row * settings.per_device_batch_size * settings.gradient_accumulation_steps * n_workers
     return max(1, math.ceil(settings.max_tokens / tokens_per_step))
 
@@ -149,9 +149,9 @@ def prepared_data(s: TrainSettings, task) -> tuple[object, Prepared, list[dict],
 def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
     started_at = time.time()
     rank, n = world()
-    precision = pick_precision(trial.effective, device)
+    task, family = get_task(trial.effective.task), resolve_family(trial.effective)
+    precision = pick_precision(trial.effective, device, family)
     s, note = for_workers(trial.effective, n, precision)
-    task, family = get_task(s.task), resolve_family(s)
     tokenizer, data, train, cached = prepared_data(s, task)
     max_steps = plan_steps(train, s, n)
     report_every = report_interval(s.eval_every, len(data.train.examples), len(train))
@@ -507,7 +507,7 @@ def load_trained(settings, folder: str | None = None, device: torch.device | Non
     from trainers.model import load_base_model
 
     model = load_base_model(replace(settings, model=folder) if full else settings, family, task,
-                            pick_precision(settings, device), device)
+                            pick_precision(settings, device, family), device)
     if folder is not None and not full:
         from peft import PeftModel
 

@@ -14,13 +14,16 @@ from trainers.data import hf_token
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def pick_precision(settings, device: torch.device | None = None) -> str:
-    """From the device this worker was given (not from whether the machine has a GPU somewhere)."""
+def pick_precision(settings, device: torch.device | None = None, family=None) -> str:
+    """From the device this worker was given (not from whether the machine has a GPU somewhere), and
+    the family: one that overflows in fp16 (T5) trains in fp32 where a GPU has no bf16."""
     if settings.precision != "auto":
         return settings.precision
     if device is not None and device.type == "cuda":
         # including_emulation=False: T4/V100 "support" bf16 only by emulation, far slower than fp16
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16"
+        return "fp16" if family is None or family.fp16 else "fp32"
     return "fp32"  # CPU autocast in bf16 is slower than fp32 on most CPUs, and lossy
 
 

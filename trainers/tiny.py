@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trainers.families import Family, TinyTokenizer
 
-VERSION = 5  # of how tiny models are built: a cached folder of another version is rebuilt
+VERSION = 6  # of how tiny models are built: a cached folder of another version is rebuilt
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
@@ -46,6 +46,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
         tok.post_processor = processors.TemplateProcessing(
             single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
             special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    elif spec.append_eos:
+        eos = sp["eos_token"]
+        tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1",
+                                                           special_tokens=[(eos, tok.token_to_id(eos))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra or None, **sp)
     if fast.pad_token is None:
         fast.pad_token = fast.eos_token
@@ -56,8 +60,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, spec: TinyTokenizer):
 
 def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int = 64, batch: int = 16,
              lr: float = 3e-3):
-    """A few hundred full-parameter steps on the sample's text (causal LM, or masked LM for encoders),
-    so the base knows the words like a real base model and the fine-tune has to learn the task.
+    """A few hundred full-parameter steps on the sample's text (causal LM; masked LM for encoders;
+    denoising copy for encoder-decoders, T5's own pretraining being span denoising), so the base
+    knows the words like a real base model and the fine-tune has to learn the task.
     ~10 s on 2 CPU cores."""
     import torch
 
@@ -85,7 +90,11 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, kind: str, seq: int
     model.train()
     for _ in range(steps):
         x = data[torch.randint(len(data), (batch,), generator=gen)]
-        if kind == "encoder":  # BERT's recipe: 15% of positions predicted, their inputs masked
+        if kind == "encoder-decoder":  # copy the text through a noisy channel: 15% of input tokens random
+            noisy = x.masked_scatter(torch.rand(x.shape, generator=gen) < 0.15,
+                                     torch.randint(len(tokenizer), x.shape, generator=gen))
+            loss = model(input_ids=noisy, labels=x).loss
+        elif kind == "encoder":  # BERT's recipe: 15% of positions predicted, their inputs masked
             labels = x.clone()
             chosen = torch.rand(x.shape, generator=gen) < 0.15
             labels[~chosen] = -100
@@ -123,7 +132,7 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
             "encoder-decoder": AutoModelForSeq2SeqLM}[family.kind]
     model = auto.from_config(config)
     lm_loss = None
-    if pretrain_steps and family.kind != "encoder-decoder":
+    if pretrain_steps:
         lm_loss = pretrain(model, tokenizer, texts, pretrain_steps, family.kind)
     return save_folder(out, model, tokenizer, "lorasweep_tiny.json",
                        {"version": VERSION, "family": family.name, "architecture": type(model).__name__,

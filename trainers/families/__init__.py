@@ -28,6 +28,7 @@ class TinyTokenizer:
     kind: Literal["bpe", "wordpiece"] = "bpe"
     specials: dict = field(default_factory=dict)  # bos/eos/pad/unk/cls/sep/mask tokens; "extra": [...]
     chat_template: str | None = None
+    append_eos: bool = False  # T5's tokenizer closes every text with </s>; decoders' add nothing
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Family:
     # Modules trained in full beside the adapters when a classification head sits on top.
     head_modules: tuple[str, ...] = ("classifier", "score")
     from_pretrained_kwargs: dict = field(default_factory=dict)
+    fp16: bool = True  # False: activations overflow fp16's range (T5's feed-forward): fp32 on GPUs without bf16
     generic: bool = False  # made up for an unknown model_type, not registered by a module
 
 

@@ -2,7 +2,8 @@
 
 from trainers.families import Family, TinyTokenizer, register
 
-T5_SPECIALS = TinyTokenizer(specials={"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
+T5_SPECIALS = TinyTokenizer(specials={"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+                            append_eos=True)
 
 
 def tiny_config(tokenizer):
@@ -14,4 +15,6 @@ def tiny_config(tokenizer):
 
 
 T5 = register(Family(name="t5", model_types=("t5", "mt5"), kind="encoder-decoder", tiny_config=tiny_config,
-                     tiny_tokenizer=T5_SPECIALS))
+                     tiny_tokenizer=T5_SPECIALS,
+                     # T5's pretrained activations pass fp16's 65,504 (the known NaN losses): bf16 or fp32 only
+                     fp16=False))

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import random
 
+from lorasweep.errors import ConfigError
 from trainers.chat import Collator, pack_examples, tokenize_rows
 from trainers.data import SkipRow
 from trainers.evaluation import (all_gather_lists, classification_metrics, eval_batches, evaluate_loss,
                                  generate_answers, label_logprobs, valid_label)
+from trainers.generation import PLAIN_TEMPLATE
 from trainers.tasks import Task, register
 from trainers.tasks.classification import LabelledTask, label_id, row_text
-
-
-PLAIN_TEMPLATE = (
-    "{{ bos_token or '' }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ 'Answer: ' + message['content'] + eos_token + '\n\n' }}"
-    "{% else %}{{ message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Answer:' }}{% endif %}"
-)
 
 
 class InstructClassification(LabelledTask):
@@ -39,6 +31,11 @@ class InstructClassification(LabelledTask):
 
     def metric_names(self, settings):
         return (*super().metric_names(settings), "valid_label_rate")
+
+    def check(self, settings, family):
+        super().check(settings, family)
+        if "{text}" not in settings.prompt:
+            raise ConfigError(f"`prompt` is {settings.prompt!r}; it must contain {{text}} where the input goes")
 
     def load_tokenizer(self, settings):
         tok = Task.load_tokenizer(self, settings)
