@@ -407,6 +407,24 @@ def settings_table(data: SweepData) -> list[tuple[str, str]]:
     ]
 
 
+def samples_table(data: SweepData) -> tuple[list[str], list[list]] | None:
+    """The generation recipes' sample prompts, with the reference and every scored model's answer."""
+    from lorasweep.baseline import samples_rows
+
+    rows = samples_rows(data.baseline)
+    if not rows:
+        return None
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return cols, [[r.get(c) for c in cols] for r in rows]
+
+
+def unavailable_notes(data: SweepData) -> list[str]:
+    """``metric: reason`` for each metric the baseline could not compute (METEOR without WordNet)."""
+    found = {m: why for r in data.baseline.values() if isinstance(r, dict)
+             for m, why in (r.get("unavailable") or {}).items()}
+    return [f"{m}: unavailable ({why})" for m, why in found.items()]
+
+
 def baseline_table(data: SweepData) -> tuple[list[str], list[list]] | None:
     runs = {k: v for k, v in data.baseline.items() if isinstance(v, dict)}
     if not runs:
@@ -495,6 +513,12 @@ def render_html(data: SweepData, figs: dict) -> str:
         if "baseline" not in figs:
             parts += ["<h2>Baseline against tuned</h2>"]
         parts.append(_html_table(*base))
+        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in unavailable_notes(data)]
+    samples = samples_table(data)
+    if samples is not None:
+        parts += ["<h2>Sample generations</h2>",
+                  "<p class='note'>The first test prompts, answered by the base model and the best adapter "
+                  "(samples.jsonl).</p>", _html_table(*samples)]
     failed = [t for t in data.trials if t.status == "failed"]
     parts.append(f"<h2>Failed trials ({len(failed)})</h2>")
     parts.append(_html_table(["trial", "at step", "reason", "traceback"],
@@ -521,7 +545,10 @@ def render_md(data: SweepData) -> str:
         out.append(f"Not computed: {why}.")
     base = baseline_table(data)
     if base is not None:
-        out += ["", "## Baseline against tuned", "", _md_table(*base)]
+        out += ["", "## Baseline against tuned", "", _md_table(*base), *(f"\n{n}" for n in unavailable_notes(data))]
+    samples = samples_table(data)
+    if samples is not None:
+        out += ["", "## Sample generations", "", _md_table(*samples)]
     failed = [t for t in data.trials if t.status == "failed"]
     out += ["", f"## Failed trials ({len(failed)})", ""]
     out.append(_md_table(["trial", "reason", "traceback"], [[t.trial_id, t.error, t.error_file] for t in failed])

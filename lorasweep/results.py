@@ -429,7 +429,7 @@ def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = Tr
     from lorasweep import report
     from lorasweep.tracking import log_summary
 
-    figs, html_path = {}, None
+    figs, html_path, data = {}, None, None
     try:
         data = report.load(sweep.sweep_dir)
         figs = report.figures(data)
@@ -445,4 +445,5 @@ def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = Tr
     o = sweep.options
     log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, list(sweep.space.params), exported, sweep.summary(),
                 o.wandb_entity, metric=sweep.space.metric, figures=figs,
-                report_html=html_path if html_path and "://" not in html_path else None)
+                report_html=html_path if html_path and "://" not in html_path else None,
+                baseline=data.baseline if data is not None else None)

@@ -70,12 +70,15 @@ def tune_callbacks(project: str | None, sweep_name: str, sweep_dir: str, entity:
 
 def log_summary(project: str | None, sweep_name: str, sweep_dir: str, rows: list[dict], knobs: list[str],
                 exported: list[str], config: dict, entity: str | None = None, metric: str = "eval_loss",
-                figures: dict[str, object] | None = None, report_html: str | None = None) -> str | None:
+                figures: dict[str, object] | None = None, report_html: str | None = None,
+                baseline: dict | None = None) -> str | None:
     """After the sweep: one summary W&B run (job_type 'sweep-summary', same group) with the
     leaderboard as a wandb.Table, the best eval loss in run.summary, the exported adapter paths and
     the sweep config as the run config; each exported adapter folder as a model artifact
     (``<sweep_name>-adapter``, aliases ``rank-<i>``, ``best`` for rank 1); ``figures`` (name ->
-    plotly Figure) as ``report/<name>`` and the local ``report_html`` as ``report/html``. Online, it
+    plotly Figure) as ``report/<name>`` and the local ``report_html`` as ``report/html``; the
+    ``baseline`` (baseline.json) as ``baseline/<model>/<metric>`` in the summary and, for the
+    generation recipes, its sample answers side by side as the ``samples`` table. Online, it
     also saves the sweep's W&B Report (``sweep_report``), whose URL goes into the run's summary.
     The sweep's mode (min/max) is ``config["mode"]``, as the resolved sweep config carries it.
     Returns the run's local directory (what ``wandb sync`` takes), or None when project is None."""
@@ -107,6 +110,16 @@ def log_summary(project: str | None, sweep_name: str, sweep_dir: str, rows: list
             run.summary["best_trial_id"] = best.get("trial_id")
             run.summary["best_knobs"] = {k: _cell(best.get(k)) for k in knobs}
         run.summary["exported_adapters"] = list(exported)
+        for name, scored in (baseline or {}).items():
+            for m, v in scored.items() if isinstance(scored, dict) else ():
+                if isinstance(v, float):
+                    run.summary[f"baseline/{name}/{m}"] = v
+        from lorasweep.baseline import samples_rows
+
+        samples = samples_rows(baseline or {})
+        if samples:
+            cols = list(dict.fromkeys(k for r in samples for k in r))
+            run.log({"samples": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in samples])})
         _log_adapters(run, sweep_name, exported)
         # run.entity: the key's default entity when none is given (online; '' offline).
         report = sweep_report(project, entity or run.entity, sweep_name, knobs, metric, config.get("mode", "min"),

@@ -6,20 +6,15 @@ whose rows are (input, target) pairs that a decoder-only packing does not apply 
 generation length is a recipe setting (``max_new_tokens``), not a knob: ROUGE rewards length, so
 searching it would tune the metric, not the adapter."""
 
-from search_spaces import Choice, LogUniform, SearchSpace, Uniform
-from search_spaces.lora_sft import LORA_BOUNDS
+from dataclasses import replace
 
-# Llama on SQuAD v2: F1 (SQuAD v2 rules, unanswerable questions included) is the objective.
-EXTRACTIVE_QA = SearchSpace(
-    params={
-        "r": Choice((8, 16, 32, 64)),
-        "lora_alpha": Choice((8, 16, 32, 64)),
-        "use_rslora": Choice((True, False)),
-        "packing": Choice((True, False)),
-        "warmup_ratio": Uniform(0.0, 0.1),
-        "learning_rate": LogUniform(1e-5, 2e-3),
-    },
-    bounds=LORA_BOUNDS,
+from search_spaces import Choice, LogUniform
+from search_spaces.lora_sft import LORA_SFT
+
+# Llama on SQuAD v2: the chat SFT knobs and ranges; F1 (SQuAD v2 rules, unanswerable questions
+# included) is the objective.
+EXTRACTIVE_QA = replace(
+    LORA_SFT,
     metric="f1",
     mode="max",
     seeds=(
@@ -29,16 +24,11 @@ EXTRACTIVE_QA = SearchSpace(
 )
 
 # FLAN-T5 on DialogSum: ROUGE-L. LoRA on T5 takes higher rates than on decoders (the FLAN-T5
-# DialogSum LoRA recipe trains at 1e-3), so the range sits higher.
-SUMMARIZATION = SearchSpace(
-    params={
-        "r": Choice((4, 8, 16, 32)),
-        "lora_alpha": Choice((8, 16, 32, 64)),
-        "use_rslora": Choice((True, False)),
-        "warmup_ratio": Uniform(0.0, 0.1),
-        "learning_rate": LogUniform(1e-4, 5e-3),
-    },
-    bounds=LORA_BOUNDS,
+# DialogSum LoRA recipe trains at 1e-3), so the range sits higher; ranks go down to 4.
+SUMMARIZATION = replace(
+    LORA_SFT,
+    params={**{k: v for k, v in LORA_SFT.params.items() if k != "packing"},
+            "r": Choice((4, 8, 16, 32)), "learning_rate": LogUniform(1e-4, 5e-3)},
     metric="rougeL",
     mode="max",
     seeds=(
@@ -47,19 +37,11 @@ SUMMARIZATION = SearchSpace(
     ),
 )
 
-# Gemma-2B on Dolly: eval loss. r goes down to 4, where the known point sits.
-INSTRUCTION_SFT = SearchSpace(
-    params={
-        "r": Choice((4, 8, 16, 32)),
-        "lora_alpha": Choice((4, 8, 16, 32)),
-        "use_rslora": Choice((True, False)),
-        "packing": Choice((True, False)),
-        "warmup_ratio": Uniform(0.0, 0.1),
-        "learning_rate": LogUniform(1e-5, 1e-3),
-    },
-    bounds=LORA_BOUNDS,
-    metric="eval_loss",
-    mode="min",
+# Gemma-2B on Dolly: eval loss. r goes down to 4, where the known point sits, and alpha with it.
+INSTRUCTION_SFT = replace(
+    LORA_SFT,
+    params={**LORA_SFT.params, "r": Choice((4, 8, 16, 32)), "lora_alpha": Choice((4, 8, 16, 32)),
+            "learning_rate": LogUniform(1e-5, 1e-3)},
     seeds=(
         # The Gemma LoRA tutorial's run: rank 4 (Keras scales the update by 1: alpha = r), AdamW at
         # 5e-5 with weight decay 0.01 (the recipe's weight_decay setting), no warmup, unpacked.

@@ -20,6 +20,7 @@ from trainers.config import TrainSettings
 from trainers.families import get_family
 from trainers.model import build_model
 from trainers.tasks import get_task
+from tests.test_families import _step, one_thread  # noqa: F401  (one torch thread: an autouse fixture)
 
 QA_PROMPT = "Context: {context}\nQuestion: {question}"
 RECIPES = {  # task -> (family, data, settings)
@@ -29,14 +30,6 @@ RECIPES = {  # task -> (family, data, settings)
     "instruction_sft": ("gemma", "dolly", {"prompt": "{instruction}", "target_column": "response",
                                            "skip_rows_with": ("context",), "max_new_tokens": 16}),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()  # tiny matrices; a second thread only waits (see test_families)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +51,6 @@ def _settings(assets, task: str, quantization: str = "none", **extra) -> TrainSe
                          quantization=quantization, gradient_checkpointing=False, zero_stage=0, max_seq_length=160,
                          eval_fraction=0.2, test_fraction=0.2, gen_eval_rows=4, samples=3, precision="fp32",
                          r=8, lora_alpha=16, seed=0, **{**fields, **extra}).validate()
-
-
-def _step(model, collate, examples, opt) -> float:
-    batch = collate(examples)
-    batch.pop("num_tokens")
-    loss = model(**batch).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
-    return loss.item()
 
 
 @pytest.mark.parametrize("quantization", ("4bit", "none"))

@@ -87,3 +87,4 @@ def test_the_report_draws_base_against_tuned_as_box_plots(smoke):
     assert "Per-example metrics, base against tuned" in html
     _, _, per_example = RECIPES[smoke["name"]]
     assert f"tuned: {per_example[0]}" in html
+    assert "<h2>Sample generations</h2>" in html and "## Sample generations" in (smoke["dir"] / "report.md").read_text()

@@ -265,6 +265,22 @@ def test_summary_run_holds_the_report_plots_and_page(wandb_home, tmp_path):
     assert (run_dir / "files" / summary["report/html.path"]).read_text(encoding="utf-8") == page  # inject=False
 
 
+def test_summary_run_holds_the_baseline_and_the_sample_answers_side_by_side(wandb_home, tmp_path):
+    sweep_dir = tmp_path / "demo"
+    sweep_dir.mkdir()
+    sample = lambda answer: {"prompt": "Q?", "reference": "A", "generation": answer}  # noqa: E731
+    baseline = {"base 0-shot": {"n": 2, "f1": 0.25, "per_example": {"f1": [0.0, 0.5]}, "samples": [sample("no idea")]},
+                "tuned": {"n": 2, "f1": 0.75, "per_example": {"f1": [1.0, 0.5]}, "samples": [sample("A")]}}
+    run_dir = Path(log_summary("lorasweep-test", "demo", str(sweep_dir), ROWS, ["r", "lora_alpha"], [], CONFIG,
+                               baseline=baseline))
+    summary = summary_of(records(run_dir))
+    assert summary["baseline/base 0-shot/f1"] == 0.25 and summary["baseline/tuned/f1"] == 0.75
+    assert summary["samples._type"] == "table-file"
+    table = json.loads((run_dir / "files" / summary["samples.path"]).read_text())
+    assert table["columns"] == ["prompt", "reference", "base 0-shot", "tuned"]
+    assert table["data"] == [["Q?", "A", "no idea", "A"]]
+
+
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_sweep_report_draws_the_trials_of_the_sweep(mode):
     import wandb_workspaces.reports.v2 as wr
