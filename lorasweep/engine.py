@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ class Recipe:
     doc: str = ""
 
 
-SEARCHERS = ("tpe", "random", "grid")
+SEARCHERS = ("tpe", "random", "grid", "cmaes", "gp")
 
 
 @dataclass
@@ -63,11 +64,15 @@ class SweepOptions:
     name: str = field(default="", metadata={"help": "sweep name (folder under --storage-path); default: recipe-preset"})
     storage_path: str = field(default="runs", metadata={"help": "local folder or s3:// / gs:// URI holding everything"})
     address: str | None = field(default=None, metadata={"help": "join a running cluster ('auto' on a `ray up` head); default: start a local Ray"})
-    objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's"})
+    objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's. "
+                                                  "Two, comma-separated (eval_loss,device_hours): a multi-objective search and its Pareto front"})
+    export_max_cost: float = field(default=0.0, metadata={"help": "export only adapters whose trial cost at most this many device-hours (0 = no cap)"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
     max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
     searcher: str = field(default="tpe", metadata={"help": "tpe (Optuna's TPE, from the recipe's known-good points), random, "
-                                                  "or grid (every combination of the knobs' choices; every knob must be a choice)"})
+                                                  "grid (every combination of the knobs' choices; every knob must be a choice), "
+                                                  "cmaes (CMA-ES on the numeric knobs; choices sampled independently) "
+                                                  "or gp (Gaussian-process Bayesian optimisation)"})
     scheduler: str = field(default="asha", metadata={"help": "asha (early stopping on the objective) or none"})
     grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
     reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
@@ -89,6 +94,8 @@ class SweepOptions:
                                                      "from trial to trial; trials of several workers always use Ray Train)"})
     autoscale: bool = field(default=False, metadata={"help": "the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker"})
     dashboard_host: str = field(default="127.0.0.1", metadata={"help": "where a local Ray's dashboard listens (default 127.0.0.1: this machine only)"})
+    warm_start_from: str = field(default="", metadata={"help": "a finished sweep's folder: its finished trials that fit this space seed the study (not run again); the space, model or data may differ"})
+    optuna_storage: str = field(default="", metadata={"help": "the Optuna study's database, any SQLAlchemy URL (postgresql://... for several drivers); default: sqlite in the sweep's folder (local storage), in memory on s3:// or gs://"})
     wandb_project: str | None = field(default=None, metadata={"help": "log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)"})
     wandb_entity: str | None = field(default=None, metadata={"help": "W&B team or user (default: the key's)"})
     resume: bool = field(default=False, metadata={"help": "continue the sweep --name from its storage"})
@@ -133,12 +140,24 @@ def _add_dataclass_args(parser: argparse._ActionsContainer, cls, skip=()) -> Non
         kind = str(f.type)
         if kind in ("bool", "<class 'bool'>"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        elif kind.startswith("dict"):
+            parser.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=help_)
         elif kind.startswith("tuple"):
             item = int if "int" in kind else str
             parser.add_argument(flag, type=_csv(item), default=argparse.SUPPRESS, metavar="A,B,...", help=help_)
         else:
             typ = {"int": int, "float": float, "int | None": int}.get(kind, str)
             parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object, e.g. '{{\"use_dora\": true}}'")
+    return value
 
 
 def _csv(item):
@@ -175,10 +194,16 @@ class ResolvedSweep:
     settings: TrainSettings
     options: SweepOptions
     space: SearchSpace
+    warm: object = None  # lorasweep.warm_start.WarmStart, with --warm-start-from
 
     @property
     def sweep_dir(self) -> str:
         return _join(self.options.storage_path, self.options.name)
+
+    @property
+    def objectives(self) -> list[str]:
+        """The search's objectives: the space's metric, and a second one for a Pareto search."""
+        return self.options.objective.split(",") if self.options.objective else [self.space.metric]
 
     def summary(self) -> dict:
         return {
@@ -191,6 +216,7 @@ class ResolvedSweep:
             "metric": self.space.metric,
             "mode": self.space.mode,
             "seeds": list(self.space.seeds),
+            "seeds_moved": [self.space.seed_label(seed) for seed in self.space.seeds],
         }
 
 
@@ -235,16 +261,33 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     space = recipe.search_space
     for spec in [*preset.space, *args.get("space", [])]:
         space = space.override(spec)
-    if options.objective:
-        names = task.metric_names(settings)
-        if options.objective not in names:
-            raise ConfigError(f"`--objective` is {options.objective!r}; task `{task.name}` reports: {', '.join(names)}")
-        space = dataclasses.replace(space, metric=options.objective, mode=metric_mode(options.objective))
+    wanted = [m.strip() for m in options.objective.split(",") if m.strip()]
+    names = (*task.metric_names(settings), "device_hours")  # every trial reports its cost too
+    for m in wanted:
+        if m not in names:
+            raise ConfigError(f"`--objective` has {m!r}; task `{task.name}` reports: {', '.join(names)}")
+    if len(wanted) > 2 or len(set(wanted)) < len(wanted):
+        raise ConfigError(f"`--objective` is {options.objective!r}; give one metric, or two different ones "
+                          "(quality against cost: eval_loss,device_hours)")
+    if wanted:
+        space = dataclasses.replace(space, metric=wanted[0], mode=metric_mode(wanted[0]))
     elif space.metric not in task.metric_names(settings):
         raise ConfigError(f"recipe {recipe.name!r}: search space metric {space.metric!r} is not reported by task "
                           f"`{task.name}` ({', '.join(task.metric_names(settings))}); fix the recipe or pass --objective")
-    options.objective = space.metric
-    space = dataclasses.replace(space, seeds=tuple(project(space, s) for s in space.seeds)).validate()
+    options.objective = ",".join([space.metric, *wanted[1:]])
+    if len(wanted) == 2 and options.searcher == "cmaes":
+        raise ConfigError("`--searcher cmaes` optimises one objective; with two in --objective use tpe, random, grid or gp")
+    if options.export_max_cost < 0:
+        raise ConfigError(f"`--export-max-cost` is {options.export_max_cost}; give device-hours > 0, or 0 for no cap")
+    # A knob added with --space: the seed points trained with its unsearched value (the recipe's
+    # setting or the library's default), then moved into the space like every other knob.
+    from search_spaces.knobs import current
+
+    seeds = [{**{k: current(k, settings) for k in space.params if k not in seed}, **seed} for seed in space.seeds]
+    projected = [project(space, s) for s in seeds]
+    moved = tuple({k: v for k, v in s.items() if k in space.params and p[k] != v} for s, p in zip(seeds, projected))
+    space = dataclasses.replace(space, seeds=tuple(projected), moved=moved).validate()
+    check_with_libraries(space, settings)
     if options.searcher == "grid":
         continuous = [k for k, d in space.params.items() if not hasattr(d, "values")]
         if continuous:
@@ -260,7 +303,16 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
         else:
             raise ConfigError(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
                               f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
-    return ResolvedSweep(recipe, preset_name, settings, options, space)
+    sweep = ResolvedSweep(recipe, preset_name, settings, options, space)
+    if options.warm_start_from and not options.resume:  # resumed, the study has them from Tune's checkpoint
+        from lorasweep import warm_start
+
+        sweep.warm = warm_start.load(options.warm_start_from, sweep)
+        left = warm_start.remaining_seeds(space.seeds, sweep.warm)
+        keep = [i for i, seed in enumerate(space.seeds) if seed in left]
+        sweep.space = dataclasses.replace(space, seeds=tuple(space.seeds[i] for i in keep),
+                                          moved=tuple(space.moved[i] for i in keep))
+    return sweep
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -464,6 +516,45 @@ def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
     return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
 
 
+def check_with_libraries(space: SearchSpace, settings: TrainSettings) -> None:
+    """Every value a knob may take (each choice, a range's ends, each seed's) built into what it
+    configures: the effective TrainSettings, a peft.LoraConfig, a TrainingArguments. A value the
+    library refuses is a one-line ConfigError before Ray starts, not a failed trial."""
+    from search_spaces import Choice
+    from search_spaces.knobs import check_fixed, check_value
+
+    check_fixed(settings)
+    for name, dist in space.params.items():
+        values = list(dist.values) if isinstance(dist, Choice) else [dist.low, dist.high]
+        for value in dict.fromkeys([*values, *(seed[name] for seed in space.seeds if name in seed)]):
+            check_value(name, value, settings)
+
+
+def optuna_url(sweep: ResolvedSweep) -> str:
+    """Where the Optuna study lives: ``--optuna-storage``, else SQLite in a local sweep's folder
+    (``optuna-dashboard sqlite:///runs/<name>/optuna.db`` shows it), else "" (in memory: SQLite
+    cannot live in a bucket; Tune's searcher checkpoint still keeps the study for --resume)."""
+    o = sweep.options
+    if o.optuna_storage:
+        return o.optuna_storage
+    if "://" in sweep.sweep_dir:
+        return ""
+    return f"sqlite:///{os.path.abspath(_join(sweep.sweep_dir, 'optuna.db'))}"
+
+
+def optuna_storage(sweep: ResolvedSweep):
+    import optuna
+
+    url = optuna_url(sweep)
+    if not url:
+        return None
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL, driver or server
+        raise ConfigError(f"`--optuna-storage` {url!r} cannot be opened ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}); give an SQLAlchemy URL such as sqlite:///study.db") from None
+
+
 def _sampler(name: str, space: SearchSpace, seed: int):
     """Optuna's sampler for ``--searcher`` (None: OptunaSearch's default, TPE, seeded)."""
     import optuna
@@ -472,6 +563,12 @@ def _sampler(name: str, space: SearchSpace, seed: int):
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         return optuna.samplers.GridSampler({k: list(d.values) for k, d in space.params.items()}, seed=seed)
+    if name == "cmaes":
+        # CMA-ES models only numbers: r, alpha and the other choices are drawn at random beside it
+        # (warned once here, not at every trial).
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
     return None
 
 
@@ -488,12 +585,24 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     from lorasweep.credentials import share
     from lorasweep.preflight import asha_grace, asha_rungs
     from lorasweep.tracking import tune_callbacks
+    from trainers.tasks import metric_mode
 
     o, s, space = sweep.options, sweep.settings, sweep.space
     param_space = TrialConfig(s, resources=res, train_storage=_join(sweep.sweep_dir, "train_runs"),
                               objective=space.metric).to_tune(space.to_tune())
     sampler = _sampler(o.searcher, space, o.seed)
-    searcher = OptunaSearch(metric=space.metric, mode=space.mode, points_to_evaluate=[dict(p) for p in space.seeds],
+    storage = optuna_storage(sweep)
+    # Two objectives: Optuna's multi-objective study (TPE/NSGA-style samplers see both), while ASHA
+    # and the checkpoints Tune keeps go by the first, the quality one.
+    multi = len(sweep.objectives) > 1
+    goal = ({"metric": sweep.objectives, "mode": [metric_mode(m) for m in sweep.objectives]} if multi
+            else {"metric": space.metric, "mode": space.mode})
+    if sweep.warm is not None:
+        from lorasweep.warm_start import searcher_class
+
+        OptunaSearch = functools.partial(searcher_class(), warm=sweep.warm)  # noqa: N806
+    searcher = OptunaSearch(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
+                            **({"storage": storage, "study_name": o.name} if storage is not None else {}),
                             **({"sampler": sampler} if sampler is not None else {"seed": o.seed}))
     rungs = []
     if o.scheduler == "asha":
@@ -501,7 +610,8 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
         grace = asha_grace(s.max_tokens, o.grace_tokens)
         scheduler = ASHAScheduler(time_attr="tokens_seen", max_t=s.max_tokens, grace_period=grace,
-                                  reduction_factor=o.reduction_factor)
+                                  reduction_factor=o.reduction_factor,
+                                  **({"metric": space.metric, "mode": space.mode} if multi else {}))
         rungs = asha_rungs(s.max_tokens, grace, o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -516,7 +626,8 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     trainable = tune.with_parameters(trainable or lora_trial, secrets=share())
     trainable.__mixins__ = (ResumeFromNewest,)
     trainable = tune.with_resources(trainable, wants)
-    tune_config = tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
+    tune_config = tune.TuneConfig(metric=None if multi else space.metric, mode=None if multi else space.mode,
+                                  search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples, max_concurrent_trials=max_concurrent,
                                   # the next trial starts in a finished one's process: torch, Transformers,
                                   # the CUDA context and the data cache are already there
@@ -612,6 +723,8 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         if sweep.options.dry_run:
             print(dry_run_report(sweep, inputs, res, cluster, n))
             return 0
+        if sweep.options.optuna_storage:  # a URL the user gave: refused here, before any trial
+            optuna_storage(sweep)
         write_start(sweep, inputs)
         started = True
     except ConfigError as e:
@@ -622,9 +735,17 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
             preflight.remove_created(inputs.created)
 
     try:
+        for seed in sweep.space.seeds:
+            label = sweep.space.seed_label(seed)
+            if "moved" in label:  # a narrowed --space changed what the recipe knew worked: say so
+                print(f"[lorasweep] {label}")
         baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
         print(f"[lorasweep] {sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
               f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
+        if sweep.warm is not None:
+            print("\n".join(sweep.warm.lines()))
+        if optuna_url(sweep):
+            print(f"[lorasweep] Optuna study {sweep.options.name!r}: {optuna_url(sweep)} (optuna-dashboard shows it)")
         t0 = time.time()
         tuner = build_tuner(sweep, res, n)
         try:

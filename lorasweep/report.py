@@ -359,9 +359,30 @@ def _fig_baseline(data: SweepData):
     return fig
 
 
+def _fig_pareto(data: SweepData):
+    """Quality against cost for a two-objective sweep: every trial, the Pareto front joined up."""
+    import plotly.graph_objects as go
+
+    objectives = str(data.config.get("sweep", {}).get("objective", "")).split(",")
+    if len(objectives) != 2 or not any("pareto" in r for r in data.ranked):
+        return None
+    first, second = objectives
+    rows = [r for r in data.ranked if r.get(f"best_{first}") is not None and r.get(second) is not None]
+    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r[second])
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[r[second] for r in rows], y=[r[f"best_{first}"] for r in rows], mode="markers",
+                             name="trials", text=[r["trial_id"] for r in rows], marker=dict(color="#999", size=9)))
+    fig.add_trace(go.Scatter(x=[r[second] for r in front], y=[r[f"best_{first}"] for r in front],
+                             mode="lines+markers", name="Pareto front", text=[r["trial_id"] for r in front],
+                             marker=dict(color="crimson", size=11)))
+    fig.update_layout(title=f"{first} against {second}: the Pareto front", xaxis_title=second,
+                      yaxis_title=f"best {first}", height=440)
+    return fig
+
+
 # name -> drawing function, in the order the page shows them
-PLOTS = {"best_so_far": _fig_best_so_far, "parallel": _fig_parallel, "importance": _fig_importance,
-         "curves": _fig_curves, "baseline": _fig_baseline}
+PLOTS = {"best_so_far": _fig_best_so_far, "pareto": _fig_pareto, "parallel": _fig_parallel,
+         "importance": _fig_importance, "curves": _fig_curves, "baseline": _fig_baseline}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -478,6 +499,8 @@ def _summary_line(data: SweepData) -> str:
 SECTIONS = {
     "best_so_far": ("Progress", "The best objective so far, against trials and against what they cost. A curve that "
                     "is still falling says more trials would help."),
+    "pareto": ("Quality against cost", "Each trial's best objective against the second objective; the red line "
+               "joins the trials no other beats on both (--export-max-cost picks among them by a budget)."),
     "parallel": ("Knobs against the objective", "Drag along an axis to select a range."),
     "importance": ("Which knobs mattered", "How much of the objective's variance each knob explains, by two of "
                    "Optuna's evaluators on the trials' best values. With few trials, read it as a hint."),

@@ -21,7 +21,7 @@ _KEEP = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "
          "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
          # a full fine-tune's checkpoint is the whole model
          "config.json", "model.safetensors", "generation_config.json")
-LEADERBOARD_FIELDS = ("rank", "trial_id", "status", "best_step", "best_tokens_seen", "steps", "tokens_seen",
+LEADERBOARD_FIELDS = ("rank", "trial_id", "seed", "status", "pareto", "device_hours", "best_step", "best_tokens_seen", "steps", "tokens_seen",
                       "tokens_per_s", "wall_time_s", "peak_mem_gb", "checkpoint", "error")
 
 
@@ -34,11 +34,12 @@ def _is_uri(path: str) -> bool:
 
 
 def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: str = "min",
-                     reported: tuple[str, ...] = (), storage: str = "") -> list[dict]:
+                     reported: tuple[str, ...] = (), storage: str = "", space=None) -> list[dict]:
     """One row per trial: its knobs, the objective at its best report (``best_<metric>``) and at its
     last (``final_<metric>``), the task's other metrics at that best report, cost and status.
     ``storage``: the sweep's --storage-path; on s3:// or gs:// Ray reports checkpoint paths without
-    the scheme ('bucket/...'), which is put back here so they can be read."""
+    the scheme ('bucket/...'), which is put back here so they can be read. ``space``: the sweep's
+    SearchSpace, whose ``seed_label`` marks the trials at the recipe's known points (``seed``)."""
     best_col, final_col = best_key(metric), f"final_{metric}"
     scheme = storage.split("://", 1)[0] if _is_uri(storage) else ""
     rows = []
@@ -54,6 +55,8 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
         config = result.config or {}
         row = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]}
         row.update({k: config.get(k) for k in knobs})
+        if space is not None:
+            row["seed"] = space.seed_label(config)
         if df is not None and metric in df and df[metric].notna().any():
             best = _best_report(df, metric, mode)
             last = df.iloc[-1]
@@ -71,6 +74,8 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
                 status="completed" if bool(last.get("finished", False)) else "stopped early",
             )
             row[final_col] = float(last[metric])
+            if "device_hours" in df and last.get("device_hours") == last.get("device_hours"):
+                row["device_hours"] = float(last["device_hours"])  # what the whole trial cost
         else:
             row.update(status="no report")
         if result.error is not None:
@@ -84,6 +89,27 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
+
+
+def mark_pareto(rows: list[dict], objectives: list[str]) -> list[dict]:
+    """With two objectives, ``pareto`` on each healthy row: True where no other trial is at least as
+    good on both and better on one (the first objective at its best report, the second as the
+    leaderboard holds it: device_hours is the trial's whole cost). Returns the front, best first."""
+    from trainers.tasks import metric_mode
+
+    if len(objectives) < 2:
+        return []
+    (first, second), sign = objectives, [1 if metric_mode(m) == "min" else -1 for m in objectives]
+    points = {id(r): (sign[0] * r[best_key(first)], sign[1] * r[second]) for r in rows
+              if r["status"] != "failed" and r.get(best_key(first)) is not None and r.get(second) is not None}
+    front = []
+    for r in rows:
+        p = points.get(id(r))
+        dominated = p is not None and any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points.values())
+        r["pareto"] = p is not None and not dominated
+        if r["pareto"]:
+            front.append(r)
+    return front
 
 
 def _best_report(df, metric: str, mode: str):
@@ -128,6 +154,7 @@ def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric
 
 def format_table(rows: list[dict], knobs: list[str], limit: int = 20, metric: str = "eval_loss") -> str:
     cols = ["rank", "trial_id", *knobs, best_key(metric), "tokens_seen", "wall_time_s", "status"]
+    cols += [c for c in ("pareto", "seed") if any(r.get(c) for r in rows)]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     return "\n".join(aligned([cols] + [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]))
 
@@ -197,7 +224,9 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
 
     from trainers.data import progress
 
-    chosen = [r for r in rows if r.get("checkpoint") and r["status"] != "failed"][:top_k]
+    cap = getattr(sweep.options, "export_max_cost", 0) or 0
+    chosen = [r for r in rows if r.get("checkpoint") and r["status"] != "failed"
+              and (not cap or (r.get("device_hours") is not None and r["device_hours"] <= cap))][:top_k]
     if not chosen:
         return []
     dest = _join(sweep.sweep_dir, "best_adapters")
@@ -385,7 +414,8 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     knobs = list(sweep.space.params)
     metric, mode = sweep.space.metric, sweep.space.mode
     reported = get_task(sweep.settings.task).metric_names(sweep.settings)
-    rows = leaderboard_rows(grid, knobs, metric, mode, reported, sweep.options.storage_path)
+    rows = leaderboard_rows(grid, knobs, metric, mode, reported, sweep.options.storage_path, sweep.space)
+    front = mark_pareto(rows, sweep.objectives)
     # The trials' results and checkpoints are Tune's, already on disk: a resume rewrites these.
     fix = (f"the trials' results stay in {sweep.sweep_dir}; free space or fix its permissions, then write the "
            f"leaderboard and export with: {resume_command(argv)}")
@@ -394,6 +424,10 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     print()
     print(format_table(rows, knobs, metric=metric))
     print()
+    if front:
+        second = sweep.objectives[1]
+        print(f"[lorasweep] Pareto front, {metric} against {second} ({len(front)} of {len(rows)} trials): "
+              + "; ".join(f"{r['trial_id']} {r[best_key(metric)]:.4g} at {r[second]:.4g}" for r in front))
     done = grid.num_terminated + grid.num_errors
     # ``interrupted``: a Ctrl-C ended the run. Tune then ends the running trials too (TERMINATED,
     # like finished ones; they resume with --resume), so a sweep whose trials had all started would
@@ -413,7 +447,9 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     print(f"[lorasweep] {len(rows)} trials in {elapsed_s:.0f}s ({len(failed)} failed); "
           f"leaderboard: {_join(sweep.sweep_dir, 'leaderboard.csv')}")
     if not exported:
-        print("[lorasweep] no trial produced a checkpoint; nothing exported")
+        cap = sweep.options.export_max_cost
+        print(f"[lorasweep] no trial within --export-max-cost {cap:g} device-hours; nothing exported" if cap
+              else "[lorasweep] no trial produced a checkpoint; nothing exported")
         return 1, rows, exported
     if len(ok) > 1 and not math.isnan(ok[0][best_col]):
         print(f"[lorasweep] best {metric} {ok[0][best_col]:.4f}, worst {ok[-1][best_col]:.4f}")

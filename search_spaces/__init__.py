@@ -9,6 +9,7 @@ transformers).
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -56,8 +57,11 @@ class Bound:
     low_inclusive: bool = True
     high_inclusive: bool = True
     choices: tuple = ()
+    free: bool = False  # a string the library itself judges (search_spaces.knobs.check_value)
 
     def allowed(self) -> str:
+        if self.free:
+            return "a string"
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
         return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}{']' if self.high_inclusive else ')'}"
@@ -71,6 +75,19 @@ class SearchSpace:
     mode: str = "min"
     # Known-good points evaluated before the searcher proposes anything (Optuna enqueues them).
     seeds: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # Per seed: the knobs ``--space`` moved it on, with the value the recipe gave (``seed_label``).
+    moved: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def seed_label(self, point: dict) -> str:
+        """"known point 2" for a trial at the second seed, "known point 2 (moved: learning_rate
+        0.001 -> 0.0005)" when a narrowed space moved it; "" for a point the searcher proposed."""
+        for i, seed in enumerate(self.seeds, 1):
+            if all(point.get(k) == v for k, v in seed.items() if k in self.params):
+                moved = self.moved[i - 1] if i <= len(self.moved) else {}
+                shifts = ", ".join(f"{k} {v:g} -> {seed[k]:g}" if isinstance(v, float) else f"{k} {v} -> {seed[k]}"
+                                   for k, v in moved.items())
+                return f"known point {i}" + (f" (moved: {shifts})" if shifts else "")
+        return ""
 
     def validate(self) -> "SearchSpace":
         if self.mode not in ("min", "max"):
@@ -94,9 +111,17 @@ class SearchSpace:
             raise ConfigError(f"`--space {shown}` must look like name=a,b,c or name=low:high")
         name, _, value = spec.partition("=")
         name = name.strip()
-        if name not in self.bounds:
-            raise ConfigError(f"`--space {shown}`: unknown knob {name!r}; searchable: {', '.join(self.bounds)}")
-        kind = self.bounds[name].kind
+        bounds = self.bounds
+        if name not in bounds:  # any other hyperparameter: typed from its library's field
+            from search_spaces.knobs import bound_for
+
+            try:
+                bounds = {**bounds, name: bound_for(name)}
+            except ConfigError as e:
+                close = difflib.get_close_matches(name, list(_all_knobs()), n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else ""
+                raise ConfigError(f"`--space {shown}`: {e}{hint}") from None
+        kind = bounds[name].kind
         try:
             if ":" in value:
                 parts = value.split(":")
@@ -112,9 +137,12 @@ class SearchSpace:
             else:
                 dist = Choice(tuple(_parse(kind, v) for v in value.split(",") if v.strip() != ""))
         except (KeyError, ValueError, IndexError):
+            if ":" not in value and value.strip():
+                raise ConfigError(f"`--space {shown}`: `{name}` takes {kind.__name__} values"
+                                  f"{' (true or false)' if kind is bool else ''}") from None
             raise ConfigError(f"`--space {shown}` is not name=a,b,c, name=low:high or name=log:low:high") from None
-        _check_dist(name, dist, self.bounds)
-        return replace(self, params={**self.params, name: dist})
+        _check_dist(name, dist, bounds)
+        return replace(self, params={**self.params, name: dist}, bounds=bounds)
 
     def to_tune(self) -> dict:
         from ray import tune
@@ -155,6 +183,12 @@ def distributions(spec: dict) -> dict:
     return out
 
 
+def _all_knobs():
+    from search_spaces.knobs import owners
+
+    return owners()
+
+
 def _parse(kind: type, text: str):
     text = text.strip()
     if kind is str:
@@ -175,6 +209,8 @@ def _check_value(name: str, value, where: str, bound: Bound) -> None:
             raise ConfigError(f"{where}: `{name}` is {value!r}; it must be true or false")
         return
     if bound.kind is str:
+        if bound.free and isinstance(value, str) and value:
+            return
         if value not in bound.choices:
             raise ConfigError(f"{where}: `{name}` is {value!r}; allowed: {bound.allowed()}")
         return

@@ -44,6 +44,8 @@ def test_leaderboard_ranks_every_trial_and_puts_failures_last(shared_sweep):
     nan = by_lr["0.001"]
     assert (oom["r"], oom["lora_alpha"], oom["packing"]) == ("16", "16", "False")
     assert (nan["r"], nan["use_rslora"], nan["packing"]) == ("8", "True", "True")
+    assert (oom["seed"], nan["seed"]) == ("known point 1", "known point 2")  # marked as the recipe's points
+    assert not [r for r in rows if r["seed"] and r not in (oom, nan)]
     assert oom["status"] == "failed" and oom["error"].startswith("out of memory at step 2 on cpu"), oom
     assert "per_device_batch_size" in oom["error"]
     assert nan["status"] == "failed" and nan["error"].startswith("non-finite loss at step 3"), nan
@@ -171,3 +173,75 @@ def test_console_is_one_line_per_event_and_a_failure_names_its_traceback(shared_
     minutes = max(1.0, shared_sweep["wall_s"] / 60)
     assert len(lines) + len(err.splitlines()) < 50 * minutes  # one screen per minute of the sweep
 
+
+
+def test_the_optuna_study_is_a_sqlite_database_optuna_opens(shared_sweep):
+    """What `optuna-dashboard sqlite:///.../optuna.db` reads: every trial, the failed ones as FAIL,
+    the finished ones with the value Tune gave the searcher, the known points first."""
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{shared_sweep['dir'] / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE"] * 3 + ["FAIL"] * 2, states
+    first, second = study.trials[0], study.trials[1]
+    assert first.params["learning_rate"] == 1e-4 and second.params["learning_rate"] == 1e-3  # the seeds, in order
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    # Tune hands the searcher each trial's last report; the leaderboard keeps its best one
+    best = min(float(r["best_eval_loss"]) for r in _leaderboard(shared_sweep["dir"]) if r["status"] != "failed")
+    assert best - 1e-9 <= study.best_value < best + 0.5
+    assert "Optuna study 'shared': sqlite:///" in shared_sweep["stdout"]
+
+
+def test_the_merged_export_loads_with_plain_transformers_and_matches_the_adapter(shared_sweep, tmp_path, monkeypatch):
+    """`python -m lorasweep.export`: the best adapter (QLoRA-trained) merged into its fp32 base gives
+    the adapter's logits on a fixed input, from a folder plain Transformers loads; its card records
+    the sweep; --push-to-hub needs HF_TOKEN and uploads exactly that folder."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorasweep.errors import ConfigError
+    from lorasweep.export import main, push
+
+    out = tmp_path / "merged"
+    assert main([str(shared_sweep["dir"]), "--dtype", "fp32", "--out", str(out)]) == 0
+    rank_1 = shared_sweep["dir"] / "best_adapters" / "rank_1"
+    meta = json.loads((rank_1 / "lorasweep.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(out)  # no PEFT involved
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(meta["settings"]["model"],
+                                                                           dtype=torch.float32), rank_1)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Kaloren?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        want, got = adapter(input_ids=ids).logits, merged(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    card = (out / "README.md").read_text()
+    assert meta["trial_id"] in card and "## The winner's knobs" in card and "5 trials" in card
+    assert FAKE_HF not in card and all(FAKE_HF.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    # a second merge keeps the first one, renamed
+    assert main([str(shared_sweep["dir"]), "--dtype", "fp32", "--out", str(out)]) == 0
+    assert len(list(tmp_path.glob("merged.*"))) == 1
+
+    class Recorder:  # the Hub is out of reach: the calls' arguments are what is checked
+        def __init__(self):
+            self.calls = []
+
+        def create_repo(self, repo, **kw):
+            self.calls.append(("create_repo", repo, kw))
+
+        def upload_folder(self, **kw):
+            self.calls.append(("upload_folder", kw))
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="needs HF_TOKEN in the environment"):
+        push(out, "me/model", api=Recorder())
+    monkeypatch.setenv("HF_TOKEN", FAKE_HF)
+    with pytest.raises(ConfigError, match="give a Hub repo id as owner/name"):
+        push(out, "model", api=Recorder())
+    api = Recorder()
+    push(out, "me/model", api=api)
+    assert api.calls == [("create_repo", "me/model", {"private": True, "exist_ok": True}),
+                         ("upload_folder", {"repo_id": "me/model", "folder_path": str(out),
+                                            "commit_message": "lorasweep: merged"})]

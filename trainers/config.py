@@ -81,6 +81,9 @@ class TrainSettings:
     eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report (counted unpacked: packed trials report at the same tokens)"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
     callbacks: tuple[str, ...] = field(default=(), metadata={"help": "extra transformers TrainerCallbacks, as module:factory; factory(trial) returns a callback or None"})
+    # --- any other library field (a searched knob of LoraConfig / TrainingArguments lands here too)
+    lora_config: dict = field(default_factory=dict, metadata={"help": 'more peft.LoraConfig fields, as JSON, e.g. \'{"use_dora": true}\''})
+    training_args: dict = field(default_factory=dict, metadata={"help": 'more transformers.TrainingArguments fields, as JSON, e.g. \'{"adam_beta2": 0.95}\''})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,12 +198,22 @@ class TrialConfig:
     objective: str = "eval_loss"  # the metric the sweep optimises: the best checkpoint is kept by it
 
     def __post_init__(self):
-        check_keys(self.knobs, TrainSettings, "searched knobs")
+        from search_spaces.knobs import owner
+
+        unknown = {k: v for k, v in self.knobs.items() if owner(k) is None}
+        check_keys(unknown, TrainSettings, "searched knobs")  # names the field it resembles
 
     @property
     def effective(self) -> TrainSettings:
-        """The settings this trial trains with: the fixed ones, with the searched knobs applied."""
-        return replace(self.settings, **self.knobs)
+        """The settings this trial trains with: the fixed ones, with the searched knobs applied (a
+        LoraConfig or TrainingArguments field's value into ``lora_config`` / ``training_args``)."""
+        from search_spaces.knobs import owner
+
+        own = {k: v for k, v in self.knobs.items() if owner(k) == "settings"}
+        lora = {k: v for k, v in self.knobs.items() if owner(k) == "lora"}
+        args = {k: v for k, v in self.knobs.items() if owner(k) == "args"}
+        return replace(self.settings, **own, lora_config={**self.settings.lora_config, **lora},
+                       training_args={**self.settings.training_args, **args})
 
     def to_tune(self, space: dict) -> dict:
         """Tune's ``param_space``: searched knobs (Tune domains) at the top level, the rest under

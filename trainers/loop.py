@@ -117,7 +117,8 @@ def report_interval(eval_every: int, examples: int, rows: int) -> int:
 NOT_DATA = frozenset({"method", "quantization", "precision", "per_device_batch_size", "gradient_accumulation_steps",
                       "gradient_checkpointing", "zero_stage", "offload", "lora_dropout", "target_modules",
                       "lr_scheduler_type", "weight_decay", "max_grad_norm", "r", "lora_alpha", "use_rslora",
-                      "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks"})
+                      "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks",
+                      "lora_config", "training_args"})
 _DATA: dict = {}  # this process's last data: key -> (tokenizer, Prepared, {packing: training rows})
 
 
@@ -175,7 +176,7 @@ def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
 
 def training_arguments(s: TrainSettings, precision: str, device: torch.device, max_steps: int,
                        out_dir: str) -> TrainingArguments:
-    return TrainingArguments(
+    chosen = dict(
         output_dir=out_dir,
         per_device_train_batch_size=s.per_device_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps,
@@ -209,6 +210,9 @@ def training_arguments(s: TrainSettings, precision: str, device: torch.device, m
         seed=s.seed,
         data_seed=s.seed,
     )
+    # any other TrainingArguments field (adam_beta2, a searched optim, ...): a knob or the recipe's.
+    # Those lorasweep derives from its own settings are refused before the sweep (search_spaces.knobs).
+    return TrainingArguments(**{**chosen, **s.training_args})
 
 
 class ReportCallback(TrainerCallback):
@@ -223,6 +227,8 @@ class ReportCallback(TrainerCallback):
         self.train_time_s = 0.0  # carried over on resume
         self.nodes: list[str] = []
         self.first_step_at: float | None = None  # wall clock: where trial start-up ends (bench/startup.py)
+        res = st.trial.resources
+        self.devices = res.workers * (res.gpus if res.gpus > 0 else res.cpus)
 
     def on_train_begin(self, args, state, control, **kw):
         self.t_last = time.time()
@@ -264,6 +270,9 @@ class ReportCallback(TrainerCallback):
             # start-up: seconds from train_func's start to the first optimizer step, and when that was
             "setup_s": round((self.first_step_at or now) - self.st.started_at, 3),
             "first_step_at": self.first_step_at or now,
+            # cost so far: the devices the trial holds (GPUs, else CPUs, on every worker) x its wall
+            # time since train_func began, start-up included; a second objective can minimise it
+            "device_hours": self.devices * (now - self.st.started_at) / 3600,
             "pid": os.getpid(),  # one process reused for several trials shows here
             "reported_at": time.time(),  # wall clock, finer than Tune's whole-second timestamp
         }

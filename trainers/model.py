@@ -110,7 +110,10 @@ def keep_quantized_bases_out_of_cpu_inference_paths(model) -> int:
 def lora_config(settings, family, task):
     from peft import LoraConfig
 
-    targets = settings.target_modules.split(",") if settings.target_modules else \
+    # "q_proj,v_proj" on the command line; "q_proj+v_proj" as one choice of a searched knob
+    # (--space target_modules=all-linear,q_proj+v_proj: the comma separates the choices there)
+    named = [m.strip() for m in settings.target_modules.replace("+", ",").split(",") if m.strip()]
+    targets = ("all-linear" if named == ["all-linear"] else named) if named else \
         (list(family.target_modules) if family.target_modules else "all-linear")
     return LoraConfig(
         r=int(settings.r),
@@ -120,6 +123,7 @@ def lora_config(settings, family, task):
         target_modules=targets,
         modules_to_save=list(task.head_modules(family)) or None,
         task_type=task.peft_task_type,
+        **settings.lora_config,  # any other LoraConfig field (use_dora, init_lora_weights, ...)
     )
 
 

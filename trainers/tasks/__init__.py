@@ -16,7 +16,7 @@ from trainers.data import Split, Tokenized, load_dataset_rows, progress, split_r
 from trainers.registry import Registry
 
 # Direction of every metric a task can report; anything not listed is maximised.
-MINIMISED = {"eval_loss", "perplexity"}
+MINIMISED = {"eval_loss", "perplexity", "device_hours"}
 
 
 def metric_mode(metric: str) -> str:

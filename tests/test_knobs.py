@@ -1,0 +1,209 @@
+"""Any knob: a TrainSettings hyperparameter, a peft.LoraConfig field or a TrainingArguments field
+can be searched with --space, typed from the library's own field and checked by building the
+library's own object; searched values reach the trial's model and trainer. And the searchers
+beyond TPE (CMA-ES, Gaussian process) on a real space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorasweep.engine import resolve
+from lorasweep.errors import ConfigError
+from sweeps.llama_finetome import RECIPE
+from trainers.config import TrialConfig
+
+KNOBS = ["--space", "use_dora=true,false", "--space", "target_modules=all-linear,q_proj+v_proj",
+         "--space", "lora_dropout=0:0.2", "--space", "adam_beta2=0.95,0.999", "--space", "weight_decay=0,0.1"]
+
+
+def _sweep(*args):
+    return resolve(RECIPE, ["--preset", "smoke", *args])
+
+
+def test_any_library_field_is_a_knob_and_the_seed_points_keep_their_unsearched_values():
+    sweep = _sweep(*KNOBS)
+    space = sweep.space
+    assert {"use_dora", "target_modules", "lora_dropout", "adam_beta2", "weight_decay"} <= set(space.params)
+    # the recipe's known points trained with the values these knobs have when unsearched
+    for seed in space.seeds:
+        assert seed["use_dora"] is False and seed["target_modules"] == "all-linear"
+        assert seed["lora_dropout"] == 0.0 and seed["adam_beta2"] == 0.999 and seed["weight_decay"] == 0.0
+    # Tune's param space carries them at the top level, where Optuna samples them
+    assert {"use_dora", "adam_beta2"} <= set(space.to_tune())
+
+
+def test_searched_values_reach_the_model_and_the_trainer(tiny_assets, tmp_path):
+    from trainers.loop import setup
+
+    settings = _sweep().settings
+    settings.model, settings.dataset = str(tiny_assets["model"]), str(tiny_assets["dataset"])
+    knobs = {"r": 8, "lora_alpha": 16, "use_rslora": False, "packing": False, "warmup_ratio": 0.0,
+             "learning_rate": 1e-3, "lora_dropout": 0.1, "target_modules": "q_proj+v_proj", "use_dora": True,
+             "adam_beta2": 0.95, "weight_decay": 0.0}
+    st = setup(TrialConfig(settings, knobs=knobs), torch.device("cpu"), str(tmp_path))
+    peft = st.model.peft_config["default"]
+    assert peft.lora_dropout == 0.1 and set(peft.target_modules) == {"q_proj", "v_proj"} and peft.use_dora
+    assert any("lora_magnitude_vector" in n for n, _ in st.model.named_parameters())  # DoRA is built
+    assert not any("mlp" in n and "lora_" in n for n, _ in st.model.named_parameters())  # attention only
+    assert st.args.adam_beta2 == 0.95 and st.args.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--space", "lora_dropout=0:1.5"], "`lora_dropout` is 1.5; allowed range is [0, 1)"),
+    (["--space", "use_dora=maybe"], "`use_dora` takes bool values (true or false)"),
+    (["--space", "optim=sgdx"], "`optim` is 'sgdx'; allowed: one of adamw_torch"),
+    (["--space", "per_device_batch_size=0,2"], "`per_device_batch_size` is 0; it must be a positive number"),
+    (["--space", "lora_dropot=0.1"], "unknown knob 'lora_dropot'; searchable: any TrainSettings hyperparameter, "
+                                     "peft.LoraConfig field or transformers.TrainingArguments field; did you mean `lora_dropout`?"),
+    (["--lora-config", '{"use_dorra": true}'], "`lora_config` has 'use_dorra', which is no field there; did you mean `use_dora`?"),
+    (["--lora-config", '{"r": 4}'], "`lora_config` sets 'r', which lorasweep sets from its own setting; pass --r"),
+    (["--training-args", '{"optim": "nosuch"}'], "`training_args` `optim` value 'nosuch' is refused by transformers.TrainingArguments"),
+])
+def test_a_bad_knob_is_one_line_naming_it(args, needle):
+    with pytest.raises(ConfigError) as e:
+        _sweep(*args)
+    assert needle in str(e.value) and "\n" not in str(e.value), e.value
+
+
+def test_fixed_library_fields_reach_the_trainer_arguments():
+    from trainers.loop import training_arguments
+
+    settings = _sweep("--training-args", '{"optim": "adafactor", "adam_beta2": 0.95}').settings
+    args = training_arguments(settings, "fp32", torch.device("cpu"), 10, "/tmp/lorasweep-test-args")
+    assert args.optim == "adafactor" and args.adam_beta2 == 0.95
+
+
+@pytest.mark.parametrize("name", ["cmaes", "gp"])
+def test_cmaes_and_gp_propose_points_inside_the_space(name):
+    import optuna
+
+    from lorasweep.engine import _sampler
+    from search_spaces import Choice, distributions
+
+    sweep = _sweep("--searcher", name, "--space", "lora_dropout=0:0.2")
+    space = sweep.space
+    dists = distributions(space.to_json())
+    study = optuna.create_study(sampler=_sampler(name, space, 0), direction="minimize")
+    for i in range(12):  # past the samplers' random start-up trials: the model proposes the later ones
+        trial = study.ask(dists)
+        for knob, dist in space.params.items():
+            v = trial.params[knob]
+            assert v in dist.values if isinstance(dist, Choice) else dist.low <= v <= dist.high, (knob, v)
+        study.tell(trial, (trial.params["learning_rate"] - 3e-4) ** 2 + trial.params["lora_dropout"])
+    assert len(study.trials) == 12 and study.best_value >= 0
+
+
+def test_a_seed_moved_by_a_narrowed_space_is_labelled_with_what_moved():
+    space = _sweep("--space", "learning_rate=1e-4:5e-4").space
+    first, second = space.seeds
+    assert second["learning_rate"] == 5e-4  # the recipe's 1e-3, clipped into the range
+    assert space.seed_label(first) == "known point 1"
+    assert space.seed_label(second) == "known point 2 (moved: learning_rate 0.001 -> 0.0005)"
+    assert space.seed_label({**second, "r": 64}) == ""  # a point the searcher proposed
+
+
+# ----------------------------------------------------------------------------- quality against cost
+
+
+def test_pareto_marks_exactly_the_trials_no_other_beats_on_both():
+    from lorasweep.results import mark_pareto
+
+    def row(tid, loss, hours, status="completed"):
+        return {"trial_id": tid, "best_eval_loss": loss, "device_hours": hours, "status": status}
+
+    rows = [row("a", 0.90, 3.0), row("b", 0.95, 1.0), row("c", 0.95, 2.0), row("d", 1.20, 0.5),
+            row("e", 1.30, 0.5), row("f", 0.10, 0.1, "failed"), row("g", 0.90, 3.0)]
+    front = mark_pareto(rows, ["eval_loss", "device_hours"])
+    # c loses to b (same loss, dearer), e to d; a and g tie (neither dominates the other); f failed
+    assert [r["trial_id"] for r in front] == ["a", "b", "d", "g"]
+    assert [r["pareto"] for r in rows] == [True, True, False, True, False, False, True]
+    assert mark_pareto(rows, ["eval_loss"]) == []  # one objective: no front
+
+
+def test_two_objectives_are_refused_where_they_cannot_work():
+    with pytest.raises(ConfigError, match="`--searcher cmaes` optimises one objective"):
+        _sweep("--objective", "eval_loss,device_hours", "--searcher", "cmaes")
+    with pytest.raises(ConfigError, match="give one metric, or two different ones"):
+        _sweep("--objective", "eval_loss,eval_loss")
+    with pytest.raises(ConfigError, match="`--objective` has 'cost'; task `chat_sft` reports: eval_loss, device_hours"):
+        _sweep("--objective", "eval_loss,cost")
+    assert _sweep("--objective", "eval_loss,device_hours").objectives == ["eval_loss", "device_hours"]
+
+
+def test_the_export_cap_keeps_dearer_adapters_out():
+    from lorasweep.results import export_best
+
+    sweep = _sweep("--export-max-cost", "0.25")
+    rows = [{"trial_id": "a", "checkpoint": "/nonexistent/a", "status": "completed", "device_hours": 0.5}]
+    assert export_best(rows, [], sweep, 3) == []  # over the cap: nothing read, nothing written
+
+
+@pytest.mark.slow
+def test_a_two_objective_sweep_reports_a_pareto_front_and_a_two_direction_study(tiny_assets, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    import optuna
+
+    from tests.conftest import ROOT, sweep_env
+
+    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "5", "--max-tokens", "8000",
+           "--scheduler", "none", "--objective", "eval_loss,device_hours", "--storage-path", str(tmp_path), "--name", "par"]
+    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    with open(tmp_path / "par" / "leaderboard.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["status"] != "failed"]
+    points = {row["trial_id"]: (float(row["best_eval_loss"]), float(row["device_hours"])) for row in rows}
+    front = [row["trial_id"] for row in rows if row["pareto"] == "True"]
+    assert front, rows
+
+    def dominates(p, q):
+        return p[0] <= q[0] and p[1] <= q[1] and p != q
+
+    for t in front:  # no member is dominated; every other trial is
+        assert not any(dominates(points[o], points[t]) for o in points), t
+    for t in set(points) - set(front):
+        assert any(dominates(points[o], points[t]) for o in front), t
+    assert "Pareto front, eval_loss against device_hours" in r.stdout
+    study = optuna.load_study(study_name="par", storage=f"sqlite:///{tmp_path / 'par' / 'optuna.db'}")
+    assert len(study.directions) == 2 and len(study.trials) == 5 and study.best_trials
+    print("\n[pareto] " + "; ".join(f"{t} eval_loss {points[t][0]:.4f} at {points[t][1]:.5f} device-hours" for t in front))
+
+
+# ----------------------------------------------------------------------------- warm start
+
+
+@pytest.mark.slow
+def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_new_points(shared_sweep, tmp_path):
+    """From the shared sweep (3 finished trials; its 2 known points failed there, by injected faults):
+    a new sweep on a narrowed space gets the fitting finished trials in its study, with their values,
+    lists the others as skipped, and runs the known points again (not measured, only failed)."""
+    import json
+    import subprocess
+    import sys
+
+    import optuna
+
+    from tests.conftest import ROOT, sweep_env
+
+    source = shared_sweep["dir"]
+    finished = [r for r in json.loads((source / "leaderboard.json").read_text()) if r["status"] != "failed"]
+    fits = [r for r in finished if r["r"] in (8, 16, 32)]
+    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "2", "--max-tokens", "8000",
+           "--scheduler", "none", "--space", "r=8,16,32", "--warm-start-from", str(source),
+           "--storage-path", str(tmp_path), "--name", "warm"]
+    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert (f"warm start from {source}: {len(fits)} finished trial(s) loaded into the study, "
+            f"{len(finished) - len(fits)} skipped") in r.stdout
+    for row in finished:
+        if row not in fits:
+            assert f"skipped {row['trial_id']}: r={row['r']} is outside {{8, 16, 32}}" in r.stdout
+    study = optuna.load_study(study_name="warm", storage=f"sqlite:///{tmp_path / 'warm' / 'optuna.db'}")
+    warm = [t for t in study.trials if t.user_attrs.get("warm_start_from") == str(source)]
+    assert sorted(t.value for t in warm) == sorted(row["final_eval_loss"] for row in fits)
+    assert len(study.trials) == len(fits) + 2  # and only two trials ran
+    board = json.loads((tmp_path / "warm" / "leaderboard.json").read_text())
+    assert sorted(row["seed"] for row in board) == ["known point 1", "known point 2"]
