@@ -66,6 +66,7 @@ class SweepOptions:
     address: str | None = field(default=None, metadata={"help": "join a running cluster ('auto' on a `ray up` head); default: start a local Ray"})
     objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's. "
                                                   "Two, comma-separated (eval_loss,device_hours): a multi-objective search and its Pareto front"})
+    alpha_mode: str = field(default="free", metadata={"help": "free: search lora_alpha; ratio: search the update's scale alpha_ratio = alpha/r (alpha/sqrt(r) with rsLoRA), 0.25 to 8 log-uniform; the leaderboard shows both"})
     export_max_cost: float = field(default=0.0, metadata={"help": "export only adapters whose trial cost at most this many device-hours (0 = no cap)"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
     max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
@@ -259,6 +260,10 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     task = get_task(settings.task)
 
     space = recipe.search_space
+    if options.alpha_mode not in ("free", "ratio"):
+        raise ConfigError(f"`--alpha-mode` is {options.alpha_mode!r}; choose free or ratio")
+    if options.alpha_mode == "ratio":
+        space = alpha_as_ratio(space)
     for spec in [*preset.space, *args.get("space", [])]:
         space = space.override(spec)
     wanted = [m.strip() for m in options.objective.split(",") if m.strip()]
@@ -514,6 +519,28 @@ def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
     if options.autoscale:
         return options.max_concurrent
     return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
+
+
+def alpha_as_ratio(space: SearchSpace) -> SearchSpace:
+    """``--alpha-mode ratio``: the space draws the update's scale (alpha/r, alpha/sqrt(r) with
+    rsLoRA) instead of lora_alpha, which then follows from it and r. The same scale means the same
+    step size at every rank, so the searcher learns one number instead of a (r, alpha) pairing.
+    Seeds keep their scale: r=16, alpha=16 is ratio 1; r=8, alpha=16 with rsLoRA is 16/sqrt(8) = 5.66."""
+    import math
+
+    from search_spaces import LogUniform
+
+    if "lora_alpha" not in space.params:
+        return space
+    params = {("alpha_ratio" if k == "lora_alpha" else k): (LogUniform(0.25, 8.0) if k == "lora_alpha" else d)
+              for k, d in space.params.items()}
+    seeds = []
+    for seed in space.seeds:
+        seed = dict(seed)
+        alpha, r = seed.pop("lora_alpha"), seed["r"]
+        seed["alpha_ratio"] = alpha / (math.sqrt(r) if seed.get("use_rslora") else r)
+        seeds.append(seed)
+    return dataclasses.replace(space, params=params, seeds=tuple(seeds))
 
 
 def check_with_libraries(space: SearchSpace, settings: TrainSettings) -> None:

@@ -55,6 +55,10 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
         config = result.config or {}
         row = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]}
         row.update({k: config.get(k) for k in knobs})
+        if "alpha_ratio" in knobs and "trial" in config:  # --alpha-mode ratio: the alpha it trained with too
+            from trainers.config import TrialConfig
+
+            row["lora_alpha"] = TrialConfig.from_tune(config).effective.lora_alpha
         if space is not None:
             row["seed"] = space.seed_label(config)
         if df is not None and metric in df and df[metric].notna().any():
@@ -415,6 +419,8 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     metric, mode = sweep.space.metric, sweep.space.mode
     reported = get_task(sweep.settings.task).metric_names(sweep.settings)
     rows = leaderboard_rows(grid, knobs, metric, mode, reported, sweep.options.storage_path, sweep.space)
+    if "alpha_ratio" in knobs and "lora_alpha" not in knobs:
+        knobs.insert(knobs.index("alpha_ratio") + 1, "lora_alpha")  # shown beside the ratio it follows from
     front = mark_pareto(rows, sweep.objectives)
     # The trials' results and checkpoints are Tune's, already on disk: a resume rewrites these.
     fix = (f"the trials' results stay in {sweep.sweep_dir}; free space or fix its permissions, then write the "

@@ -6,6 +6,7 @@ from search_spaces import Bound, Choice, LogUniform, SearchSpace, Uniform
 LORA_BOUNDS = {
     "r": Bound(int, 1, 4096),
     "lora_alpha": Bound(int, 1, 1 << 16),
+    "alpha_ratio": Bound(float, 0.0, 1024.0, low_inclusive=False),  # --alpha-mode ratio: alpha/r (alpha/sqrt(r), rsLoRA)
     "use_rslora": Bound(bool),
     "packing": Bound(bool),
     "warmup_ratio": Bound(float, 0.0, 1.0, high_inclusive=False),  # 1.0 would warm up for the whole run

@@ -207,3 +207,43 @@ def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_n
     assert len(study.trials) == len(fits) + 2  # and only two trials ran
     board = json.loads((tmp_path / "warm" / "leaderboard.json").read_text())
     assert sorted(row["seed"] for row in board) == ["known point 1", "known point 2"]
+
+
+# ----------------------------------------------------------------------------- spaces that know LoRA
+
+
+def test_alpha_mode_ratio_searches_the_updates_scale_and_alpha_follows():
+    import math
+
+    from search_spaces import LogUniform
+
+    space = _sweep("--alpha-mode", "ratio").space
+    assert "lora_alpha" not in space.params and space.params["alpha_ratio"] == LogUniform(0.25, 8.0)
+    # the known points keep their scale: 16/16, and 16/sqrt(8) with rsLoRA
+    assert [s["alpha_ratio"] for s in space.seeds] == [1.0, 16 / math.sqrt(8)]
+    settings = _sweep("--alpha-mode", "ratio").settings
+    assert TrialConfig(settings, knobs={"r": 8, "alpha_ratio": 2.0, "use_rslora": False}).effective.lora_alpha == 16
+    assert TrialConfig(settings, knobs={"r": 16, "alpha_ratio": 2.0, "use_rslora": True}).effective.lora_alpha == 8
+    with pytest.raises(ConfigError, match="`--alpha-mode` is 'auto'; choose free or ratio"):
+        _sweep("--alpha-mode", "auto")
+
+
+@pytest.mark.parametrize("scaling,workers,factor", [("none", 1, 1.0), ("sqrt", 1, 2.0), ("linear", 1, 4.0),
+                                                    ("sqrt", 2, 8 ** 0.5), ("linear", 2, 8.0)])
+def test_lr_scaling_follows_the_tokens_of_an_optimizer_step(scaling, workers, factor):
+    import dataclasses
+
+    from trainers.data import Split, Tokenized
+    from trainers.loop import scaled_learning_rate
+    from trainers.tasks import Prepared
+
+    settings = dataclasses.replace(_sweep().settings, lr_scaling=scaling, learning_rate=1e-4)
+    unpacked = [{"input_ids": [1] * 10}] * 40  # the reference: one worker, 10-token examples
+    packed = [{"input_ids": [1] * 40}] * 10  # four examples a row: 4x the tokens a step
+    data = Prepared(Split([], []), Tokenized(unpacked), Tokenized(unpacked[:4]), 40)
+    lr, note = scaled_learning_rate(settings, data, packed, workers)
+    assert lr == pytest.approx(1e-4 * factor)
+    assert (note == "") == (scaling == "none")
+    fixed = dataclasses.replace(settings, lr_reference_tokens=int(40 * settings.per_device_batch_size
+                                                                  * settings.gradient_accumulation_steps))
+    assert scaled_learning_rate(fixed, data, packed, 1)[0] == pytest.approx(1e-4)  # the reference batch itself

@@ -72,10 +72,13 @@ class TrainSettings:
     # --- searched by default (a search space's value replaces these per trial)
     r: int = field(default=16, metadata={"help": "LoraConfig.r"})
     lora_alpha: int = field(default=16, metadata={"help": "LoraConfig.lora_alpha (update scale alpha/r)"})
+    alpha_ratio: float = field(default=0.0, metadata={"help": "the update's scale itself (--alpha-mode ratio searches it): lora_alpha = alpha_ratio x r, x sqrt(r) with rsLoRA; 0 = lora_alpha as given"})
     use_rslora: bool = field(default=False, metadata={"help": "LoraConfig.use_rslora: scale alpha/sqrt(r)"})
     packing: bool = field(default=False, metadata={"help": "pack several examples per row (documents kept apart)"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of the trial's optimizer steps spent warming up"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (at the reference batch, with --lr-scaling)"})
+    lr_scaling: str = field(default="none", metadata={"help": "none, sqrt or linear: scale learning_rate by (tokens per optimizer step / lr_reference_tokens)^(1/2 or 1), so trials with more workers or packing compare fairly"})
+    lr_reference_tokens: int = field(default=0, metadata={"help": "the batch, in tokens per optimizer step, at which learning_rate is meant (0 = one worker, unpacked, the recipe's batch)"})
     # --- budget and reporting
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
     eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report (counted unpacked: packed trials report at the same tokens)"})
@@ -130,6 +133,11 @@ class TrainSettings:
             raise ConfigError(f"`learning_rate` is {self.learning_rate!r}; it must be in (0, 1]")
         for name in ("max_new_tokens", "gen_eval_rows"):
             positive(name)
+        if self.lr_scaling not in ("none", "sqrt", "linear"):
+            raise ConfigError(f"`lr_scaling` is {self.lr_scaling!r}; choose none, sqrt or linear")
+        if self.alpha_ratio < 0 or self.lr_reference_tokens < 0:
+            name = "alpha_ratio" if self.alpha_ratio < 0 else "lr_reference_tokens"
+            raise ConfigError(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
         if self.samples < 0 or self.bertscore_layers < 0:
             name = "samples" if self.samples < 0 else "bertscore_layers"
             raise ConfigError(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
@@ -212,8 +220,13 @@ class TrialConfig:
         own = {k: v for k, v in self.knobs.items() if owner(k) == "settings"}
         lora = {k: v for k, v in self.knobs.items() if owner(k) == "lora"}
         args = {k: v for k, v in self.knobs.items() if owner(k) == "args"}
-        return replace(self.settings, **own, lora_config={**self.settings.lora_config, **lora},
-                       training_args={**self.settings.training_args, **args})
+        out = replace(self.settings, **own, lora_config={**self.settings.lora_config, **lora},
+                      training_args={**self.settings.training_args, **args})
+        if out.alpha_ratio > 0:  # --alpha-mode ratio: the scale was drawn, alpha follows from it and r
+            import math
+
+            out.lora_alpha = max(1, round(out.alpha_ratio * (math.sqrt(out.r) if out.use_rslora else out.r)))
+        return out
 
     def to_tune(self, space: dict) -> dict:
         """Tune's ``param_space``: searched knobs (Tune domains) at the top level, the rest under

@@ -12,6 +12,7 @@ for the same data, and ASHA's rungs must compare packed and unpacked trials on e
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -95,12 +96,29 @@ class Setup:
     started_at: float = 0.0  # wall clock when train_func began
 
 
-def plan_steps(train: list[dict], settings, n_workers: int) -> int:
-    """Optimizer steps that consume ``max_tokens`` on this data, e.g. 2 rows x 4 accum x 2 workers
-    x 1,500 tokens/packed row = 24,000 tokens/step -> 2M tokens = 84 steps."""
+def tokens_per_step(train: list[dict], settings, n_workers: int) -> float:
+    """e.g. 2 rows x 4 accum x 2 workers x 1,500 tokens/packed row = 24,000 tokens per optimizer step."""
     tokens_per_row = sum(example_tokens(e) for e in train) / len(train)
-    tokens_per_step = tokens_per_row * settings.per_device_batch_size * settings.gradient_accumulation_steps * n_workers
-    return max(1, math.ceil(settings.max_tokens / tokens_per_step))
+    return tokens_per_row * settings.per_device_batch_size * settings.gradient_accumulation_steps * n_workers
+
+
+def plan_steps(train: list[dict], settings, n_workers: int) -> int:
+    """Optimizer steps that consume ``max_tokens`` on this data (24,000 tokens/step -> 2M = 84 steps)."""
+    return max(1, math.ceil(settings.max_tokens / tokens_per_step(train, settings, n_workers)))
+
+
+def scaled_learning_rate(settings, data: Prepared, train: list[dict], n_workers: int) -> tuple[float, str]:
+    """``--lr-scaling``: learning_rate x (this trial's tokens per step / the reference batch's)^p,
+    p = 1/2 (sqrt, Adam's usual rule) or 1 (linear, SGD's). The reference is ``lr_reference_tokens``,
+    else one worker training unpacked with the recipe's batch: a packed or 4-worker trial takes
+    bigger steps, and without scaling its learning rate means something else than its peers'."""
+    if settings.lr_scaling == "none":
+        return settings.learning_rate, ""
+    reference = settings.lr_reference_tokens or tokens_per_step(data.train.examples, settings, 1)
+    ratio = tokens_per_step(train, settings, n_workers) / reference
+    lr = settings.learning_rate * ratio ** (0.5 if settings.lr_scaling == "sqrt" else 1.0)
+    return lr, (f"learning rate {settings.learning_rate:g} x ({ratio:.3g}x the reference batch)^"
+                f"{'1/2' if settings.lr_scaling == 'sqrt' else '1'} = {lr:.3g} (--lr-scaling {settings.lr_scaling})")
 
 
 def report_interval(eval_every: int, examples: int, rows: int) -> int:
@@ -118,7 +136,7 @@ NOT_DATA = frozenset({"method", "quantization", "precision", "per_device_batch_s
                       "gradient_checkpointing", "zero_stage", "offload", "lora_dropout", "target_modules",
                       "lr_scheduler_type", "weight_decay", "max_grad_norm", "r", "lora_alpha", "use_rslora",
                       "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks",
-                      "lora_config", "training_args"})
+                      "lora_config", "training_args", "alpha_ratio", "lr_scaling", "lr_reference_tokens"})
 _DATA: dict = {}  # this process's last data: key -> (tokenizer, Prepared, {packing: training rows})
 
 
@@ -156,6 +174,8 @@ def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
     tokenizer, data, train, cached = prepared_data(s, task)
     max_steps = plan_steps(train, s, n)
     report_every = report_interval(s.eval_every, len(data.train.examples), len(train))
+    lr, lr_note = scaled_learning_rate(s, data, train, n)
+    s = dataclasses.replace(s, learning_rate=lr)
     if rank == 0:
         print(f"[lorasweep] {len(data.train.examples)} train examples -> {len(train)} rows (packing={s.packing}), "
               f"{len(data.eval.examples)} eval, skipped {dict(data.train.skipped)}, {max_steps} steps planned, "
@@ -164,6 +184,8 @@ def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
             print(f"[lorasweep] {note}")
         if cached:
             print("[lorasweep] data as an earlier trial in this process tokenised it (same data settings)")
+        if lr_note:
+            print(f"[lorasweep] {lr_note}")
     # The TrainingArguments before the model, as PEFT's DeepSpeed guide orders them: a ZeRO-3 config
     # in them registers itself with Transformers (HfDeepSpeedConfig, held by a weak reference: the
     # Setup keeps them alive), and from_pretrained then builds the model inside deepspeed.zero.Init,
@@ -262,6 +284,7 @@ class ReportCallback(TrainerCallback):
             "step": state.global_step,
             "max_steps": state.max_steps,  # the plan: the console shows step 50/162
             "epoch": round(state.epoch or 0.0, 4),
+            "learning_rate_used": self.settings.learning_rate,  # after --lr-scaling
             "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
             "peak_mem_gb": _peak_memory_gb(st.device),
             "train_time_s": self.train_time_s,
