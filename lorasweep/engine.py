@@ -67,6 +67,7 @@ class SweepOptions:
     objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's. "
                                                   "Two, comma-separated (eval_loss,device_hours): a multi-objective search and its Pareto front"})
     alpha_mode: str = field(default="free", metadata={"help": "free: search lora_alpha; ratio: search the update's scale alpha_ratio = alpha/r (alpha/sqrt(r) with rsLoRA), 0.25 to 8 log-uniform; the leaderboard shows both"})
+    repeats: int = field(default=0, metadata={"help": "run the top 3 configurations this many more times with other training seeds (same data split); the leaderboard then shows their mean and spread"})
     export_max_cost: float = field(default=0.0, metadata={"help": "export only adapters whose trial cost at most this many device-hours (0 = no cap)"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
     max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
@@ -599,10 +600,13 @@ def _sampler(name: str, space: SearchSpace, seed: int):
     return None
 
 
-def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, trainable=None, callbacks=(), stop=None):
+def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, trainable=None, callbacks=(), stop=None,
+                repeat_points: list[dict] | None = None):
     """The Tuner of a sweep. ``trainable`` replaces the trial function (bench/driver_scale.py times
     the driver with a trivial one), ``callbacks`` are more Tune callbacks (bench/startup.py
     notes when each trial starts) and ``stop`` a Tune stopper (bench/search.py's compute budget);
+    ``repeat_points`` (``--repeats``): exactly these configurations, each with its ``repeat``, in an
+    experiment of their own (``<name>-repeats``) beside the sweep's, no searcher, no early stopping;
     everything else is what a sweep runs."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -628,11 +632,18 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         from lorasweep.warm_start import searcher_class
 
         OptunaSearch = functools.partial(searcher_class(), warm=sweep.warm)  # noqa: N806
-    searcher = OptunaSearch(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
-                            **({"storage": storage, "study_name": o.name} if storage is not None else {}),
-                            **({"sampler": sampler} if sampler is not None else {"seed": o.seed}))
+    if repeat_points is not None:
+        from ray import tune as _tune
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        param_space["repeat"] = _tune.choice(sorted({p["repeat"] for p in repeat_points}))
+        searcher = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in repeat_points])
+    else:
+        searcher = OptunaSearch(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
+                                **({"storage": storage, "study_name": o.name} if storage is not None else {}),
+                                **({"sampler": sampler} if sampler is not None else {"seed": o.seed}))
     rungs = []
-    if o.scheduler == "asha":
+    if o.scheduler == "asha" and repeat_points is None:
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
         grace = asha_grace(s.max_tokens, o.grace_tokens)
@@ -655,7 +666,8 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     trainable = tune.with_resources(trainable, wants)
     tune_config = tune.TuneConfig(metric=None if multi else space.metric, mode=None if multi else space.mode,
                                   search_alg=searcher, scheduler=scheduler,
-                                  num_samples=o.num_samples, max_concurrent_trials=max_concurrent,
+                                  num_samples=o.num_samples if repeat_points is None else len(repeat_points),
+                                  max_concurrent_trials=max_concurrent,
                                   # the next trial starts in a finished one's process: torch, Transformers,
                                   # the CUDA context and the data cache are already there
                                   reuse_actors=res.in_trial_process)
@@ -672,7 +684,8 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
         logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     console = [] if o.verbose else [Console(list(space.params), space.metric, space.mode, rungs)]
-    run_config = tune.RunConfig(name=o.name, storage_path=o.storage_path, verbose=1 if o.verbose else 0, stop=stop,
+    name = o.name if repeat_points is None else f"{o.name}-repeats"
+    run_config = tune.RunConfig(name=name, storage_path=o.storage_path, verbose=1 if o.verbose else 0, stop=stop,
                                 # a trial's stdout/stderr: written in its working dir on its node, then
                                 # synced into its folder under --storage-path with its checkpoints
                                 log_to_file=not o.verbose, sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -689,8 +702,9 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
                                     checkpoint_score_order=space.mode),
                                 callbacks=[*console, *tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity),
                                            *callbacks])
-    if o.resume:
-        return tune.Tuner.restore(sweep.sweep_dir, trainable, resume_unfinished=True, resume_errored=False,
+    experiment = _join(o.storage_path, name)
+    if o.resume and (repeat_points is None or results_exist(experiment)):
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False,
                                   param_space=param_space)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
@@ -782,6 +796,8 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
                   f"[lorasweep] resume with: {resume_command(argv)}")
             return 130
         rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted)
+        if rc == 0 and sweep.options.repeats:
+            rc = run_repeats(sweep, res, n, rows, argv)
         if rc == 0 and baseline is not None:
             run_baseline(sweep, res, baseline)
         publish(sweep, rows, exported, summary_run=rc != 130)  # the report (finished or interrupted), W&B
@@ -807,6 +823,35 @@ def fit(tuner) -> tuple:
         return grid, tune_handles_it and signal.getsignal(signal.SIGINT) is sentinel
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def results_exist(experiment: str) -> bool:
+    from lorasweep.results import _exists
+
+    return _exists(_join(experiment, "tuner.pkl"))
+
+
+def run_repeats(sweep: ResolvedSweep, res: Resources, n: int, rows: list[dict], argv: list[str]) -> int:
+    """``--repeats``: the top 3 healthy configurations again, ``repeats`` times each with other
+    training seeds, then their mean and spread in the leaderboard (``runs``, ``mean_<metric>``,
+    ``std_<metric>``). Returns 0, or 130 when a Ctrl-C ended it (resume continues it)."""
+    from lorasweep.results import add_repeats
+
+    knobs = list(sweep.space.params)
+    top = [r for r in rows if r["status"] != "failed" and r.get(f"best_{sweep.space.metric}") is not None][:3]
+    points = [{**{k: r[k] for k in knobs}, "repeat": i} for r in top for i in range(1, sweep.options.repeats + 1)]
+    if not points:
+        return 0
+    print(f"[lorasweep] repeats: the top {len(top)} configuration(s) {sweep.options.repeats} more time(s) each, "
+          "other training seeds, same data")
+    grid, interrupted = fit(build_tuner(sweep, res, n, repeat_points=points))
+    if interrupted:
+        from lorasweep.results import resume_command
+
+        print(f"[lorasweep] interrupted during the repeats; resume with: {resume_command(argv)}")
+        return 130
+    add_repeats(sweep, rows, grid)
+    return 0
 
 
 def wants_baseline(sweep: ResolvedSweep) -> bool:

@@ -95,6 +95,38 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     return rows
 
 
+def add_repeats(sweep, rows: list[dict], grid) -> None:
+    """After ``--repeats``: each repeated configuration's row gets ``runs``, ``mean_<metric>`` and
+    ``std_<metric>`` (sample standard deviation) over its first run and its repeats, each at its best
+    report; the leaderboard is written again and the console says which of the top are within noise."""
+    import statistics
+
+    from trainers.tasks import get_task
+
+    knobs, metric, mode = list(sweep.space.params), sweep.space.metric, sweep.space.mode
+    best = best_key(metric)
+    repeats = leaderboard_rows(grid, [*knobs, "repeat"], metric, mode, (), sweep.options.storage_path)
+    summary = []
+    for row in rows:
+        same = [r for r in repeats if r.get(best) is not None and all(r.get(k) == row.get(k) for k in knobs)]
+        if not same or row.get(best) is None:
+            continue
+        values = [row[best], *(r[best] for r in same)]
+        row.update({"runs": len(values), f"mean_{metric}": statistics.fmean(values),
+                    f"std_{metric}": statistics.stdev(values)})
+        summary.append(row)
+    with _writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
+        write_leaderboard(rows, knobs, sweep.sweep_dir, metric, get_task(sweep.settings.task).metric_names(sweep.settings))
+    mean, std = f"mean_{metric}", f"std_{metric}"
+    print("[lorasweep] over repeats: " + "; ".join(
+        f"{r['trial_id']} {metric} {r[mean]:.4g} ± {r[std]:.2g} ({r['runs']} runs)" for r in summary))
+    if len(summary) >= 2:
+        a, b = summary[0], summary[1]
+        close = abs(a[mean] - b[mean]) <= a[std] + b[std]
+        print(f"[lorasweep] {a['trial_id']} and {b['trial_id']} are {'within' if close else 'outside'} each "
+              f"other's spread{': either is as good, by this budget' if close else ''}")
+
+
 def mark_pareto(rows: list[dict], objectives: list[str]) -> list[dict]:
     """With two objectives, ``pareto`` on each healthy row: True where no other trial is at least as
     good on both and better on one (the first objective at its best report, the second as the
@@ -146,6 +178,7 @@ def _one_line(err: BaseException | str) -> str:
 def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric: str = "eval_loss",
                       reported: tuple[str, ...] = ()) -> None:
     columns = ["rank", "trial_id", *knobs, best_key(metric), f"final_{metric}",
+               *[c for c in ("runs", f"mean_{metric}", f"std_{metric}") if any(c in r for r in rows)],
                *[m for m in reported if m != metric],
                *[c for c in LEADERBOARD_FIELDS if c not in ("rank", "trial_id")]]
     buf = io.StringIO()

@@ -247,3 +247,43 @@ def test_lr_scaling_follows_the_tokens_of_an_optimizer_step(scaling, workers, fa
     fixed = dataclasses.replace(settings, lr_reference_tokens=int(40 * settings.per_device_batch_size
                                                                   * settings.gradient_accumulation_steps))
     assert scaled_learning_rate(fixed, data, packed, 1)[0] == pytest.approx(1e-4)  # the reference batch itself
+
+
+def test_a_repeat_changes_the_training_seed_not_the_data_split():
+    from trainers.loop import training_arguments
+
+    settings = _sweep().settings
+    again = TrialConfig(settings, knobs={"r": 8, "repeat": 2}).effective
+    assert again.repeat == 2 and again.seed == settings.seed  # split_rows reads seed alone
+    args = training_arguments(again, "fp32", torch.device("cpu"), 10, "/tmp/lorasweep-test-args")
+    assert args.seed == args.data_seed == settings.seed + 2
+
+
+@pytest.mark.slow
+def test_repeats_give_the_top_configurations_a_mean_and_a_spread(tiny_assets, tmp_path):
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, sweep_env
+
+    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "2", "--max-tokens", "6000",
+           "--scheduler", "none", "--repeats", "1", "--storage-path", str(tmp_path), "--name", "rep"]
+    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    rows = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    again = {}  # the repeats' own results: knobs -> best eval loss
+    for result in (tmp_path / "rep-repeats").glob("trial_*/result.json"):
+        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        config = reports[-1]["config"]
+        assert config["repeat"] == 1
+        again[(config["r"], config["learning_rate"])] = min(rep["eval_loss"] for rep in reports)
+    assert len(again) == 2  # each configuration once more
+    for row in rows:
+        values = [row["best_eval_loss"], again[(row["r"], row["learning_rate"])]]
+        assert row["runs"] == 2
+        assert row["mean_eval_loss"] == pytest.approx(statistics.fmean(values))
+        assert row["std_eval_loss"] == pytest.approx(statistics.stdev(values))
+        assert values[0] != values[1]  # another training seed: another result
+    assert "over repeats: " in r.stdout and "mean_eval_loss" in (tmp_path / "rep" / "leaderboard.csv").read_text()

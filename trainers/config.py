@@ -83,6 +83,7 @@ class TrainSettings:
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
     eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report (counted unpacked: packed trials report at the same tokens)"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
+    repeat: int = field(default=0, metadata={"help": "a repeat of a configuration (--repeats): shuffling and LoRA init take seed + repeat; the data split stays"})
     callbacks: tuple[str, ...] = field(default=(), metadata={"help": "extra transformers TrainerCallbacks, as module:factory; factory(trial) returns a callback or None"})
     # --- any other library field (a searched knob of LoraConfig / TrainingArguments lands here too)
     lora_config: dict = field(default_factory=dict, metadata={"help": 'more peft.LoraConfig fields, as JSON, e.g. \'{"use_dora": true}\''})
@@ -217,7 +218,8 @@ class TrialConfig:
         LoraConfig or TrainingArguments field's value into ``lora_config`` / ``training_args``)."""
         from search_spaces.knobs import owner
 
-        own = {k: v for k, v in self.knobs.items() if owner(k) == "settings"}
+        # a TrainSettings field that is no searchable knob (``repeat``) is still the trial's setting
+        own = {k: v for k, v in self.knobs.items() if owner(k) in ("settings", None)}
         lora = {k: v for k, v in self.knobs.items() if owner(k) == "lora"}
         args = {k: v for k, v in self.knobs.items() if owner(k) == "args"}
         out = replace(self.settings, **own, lora_config={**self.settings.lora_config, **lora},

@@ -136,7 +136,7 @@ NOT_DATA = frozenset({"method", "quantization", "precision", "per_device_batch_s
                       "gradient_checkpointing", "zero_stage", "offload", "lora_dropout", "target_modules",
                       "lr_scheduler_type", "weight_decay", "max_grad_norm", "r", "lora_alpha", "use_rslora",
                       "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks",
-                      "lora_config", "training_args", "alpha_ratio", "lr_scaling", "lr_reference_tokens"})
+                      "lora_config", "training_args", "alpha_ratio", "lr_scaling", "lr_reference_tokens", "repeat"})
 _DATA: dict = {}  # this process's last data: key -> (tokenizer, Prepared, {packing: training rows})
 
 
@@ -229,8 +229,8 @@ def training_arguments(s: TrainSettings, precision: str, device: torch.device, m
         remove_unused_columns=False,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        seed=s.seed,
-        data_seed=s.seed,
+        seed=s.seed + s.repeat,  # shuffling; the eval/test split is split_rows' own, by s.seed alone
+        data_seed=s.seed + s.repeat,
     )
     # any other TrainingArguments field (adam_beta2, a searched optim, ...): a knob or the recipe's.
     # Those lorasweep derives from its own settings are refused before the sweep (search_spaces.knobs).

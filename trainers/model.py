@@ -51,7 +51,8 @@ def quantization_config(settings, compute_dtype: torch.dtype, keep_full: tuple[s
 def load_base_model(settings, family, task, precision: str, device: torch.device | None = None):
     """``from_pretrained`` with the task's Auto class, the family's quirks and the quantisation."""
     dtype = DTYPES[precision]
-    torch.manual_seed(settings.seed)  # a new classification head starts the same in every trial and the baseline
+    # a new classification head starts the same in every trial and the baseline (a --repeats run: its own)
+    torch.manual_seed(settings.seed + settings.repeat)
     kwargs: dict = {"dtype": dtype, "token": hf_token(), **family.from_pretrained_kwargs, **task.model_kwargs(settings)}
     qconf = quantization_config(settings, dtype, task.head_modules(family))
     if qconf is not None:
@@ -144,5 +145,5 @@ def build_model(settings, family, task, precision: str, device=None):
             use_gradient_checkpointing=settings.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    torch.manual_seed(settings.seed)  # same LoRA init for the same seed
+    torch.manual_seed(settings.seed + settings.repeat)  # same LoRA init for the same seed and repeat
     return get_peft_model(model, lora_config(settings, family, task))
