@@ -68,6 +68,7 @@ class SweepOptions:
                                                   "Two, comma-separated (eval_loss,device_hours): a multi-objective search and its Pareto front"})
     alpha_mode: str = field(default="free", metadata={"help": "free: search lora_alpha; ratio: search the update's scale alpha_ratio = alpha/r (alpha/sqrt(r) with rsLoRA), 0.25 to 8 log-uniform; the leaderboard shows both"})
     repeats: int = field(default=0, metadata={"help": "run the top 3 configurations this many more times with other training seeds (same data split); the leaderboard then shows their mean and spread"})
+    finalize: bool = field(default=False, metadata={"help": "after the sweep: retrain the winner on train + eval rows for its full budget (final_adapter/) and score it once on the test split"})
     export_max_cost: float = field(default=0.0, metadata={"help": "export only adapters whose trial cost at most this many device-hours (0 = no cap)"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
     max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
@@ -601,7 +602,7 @@ def _sampler(name: str, space: SearchSpace, seed: int):
 
 
 def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, trainable=None, callbacks=(), stop=None,
-                repeat_points: list[dict] | None = None):
+                repeat_points: list[dict] | None = None, suffix: str = "repeats"):
     """The Tuner of a sweep. ``trainable`` replaces the trial function (bench/driver_scale.py times
     the driver with a trivial one), ``callbacks`` are more Tune callbacks (bench/startup.py
     notes when each trial starts) and ``stop`` a Tune stopper (bench/search.py's compute budget);
@@ -636,7 +637,8 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         from ray import tune as _tune
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        param_space["repeat"] = _tune.choice(sorted({p["repeat"] for p in repeat_points}))
+        for key in {k for p in repeat_points for k in p} - set(space.params):  # repeat, train_on_eval
+            param_space[key] = _tune.choice(sorted({p[key] for p in repeat_points}))
         searcher = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in repeat_points])
     else:
         searcher = OptunaSearch(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
@@ -684,7 +686,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
         logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     console = [] if o.verbose else [Console(list(space.params), space.metric, space.mode, rungs)]
-    name = o.name if repeat_points is None else f"{o.name}-repeats"
+    name = o.name if repeat_points is None else f"{o.name}-{suffix}"
     run_config = tune.RunConfig(name=name, storage_path=o.storage_path, verbose=1 if o.verbose else 0, stop=stop,
                                 # a trial's stdout/stderr: written in its working dir on its node, then
                                 # synced into its folder under --storage-path with its checkpoints
@@ -798,8 +800,10 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted)
         if rc == 0 and sweep.options.repeats:
             rc = run_repeats(sweep, res, n, rows, argv)
+        final = run_final(sweep, res, rows, argv) if rc == 0 and sweep.options.finalize else None
+        rc = 130 if final == "interrupted" else rc
         if rc == 0 and baseline is not None:
-            run_baseline(sweep, res, baseline)
+            run_baseline(sweep, res, baseline, final=final)
         publish(sweep, rows, exported, summary_run=rc != 130)  # the report (finished or interrupted), W&B
     except StorageError as e:  # a write under --storage-path failed: what was written before stays
         print(f"error: {e}", file=sys.stderr)
@@ -854,13 +858,41 @@ def run_repeats(sweep: ResolvedSweep, res: Resources, n: int, rows: list[dict], 
     return 0
 
 
+def run_final(sweep: ResolvedSweep, res: Resources, rows: list[dict], argv: list[str]) -> str | None:
+    """``--finalize``: the winner's knobs once more on train + eval rows for the whole token budget,
+    exported to ``final_adapter/rank_1``; its path (the baseline scores it once on the test split),
+    "interrupted", or None when there is no winner."""
+    from lorasweep.results import export_best, leaderboard_rows, resume_command
+
+    knobs = list(sweep.space.params)
+    winner = next((r for r in rows if r["status"] != "failed" and r.get(f"best_{sweep.space.metric}") is not None), None)
+    if winner is None:
+        return None
+    print(f"[lorasweep] final run: {winner['trial_id']}'s knobs on train + eval rows, "
+          f"{sweep.settings.max_tokens:,} tokens")
+    grid, interrupted = fit(build_tuner(sweep, res, 1, repeat_points=[{**{k: winner[k] for k in knobs}, "train_on_eval": True}],
+                                        suffix="final"))
+    if interrupted:
+        print(f"[lorasweep] interrupted during the final run; resume with: {resume_command(argv)}")
+        return "interrupted"
+    # Its eval rows trained too, so its eval metric only improves along the run: its best report is
+    # its last one, at the whole budget (no early stopping here).
+    final_rows = leaderboard_rows(grid, knobs, sweep.space.metric, sweep.space.mode, (), sweep.options.storage_path)
+    exported = export_best(final_rows, knobs, sweep, 1, folder="final_adapter")
+    if not exported:
+        print("[lorasweep] the final run left no checkpoint; nothing exported")
+        return None
+    print(f"[lorasweep] final adapter: {exported[0]}")
+    return exported[0]
+
+
 def wants_baseline(sweep: ResolvedSweep) -> bool:
     from trainers.tasks import get_task
 
     return sweep.options.baseline and get_task(sweep.settings.task).has_test_metrics
 
 
-def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None) -> dict:
+def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None, final: str | None = None) -> dict:
     """Before the sweep (``base`` None): the base model at every ``--shots``. After it: the best
     adapter (zero-shot) beside those. Both write ``baseline.json`` and print the table."""
     from lorasweep import baseline
@@ -879,6 +911,8 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None)
     else:
         best = _join(sweep.sweep_dir, "best_adapters", "rank_1")
         results = {**base, "tuned": baseline.run_remote(settings, res, best, [0])["0-shot"]}
+        if final:  # --finalize: the winner retrained on train + eval, scored once on the same test rows
+            results["final"] = baseline.run_remote(settings, res, final, [0])["0-shot"]
     with _writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
         _write_text(path, json.dumps(results, indent=2, default=str))
         samples = baseline.samples_rows(results)

@@ -251,7 +251,7 @@ tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 """
 
 
-def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[str]:
+def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int, folder: str = "best_adapters") -> list[str]:
     """Copy the top-k trials' best checkpoints to ``best_adapters/rank_<i>/`` as PEFT folders.
 
     Built in a temp folder and renamed into place, so a crash never leaves a folder that looks
@@ -266,8 +266,8 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int) -> list[s
               and (not cap or (r.get("device_hours") is not None and r["device_hours"] <= cap))][:top_k]
     if not chosen:
         return []
-    dest = _join(sweep.sweep_dir, "best_adapters")
-    staging = Path(tempfile.mkdtemp(prefix="best_adapters-"))
+    dest = _join(sweep.sweep_dir, folder)
+    staging = Path(tempfile.mkdtemp(prefix=f"{folder}-"))
     staging.chmod(0o755)  # mkdtemp makes it owner-only
     try:
         for i, row in enumerate(progress(chosen, "exporting the best adapters"), 1):

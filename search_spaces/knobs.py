@@ -28,7 +28,7 @@ NOT_KNOBS = frozenset({
     "test_fraction", "test_rows", "balance", "text_column", "label_column", "labels", "prompt", "gen_eval_rows",
     "target_column", "no_answer", "bertscore_model", "bertscore_layers", "samples", "skip_rows_with",
     "seed", "callbacks", "eval_every", "lora_config", "training_args", "quantization", "zero_stage", "offload",
-    "lr_reference_tokens", "repeat",
+    "lr_reference_tokens", "repeat", "train_on_eval",
 })
 # Set by the trial itself (from its settings, its device and its budget): a knob there would be ignored.
 MANAGED_ARGS = frozenset({"output_dir", "max_steps", "num_train_epochs", "deepspeed", "use_cpu", "bf16", "fp16",

@@ -287,3 +287,33 @@ def test_repeats_give_the_top_configurations_a_mean_and_a_spread(tiny_assets, tm
         assert row["std_eval_loss"] == pytest.approx(statistics.stdev(values))
         assert values[0] != values[1]  # another training seed: another result
     assert "over repeats: " in r.stdout and "mean_eval_loss" in (tmp_path / "rep" / "leaderboard.csv").read_text()
+
+
+@pytest.mark.slow
+def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(tmp_path):
+    """DistilBERT's smoke recipe (it has a test split): the final run trains on train + eval rows, is
+    exported apart (final_adapter/) and scored on the same test rows as the base and the tuned one."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, sweep_env
+
+    cmd = [sys.executable, "sweeps/distilbert_imdb.py", "--preset", "smoke", "--num-samples", "2", "--max-tokens", "12000",
+           "--scheduler", "none", "--finalize", "--storage-path", str(tmp_path), "--name", "fin"]
+    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+
+    def examples(folder):
+        (out,) = [p.read_text() for p in folder.glob("trial_*/stdout")][:1]
+        train, held = re.search(r"(\d+) train examples -> \d+ rows .*?, (\d+) eval", out).groups()
+        return int(train), int(held)
+
+    train, held = examples(tmp_path / "fin")
+    assert examples(tmp_path / "fin-final") == (train + held, held)
+    final = tmp_path / "fin" / "final_adapter"
+    assert (final / "EXPORT_COMPLETE").is_file() and (final / "rank_1" / "adapter_model.safetensors").is_file()
+    baseline = json.loads((tmp_path / "fin" / "baseline.json").read_text())
+    assert baseline["final"]["n"] == baseline["tuned"]["n"] == baseline["base 0-shot"]["n"] > 0
+    assert "final adapter: " in r.stdout and re.search(r"metric +base 0-shot +tuned +final", r.stdout)

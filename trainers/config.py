@@ -83,6 +83,7 @@ class TrainSettings:
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
     eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report (counted unpacked: packed trials report at the same tokens)"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
+    train_on_eval: bool = field(default=False, metadata={"help": "the final run (--finalize): the eval rows train too, so the test split is the only held-out data"})
     repeat: int = field(default=0, metadata={"help": "a repeat of a configuration (--repeats): shuffling and LoRA init take seed + repeat; the data split stays"})
     callbacks: tuple[str, ...] = field(default=(), metadata={"help": "extra transformers TrainerCallbacks, as module:factory; factory(trial) returns a callback or None"})
     # --- any other library field (a searched knob of LoraConfig / TrainingArguments lands here too)

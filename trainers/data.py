@@ -78,6 +78,8 @@ def split_rows(rows: list, settings, stratify=None) -> Split:
     test, held, train = idx[:n_test], idx[n_test:n_test + n_eval], idx[n_test + n_eval:]
     if settings.max_train_rows:
         train = train[: settings.max_train_rows]
+    if getattr(settings, "train_on_eval", False):  # --finalize: eval rows train too (and are still reported on)
+        train = train + held
     pick = lambda ids: [rows[i] for i in sorted(ids)]  # noqa: E731  file order inside each split
     return Split(pick(train), pick(held), pick(test))
 
