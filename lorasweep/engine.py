@@ -629,10 +629,11 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     multi = len(sweep.objectives) > 1
     goal = ({"metric": sweep.objectives, "mode": [metric_mode(m) for m in sweep.objectives]} if multi
             else {"metric": space.metric, "mode": space.mode})
+    search_cls = OptunaSearch
     if sweep.warm is not None:
         from lorasweep.warm_start import searcher_class
 
-        OptunaSearch = functools.partial(searcher_class(), warm=sweep.warm)  # noqa: N806
+        search_cls = functools.partial(searcher_class(), warm=sweep.warm)
     if repeat_points is not None:
         from ray import tune as _tune
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -641,7 +642,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
             param_space[key] = _tune.choice(sorted({p[key] for p in repeat_points}))
         searcher = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in repeat_points])
     else:
-        searcher = OptunaSearch(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
+        searcher = search_cls(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
                                 **({"storage": storage, "study_name": o.name} if storage is not None else {}),
                                 **({"sampler": sampler} if sampler is not None else {"seed": o.seed}))
     rungs = []

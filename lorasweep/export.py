@@ -3,6 +3,7 @@ records the sweep; optionally pushed to the Hub.
 
     python -m lorasweep.export runs/llama_finetome-smoke                  # rank 1 -> runs/.../merged/rank_1
     python -m lorasweep.export runs/llama_finetome-smoke --rank 2 --dtype fp32 --out /tmp/m
+    python -m lorasweep.export runs/llama_finetome-smoke --gguf f16          # + model-f16.gguf for llama.cpp
     python -m lorasweep.export runs/llama_finetome-smoke --push-to-hub me/llama-finetome   # HF_TOKEN from the env
 
 The base is loaded unquantised in ``--dtype`` (bf16 by default: a QLoRA adapter trained on a 4-bit
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=1, help="which exported adapter (1 = the best)")
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="weights of the merged model")
     p.add_argument("--out", default="", help="where to write it (default: <sweep_dir>/merged/rank_<rank>)")
+    p.add_argument("--gguf", choices=("f16", "f32"), default=None,
+                   help="also write model-<f16|f32>.gguf for llama.cpp (Llama-architecture models; others are skipped, said why)")
     p.add_argument("--push-to-hub", default="", metavar="REPO", help="upload the merged model and card (HF_TOKEN from the env)")
     a = p.parse_args(argv)
     try:
@@ -175,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             (staged / "lorasweep.json").write_text(json.dumps({**meta, "sweep_summary": summary, "baseline": baseline}))
             merge(staged, out, a.dtype)
         print(f"[lorasweep] merged model: {out}")
+        if a.gguf:
+            try:
+                print(f"[lorasweep] GGUF: {write_gguf(out, out / f'model-{a.gguf}.gguf', a.gguf)}")
+            except GGUFUnsupported as e:
+                print(f"[lorasweep] no GGUF: {e}")
         if a.push_to_hub:
             push(out, a.push_to_hub)
             print(f"[lorasweep] pushed to https://huggingface.co/{a.push_to_hub}")
@@ -186,3 +194,75 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ----------------------------------------------------------------------------- GGUF (llama.cpp)
+
+GGUF_ARCHITECTURES = ("llama",)  # written and read back here; others are skipped with a message
+
+
+class GGUFUnsupported(Exception):
+    """A model this writer cannot turn into GGUF; the message says why (one line)."""
+
+
+def write_gguf(merged: Path, out_file: Path, dtype: str = "f16") -> Path:
+    """The merged model in ``merged`` as one GGUF file for llama.cpp, written with the ``gguf``
+    package (tensor names from its Llama map, Q/K rows permuted as llama.cpp's converter does, the
+    BPE vocabulary, merges and special tokens from the tokenizer). Llama-architecture models only
+    (Llama, SmolLM, TinyLlama...): another architecture raises GGUFUnsupported."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(merged)
+    if config.model_type not in GGUF_ARCHITECTURES:
+        raise GGUFUnsupported(f"GGUF export writes {', '.join(GGUF_ARCHITECTURES)} models; {config.model_type!r} is "
+                              "not one: use llama.cpp's convert_hf_to_gguf.py on the merged folder")
+    if not (merged / "tokenizer.json").is_file():
+        raise GGUFUnsupported("GGUF export needs a fast tokenizer's tokenizer.json beside the model")
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    rope = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    w = gguf.GGUFWriter(str(out_file), "llama")
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(float(rope))
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_vocab_size(config.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    vocab = gguf.BpeVocab(merged)
+    tokens, _, types = zip(*vocab.all_tokens())
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(list(tokens))
+    w.add_token_types(list(types))
+    gguf.SpecialVocab(merged, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+
+    def permute(t, heads):  # llama.cpp's rotary layout of Q and K rows (its converter's LlamaModel.permute)
+        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # llama.cpp reads the embedding matrix as the output head when it has none
+        data = tensor.float().numpy()
+        if name.endswith("q_proj.weight"):
+            data = permute(data, n_head)
+        elif name.endswith("k_proj.weight"):
+            data = permute(data, n_kv)
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise GGUFUnsupported(f"no GGUF name for tensor {name!r}")
+        w.add_tensor(new, data.astype(np.float16 if dtype == "f16" and data.ndim == 2 else np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out_file

@@ -21,6 +21,19 @@ def _sweep(*args):
     return resolve(RECIPE, ["--preset", "smoke", *args])
 
 
+def _run(script: str, tmp_path, name: str, *args):
+    """A sweep script run as a user runs it, into ``tmp_path/name``; fails the test on a non-zero exit."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, sweep_env
+
+    cmd = [sys.executable, f"sweeps/{script}", "--preset", "smoke", *args, "--storage-path", str(tmp_path), "--name", name]
+    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r
+
+
 def test_any_library_field_is_a_knob_and_the_seed_points_keep_their_unsearched_values():
     sweep = _sweep(*KNOBS)
     space = sweep.space
@@ -142,17 +155,12 @@ def test_the_export_cap_keeps_dearer_adapters_out():
 @pytest.mark.slow
 def test_a_two_objective_sweep_reports_a_pareto_front_and_a_two_direction_study(tiny_assets, tmp_path):
     import csv
-    import subprocess
-    import sys
 
     import optuna
 
-    from tests.conftest import ROOT, sweep_env
 
-    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "5", "--max-tokens", "8000",
-           "--scheduler", "none", "--objective", "eval_loss,device_hours", "--storage-path", str(tmp_path), "--name", "par"]
-    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    r = _run("llama_finetome.py", tmp_path, "par", "--num-samples", "5", "--max-tokens", "8000", "--scheduler", "none",
+             "--objective", "eval_loss,device_hours")
     with open(tmp_path / "par" / "leaderboard.csv", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["status"] != "failed"]
     points = {row["trial_id"]: (float(row["best_eval_loss"]), float(row["device_hours"])) for row in rows}
@@ -181,21 +189,15 @@ def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_n
     a new sweep on a narrowed space gets the fitting finished trials in its study, with their values,
     lists the others as skipped, and runs the known points again (not measured, only failed)."""
     import json
-    import subprocess
-    import sys
 
     import optuna
 
-    from tests.conftest import ROOT, sweep_env
 
     source = shared_sweep["dir"]
     finished = [r for r in json.loads((source / "leaderboard.json").read_text()) if r["status"] != "failed"]
     fits = [r for r in finished if r["r"] in (8, 16, 32)]
-    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "2", "--max-tokens", "8000",
-           "--scheduler", "none", "--space", "r=8,16,32", "--warm-start-from", str(source),
-           "--storage-path", str(tmp_path), "--name", "warm"]
-    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    r = _run("llama_finetome.py", tmp_path, "warm", "--num-samples", "2", "--max-tokens", "8000", "--scheduler", "none",
+             "--space", "r=8,16,32", "--warm-start-from", str(source))
     assert (f"warm start from {source}: {len(fits)} finished trial(s) loaded into the study, "
             f"{len(finished) - len(fits)} skipped") in r.stdout
     for row in finished:
@@ -263,15 +265,10 @@ def test_a_repeat_changes_the_training_seed_not_the_data_split():
 def test_repeats_give_the_top_configurations_a_mean_and_a_spread(tiny_assets, tmp_path):
     import json
     import statistics
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT, sweep_env
 
-    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "2", "--max-tokens", "6000",
-           "--scheduler", "none", "--repeats", "1", "--storage-path", str(tmp_path), "--name", "rep"]
-    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    r = _run("llama_finetome.py", tmp_path, "rep", "--num-samples", "2", "--max-tokens", "6000", "--scheduler", "none",
+             "--repeats", "1")
     rows = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
     again = {}  # the repeats' own results: knobs -> best eval loss
     for result in (tmp_path / "rep-repeats").glob("trial_*/result.json"):
@@ -295,15 +292,10 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
     exported apart (final_adapter/) and scored on the same test rows as the base and the tuned one."""
     import json
     import re
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT, sweep_env
 
-    cmd = [sys.executable, "sweeps/distilbert_imdb.py", "--preset", "smoke", "--num-samples", "2", "--max-tokens", "12000",
-           "--scheduler", "none", "--finalize", "--storage-path", str(tmp_path), "--name", "fin"]
-    r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    r = _run("distilbert_imdb.py", tmp_path, "fin", "--num-samples", "2", "--max-tokens", "12000", "--scheduler", "none",
+             "--finalize")
 
     def examples(folder):
         (out,) = [p.read_text() for p in folder.glob("trial_*/stdout")][:1]
@@ -317,3 +309,16 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
     baseline = json.loads((tmp_path / "fin" / "baseline.json").read_text())
     assert baseline["final"]["n"] == baseline["tuned"]["n"] == baseline["base 0-shot"]["n"] > 0
     assert "final adapter: " in r.stdout and re.search(r"metric +base 0-shot +tuned +final", r.stdout)
+
+
+def test_gguf_export_refuses_an_architecture_it_cannot_write(tmp_path):
+    from lorasweep.export import GGUFUnsupported, write_gguf
+    from lorasweep.samples import conversation_texts, finetome_rows
+    from trainers.families import get_family
+    from trainers.tiny import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "gemma", get_family("gemma"), conversation_texts(finetome_rows(20)),
+                              pretrain_steps=0)
+    with pytest.raises(GGUFUnsupported, match="GGUF export writes llama models; 'gemma' is not one"):
+        write_gguf(folder, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()

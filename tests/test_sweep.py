@@ -204,7 +204,7 @@ def test_the_merged_export_loads_with_plain_transformers_and_matches_the_adapter
     from lorasweep.export import main, push
 
     out = tmp_path / "merged"
-    assert main([str(shared_sweep["dir"]), "--dtype", "fp32", "--out", str(out)]) == 0
+    assert main([str(shared_sweep["dir"]), "--dtype", "fp32", "--out", str(out), "--gguf", "f32"]) == 0
     rank_1 = shared_sweep["dir"] / "best_adapters" / "rank_1"
     meta = json.loads((rank_1 / "lorasweep.json").read_text())
     merged = AutoModelForCausalLM.from_pretrained(out)  # no PEFT involved
@@ -217,6 +217,13 @@ def test_the_merged_export_loads_with_plain_transformers_and_matches_the_adapter
     with torch.no_grad():
         want, got = adapter(input_ids=ids).logits, merged(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    # the GGUF file, read back by Transformers' own GGUF loader: the same tokens and logits
+    gguf_model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model-f32.gguf", dtype=torch.float32)
+    gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model-f32.gguf")
+    text = "What is 12 plus 30? 12 plus 30 is 42."
+    assert gguf_tok(text)["input_ids"] == tok(text)["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(gguf_model(input_ids=ids).logits, got, atol=1e-5)
     card = (out / "README.md").read_text()
     assert meta["trial_id"] in card and "## The winner's knobs" in card and "5 trials" in card
     assert FAKE_HF not in card and all(FAKE_HF.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())
