@@ -272,7 +272,8 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     names = (*task.metric_names(settings), "device_hours")  # every trial reports its cost too
     for m in wanted:
         if m not in names:
-            raise ConfigError(f"`--objective` has {m!r}; task `{task.name}` reports: {', '.join(names)}")
+            said = f"is {m!r}" if len(wanted) == 1 else f"has {m!r}"
+            raise ConfigError(f"`--objective` {said}; task `{task.name}` reports: {', '.join(names)}")
     if len(wanted) > 2 or len(set(wanted)) < len(wanted):
         raise ConfigError(f"`--objective` is {options.objective!r}; give one metric, or two different ones "
                           "(quality against cost: eval_loss,device_hours)")
