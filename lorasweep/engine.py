@@ -578,6 +578,8 @@ def optuna_storage(sweep: ResolvedSweep):
     url = optuna_url(sweep)
     if not url:
         return None
+    if not sweep.options.optuna_storage:  # ours, in the sweep's folder: a tuner built outside main (bench/) may precede it
+        os.makedirs(sweep.sweep_dir, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL, driver or server
