@@ -58,13 +58,13 @@ RECIPE = Recipe(
         "smoke": Preset(
             "tiny Llama on a generated SQuAD v2-format sample, 4 trials, CPU, minutes",
             settings={
-                # ~1,000 train questions x ~100 tokens = 100k tokens an epoch; 8 per step -> ~150 steps for 120k.
+                # ~1,000 train questions x ~100 tokens = 100k tokens an epoch; 8 per step -> ~100 steps for 80k.
                 "test_fraction": 0.1, "test_rows": 100, "eval_fraction": 0.05, "eval_rows": 60, "gen_eval_rows": 24,
                 "max_seq_length": 192, "max_new_tokens": 12, "samples": 6,
-                "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 120_000,
+                "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 80_000,
                 "eval_every": 25, "gradient_checkpointing": False,
             },
-            sweep={"num_samples": 4, "max_concurrent": 2, "grace_tokens": 30_000, "reduction_factor": 2,
+            sweep={"num_samples": 4, "max_concurrent": 2, "grace_tokens": 20_000, "reduction_factor": 2,
                    "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
             # A tiny model learns at rates a pretrained 1B would diverge at.
             space=("learning_rate=1e-3:1e-2",),
