@@ -638,11 +638,10 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
 
         search_cls = functools.partial(searcher_class(), warm=sweep.warm)
     if repeat_points is not None:
-        from ray import tune as _tune
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         for key in {k for p in repeat_points for k in p} - set(space.params):  # repeat, train_on_eval
-            param_space[key] = _tune.choice(sorted({p[key] for p in repeat_points}))
+            param_space[key] = tune.choice(sorted({p[key] for p in repeat_points}))
         searcher = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in repeat_points])
     else:
         searcher = search_cls(**goal, points_to_evaluate=[dict(p) for p in space.seeds],

@@ -261,7 +261,7 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int, folder: s
 
     from trainers.data import progress
 
-    cap = getattr(sweep.options, "export_max_cost", 0) or 0
+    cap = sweep.options.export_max_cost
     chosen = [r for r in rows if r.get("checkpoint") and r["status"] != "failed"
               and (not cap or (r.get("device_hours") is not None and r["device_hours"] <= cap))][:top_k]
     if not chosen:

@@ -12,7 +12,6 @@ not run again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from lorasweep.errors import ConfigError
@@ -31,14 +30,6 @@ class WarmStart:
         return out
 
 
-def _read(path: str) -> str:
-    import pyarrow.fs as pafs
-
-    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    with fs.open_input_stream(inner) as f:
-        return f.read().decode()
-
-
 def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
@@ -49,13 +40,16 @@ def load(source: str, sweep) -> WarmStart:
     from search_spaces.knobs import current
     from trainers.config import TrainSettings
 
+    from lorasweep.report import _read_json  # local or s3://, None when missing
+
     try:
-        old_config = json.loads(_read(_join(source, "sweep_config.json")))
-        rows = json.loads(_read(_join(source, "leaderboard.json")))
-    except (OSError, ValueError) as e:
+        old_config, rows = _read_json(_join(source, "sweep_config.json")), _read_json(_join(source, "leaderboard.json"))
+    except ValueError:  # a file that is not JSON
+        old_config, rows = None, None
+    if not isinstance(old_config, dict) or not isinstance(rows, list):
         raise ConfigError(f"`--warm-start-from` {source!r} is not a finished sweep folder (no readable "
-                          f"sweep_config.json and leaderboard.json: {type(e).__name__}); give the folder of a "
-                          "sweep that ended, e.g. runs/llama_finetome-smoke") from None
+                          "sweep_config.json and leaderboard.json); give the folder of a sweep that ended, "
+                          "e.g. runs/llama_finetome-smoke")
     objectives = sweep.objectives
     old_settings = TrainSettings.from_dict(old_config["settings"])
     old_knobs = list(old_config.get("space") or {})
