@@ -116,7 +116,9 @@ class GenerationTask(Task):
         """Token ids of every usable row's prompt, and those rows."""
         raise NotImplementedError
 
-    def loss(self, model, tokenizer, examples, shard, per_example=False):
+    def loss(self, model, tokenizer, examples, shard, per_example=False, cache: dict | None = None):
+        """Token-weighted loss on ``examples``; ``cache``: the trial's ``Prepared.cache``, where what
+        is built from the fixed eval split once is kept for every report."""
         raise NotImplementedError
 
     def stop_ids(self, tokenizer) -> list[int]:
@@ -141,7 +143,7 @@ class GenerationTask(Task):
 
     def evaluate(self, model, tokenizer, settings, prepared, shard=(0, 1)):
         c = prepared.cache
-        metrics = self._loss_metrics(self.loss(model, tokenizer, prepared.eval.examples, shard))
+        metrics = self._loss_metrics(self.loss(model, tokenizer, prepared.eval.examples, shard, cache=c))
         if self.text_metrics:
             if "gen" not in c:  # the same fixed rows at every report
                 prompts, rows = self.prompt_ids(tokenizer, settings, prepared.split.eval[: settings.gen_eval_rows * 2])
@@ -232,8 +234,13 @@ class DecoderGeneration(GenerationTask):
             kept.append(row)
         return prompts, kept
 
-    def loss(self, model, tokenizer, examples, shard, per_example=False):
-        batches = eval_batches(examples, tokenizer.pad_token_id)
+    def loss(self, model, tokenizer, examples, shard, per_example=False, cache=None):
+        if cache is None:
+            batches = eval_batches(examples, tokenizer.pad_token_id)
+        else:  # the eval split's batches, built at the first report (as chat SFT keeps them)
+            if "batches" not in cache:
+                cache["batches"] = eval_batches(examples, tokenizer.pad_token_id)
+            batches = cache["batches"]
         return evaluate_loss(model, batches, shard, per_example=per_example)
 
 
@@ -285,8 +292,8 @@ class Seq2SeqGeneration(GenerationTask):
             kept.append(row)
         return prompts, kept
 
-    def loss(self, model, tokenizer, examples, shard, per_example=False):
-        return seq2seq_loss(model, examples, tokenizer.pad_token_id, shard, per_example)
+    def loss(self, model, tokenizer, examples, shard, per_example=False, cache=None):
+        return seq2seq_loss(model, examples, tokenizer.pad_token_id, shard, per_example)  # collates per call: cheap
 
 
 class Seq2SeqCollator:
