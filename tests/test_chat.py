@@ -24,6 +24,9 @@ def test_sharegpt_and_messages_rows_normalise_alike():
     ({"conversations": [{"from": "human", "value": "hi"}]}, "no assistant turn"),
     ({"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "yo"}]}, "unknown role"),
     ({"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "yo"}]}, "empty text"),
+    ({"instruction": "Say hi.", "input": "", "output": " "}, "empty text"),  # Alpaca
+    ({"instruction": "", "input": "x", "output": "hi"}, "empty text"),
+    ({"instruction": "Say hi.", "input": ["x"], "output": "hi"}, "malformed turn"),
 ])
 def test_unusable_rows_are_skipped_with_a_reason(row, reason):
     with pytest.raises(SkipRow) as e:

@@ -303,6 +303,39 @@ def _skip_reason(row):
     return None
 
 
+_alpaca_row = st.fixed_dictionaries({}, optional={"instruction": _text, "input": _text, "output": _text,
+                                                  "system": _text, "text": _json})
+
+
+@FUZZ
+@given(_alpaca_row)
+def test_alpaca_rows_normalise_or_skip_with_a_known_reason(row):
+    """Alpaca rows (instruction, input, output, system, any of them missing or of any type): a
+    [system?, user, assistant] conversation whose texts come from the row, or a known SkipRow."""
+    try:
+        messages = to_messages(row)
+    except SkipRow as skip:
+        assert skip.reason in ROW_REASONS, skip.reason
+        return
+    assert [m["role"] for m in messages][-2:] == ["user", "assistant"] and len(messages) in (2, 3)
+    assert messages[-1]["content"] == row["output"] and messages[-2]["content"].startswith(row["instruction"])
+    extra = row.get("input")
+    assert messages[-2]["content"] == (f"{row['instruction']}\n\n{extra}" if extra and extra.strip() else row["instruction"])
+    assert (len(messages) == 3) == bool(row.get("system") and row["system"].strip())
+    assert all(isinstance(m["content"], str) and m["content"].strip() for m in messages)
+
+
+@FUZZ
+@given(st.one_of(_row, _alpaca_row), _alpaca_row)
+def test_chat_schemas_keep_their_priority(chat, alpaca):
+    """conversations > messages > alpaca: alpaca columns beside a chat column never change the result."""
+    if chat.get("conversations") is None and chat.get("messages") is None:
+        return
+    assert _skip_reason({**alpaca, **chat}) == _skip_reason(chat)
+    if _skip_reason(chat) is None:
+        assert to_messages({**alpaca, **chat}) == to_messages(chat)
+
+
 @FUZZ_TOKENS
 @given(st.lists(_row, max_size=8), st.integers(min_value=1, max_value=96))
 def test_tokenize_rows_never_raises_and_accounts_for_every_row(tiny_tokenizer, rows, max_len):

@@ -2,9 +2,13 @@
 
 Runs inside Ray Train workers, so it depends only on the tokenizer and plain Python/torch.
 
-Two row schemas are understood, both as real datasets ship them:
+Three row schemas are understood, as real datasets ship them; a row holding several is read by the
+first of this order:
   * ShareGPT (FineTome-100k, many others): ``conversations: [{"from": "human"|"gpt"|"system", "value": str}]``
   * OpenAI/TRL messages: ``messages: [{"role": "user"|"assistant"|"system", "content": str}]``
+  * Alpaca (tatsu-lab/alpaca, yahma/alpaca-cleaned, many others): ``instruction``, optional ``input``,
+    ``output``, optional ``system``: one user turn (the instruction, then the input after a blank line
+    when there is one, as the Alpaca template places it) and one assistant turn (the output).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def to_messages(row: dict) -> list[dict]:
         turns, role_key, text_key = row["conversations"], "from", "value"
     elif "messages" in row and row["messages"] is not None:
         turns, role_key, text_key = row["messages"], "role", "content"
+    elif row.get("instruction") is not None or row.get("output") is not None:
+        return alpaca_messages(row)
     else:
         raise SkipRow("no conversations")
     if not isinstance(turns, list) or not turns:
@@ -59,12 +65,28 @@ def to_messages(row: dict) -> list[dict]:
     return messages
 
 
+def alpaca_messages(row: dict) -> list[dict]:
+    """An Alpaca row as ``[system?, user, assistant]``. Empty ``input`` and ``system`` (``""`` or
+    missing, as most Alpaca files have them) add nothing; an empty instruction or output skips the row."""
+    instruction, output = row.get("instruction"), row.get("output")
+    if not all(isinstance(text, str) and text.strip() for text in (instruction, output)):
+        raise SkipRow("empty text")
+    extra, system = row.get("input"), row.get("system")
+    if not all(v is None or isinstance(v, str) for v in (extra, system)):
+        raise SkipRow("malformed turn")
+    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+    messages = [{"role": "system", "content": system}] if system and system.strip() else []
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+
+
 def require_chat_columns(column_names: list[str], source: str) -> None:
-    if "conversations" not in column_names and "messages" not in column_names:
+    alpaca = "instruction" in column_names and "output" in column_names
+    if "conversations" not in column_names and "messages" not in column_names and not alpaca:
         raise ConfigError(
             f"dataset {source!r} has columns {sorted(column_names)} but needs `conversations` "
-            '(ShareGPT: [{"from": "human"|"gpt"|"system", "value": ...}]) or `messages` '
-            '([{"role": ..., "content": ...}])'
+            '(ShareGPT: [{"from": "human"|"gpt"|"system", "value": ...}]), `messages` '
+            '([{"role": ..., "content": ...}]) or `instruction` + `output` '
+            "(Alpaca; `input` and `system` optional)"
         )
 
 
