@@ -6,3 +6,10 @@ Layers, each importing only the ones below it:
   trainers/, search_spaces/    what a trial runs inside its Ray Train workers, and what it searches
   lorasweep.errors             the two error types every layer raises (imports nothing)
 """
+
+from importlib.metadata import PackageNotFoundError as _Missing, version as _version
+
+try:
+    __version__ = _version("lorasweep")
+except _Missing:  # run from a checkout that was never pip-installed
+    __version__ = "0.1.0"

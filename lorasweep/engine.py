@@ -61,22 +61,22 @@ SEARCHERS = ("tpe", "random", "grid", "cmaes", "gp")
 class SweepOptions:
     """Driver-side options (the trial-side ones are ``TrainSettings``); each is a flag."""
 
-    name: str = field(default="", metadata={"help": "sweep name (folder under --storage-path); default: recipe-preset"})
+    name: str = field(default="", metadata={"help": "sweep name: its folder under --storage-path"})
     storage_path: str = field(default="runs", metadata={"help": "local folder or s3:// / gs:// URI holding everything"})
-    address: str | None = field(default=None, metadata={"help": "join a running cluster ('auto' on a `ray up` head); default: start a local Ray"})
-    objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); default: the recipe's. "
+    address: str | None = field(default=None, metadata={"help": "join a running cluster ('auto' on a `ray up` head); unset: start a local Ray"})
+    objective: str = field(default="", metadata={"help": "metric the search optimises (eval_loss, accuracy, f1, ...); unset: the recipe's. "
                                                   "Two, comma-separated (eval_loss,device_hours): a multi-objective search and its Pareto front"})
-    alpha_mode: str = field(default="free", metadata={"help": "free: search lora_alpha; ratio: search the update's scale alpha_ratio = alpha/r (alpha/sqrt(r) with rsLoRA), 0.25 to 8 log-uniform; the leaderboard shows both"})
+    alpha_mode: str = field(default="free", metadata={"choices": ("free", "ratio"), "help": "free: search lora_alpha; ratio: search the update's scale alpha_ratio = alpha/r (alpha/sqrt(r) with rsLoRA), 0.25 to 8 log-uniform; the leaderboard shows both"})
     repeats: int = field(default=0, metadata={"help": "run the top 3 configurations this many more times with other training seeds (same data split); the leaderboard then shows their mean and spread"})
     finalize: bool = field(default=False, metadata={"help": "after the sweep: retrain the winner on train + eval rows for its full budget (final_adapter/) and score it once on the test split"})
     export_max_cost: float = field(default=0.0, metadata={"help": "export only adapters whose trial cost at most this many device-hours (0 = no cap)"})
     num_samples: int = field(default=16, metadata={"help": "trials, the seed points included"})
     max_concurrent: int = field(default=4, metadata={"help": "trials at once (also capped by the cluster's free nodes, unless --autoscale)"})
-    searcher: str = field(default="tpe", metadata={"help": "tpe (Optuna's TPE, from the recipe's known-good points), random, "
+    searcher: str = field(default="tpe", metadata={"choices": SEARCHERS, "help": "tpe (Optuna's TPE, from the recipe's known-good points), random, "
                                                   "grid (every combination of the knobs' choices; every knob must be a choice), "
                                                   "cmaes (CMA-ES on the numeric knobs; choices sampled independently) "
                                                   "or gp (Gaussian-process Bayesian optimisation)"})
-    scheduler: str = field(default="asha", metadata={"help": "asha (early stopping on the objective) or none"})
+    scheduler: str = field(default="asha", metadata={"choices": ("asha", "none"), "help": "asha (early stopping on the objective) or none"})
     grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
     reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
     seed: int = field(default=0, metadata={"help": "Optuna TPE seed (the data seed is --data-seed)"})
@@ -86,17 +86,17 @@ class SweepOptions:
     workers_per_trial: int = field(default=1, metadata={"help": "Ray Train workers (GPUs) per trial"})
     gpus_per_worker: float = field(default=-1.0, metadata={"help": "-1: 1 if the cluster has GPUs (with --autoscale: if a node type it can add has them), else 0"})
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs each worker asks Ray for"})
-    placement: str = field(default="pack", metadata={"help": "a trial's workers as one placement group: pack (fewest nodes: "
+    placement: str = field(default="pack", metadata={"choices": ("pack", "spread"), "help": "a trial's workers as one placement group: pack (fewest nodes: "
                                                      "fast collectives) or spread (one per node where it can)"})
     # Worker-group restarts from the last checkpoint after a worker error. 0: an out-of-memory or a
     # non-finite loss would only fail again; lost spot nodes are retried by Ray Train regardless
     # (FailureConfig.max_preemption_failures, unlimited by default).
     trial_retries: int = field(default=0, metadata={"help": "worker-group restarts per trial, from its last checkpoint"})
     ray_train: bool = field(default=False, metadata={"help": "run one-worker trials through a Ray Train TorchTrainer too "
-                                                     "(default: they train in the Tune trial's own process, reused "
+                                                     "(without it they train in the Tune trial's own process, reused "
                                                      "from trial to trial; trials of several workers always use Ray Train)"})
     autoscale: bool = field(default=False, metadata={"help": "the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker"})
-    dashboard_host: str = field(default="127.0.0.1", metadata={"help": "where a local Ray's dashboard listens (default 127.0.0.1: this machine only)"})
+    dashboard_host: str = field(default="127.0.0.1", metadata={"help": "where a local Ray's dashboard listens (127.0.0.1: this machine only)"})
     warm_start_from: str = field(default="", metadata={"help": "a finished sweep's folder: its finished trials that fit this space seed the study (not run again); the space, model or data may differ"})
     optuna_storage: str = field(default="", metadata={"help": "the Optuna study's database, any SQLAlchemy URL (postgresql://... for several drivers); default: sqlite in the sweep's folder (local storage), in memory on s3:// or gs://"})
     wandb_project: str | None = field(default=None, metadata={"help": "log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)"})
@@ -132,62 +132,10 @@ class SweepOptions:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _add_dataclass_args(parser: argparse._ActionsContainer, cls, skip=()) -> None:
-    """One flag per field, from its type and ``metadata["help"]`` (TRL's ``SFTConfig`` style).
-    Defaults are SUPPRESSed so that ``resolve`` can tell a flag given from one left to the recipe."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "").replace("%", "%%")
-        kind = str(f.type)
-        if kind in ("bool", "<class 'bool'>"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        elif kind.startswith("dict"):
-            parser.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=help_)
-        elif kind.startswith("tuple"):
-            item = int if "int" in kind else str
-            parser.add_argument(flag, type=_csv(item), default=argparse.SUPPRESS, metavar="A,B,...", help=help_)
-        else:
-            typ = {"int": int, "float": float, "int | None": int}.get(kind, str)
-            parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentParser:
+    from lorasweep.flags import build_parser as build
 
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object, e.g. '{{\"use_dora\": true}}'")
-    return value
-
-
-def _csv(item):
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(item(v.strip()) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {item.__name__}") from None
-    parse.__name__ = f"list of {item.__name__}"
-    return parse
-
-
-def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=f"python sweeps/{recipe.name}.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=recipe.doc or recipe.name,
-    )
-    p.add_argument("--preset", default=recipe.default_preset,
-                   help=f"one of: {', '.join(f'{k} ({v.description})' for k, v in recipe.presets.items())}")
-    p.add_argument("--space", action="append", default=[], metavar="KNOB=SPEC",
-                   help="override one searched knob: r=8,16 | learning_rate=1e-5:1e-3 | warmup_ratio=uniform:0:0.05")
-    _add_dataclass_args(p.add_argument_group("sweep (driver side)"), SweepOptions)
-    t = p.add_argument_group("trial (what each Ray Train worker does)")
-    _add_dataclass_args(t, TrainSettings, skip=("seed",))
-    t.add_argument("--data-seed", type=int, dest="data_seed", default=argparse.SUPPRESS, help="seed for the eval split, shuffling and LoRA init")
-    return p
+    return build(recipe, prog)
 
 
 @dataclass
@@ -198,6 +146,11 @@ class ResolvedSweep:
     options: SweepOptions
     space: SearchSpace
     warm: object = None  # lorasweep.warm_start.WarmStart, with --warm-start-from
+    recipe_ref: str = ""  # how the command named the recipe, when not by its name (a .py file, a module)
+    from_assets: frozenset = frozenset()  # settings the preset built offline (model, dataset, ...)
+    file: object = None  # lorasweep.sweepfile.SweepFile, with --config
+    given: frozenset = frozenset()  # what the command line itself gave (it overrides the file)
+    command: str = ""  # what ran it, for the resume line: "lorasweep run llama_finetome" (default: this script)
 
     @property
     def sweep_dir(self) -> str:
@@ -223,16 +176,55 @@ class ResolvedSweep:
         }
 
 
+def _stem(dataset: str) -> str:
+    """``data/chats.jsonl`` -> chats; ``HuggingFaceH4/ultrachat_200k`` -> ultrachat_200k."""
+    base = dataset.rstrip("/").rsplit("/", 1)[-1]
+    stem = base.split(".")[0] if "." in base else base
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "data"
+
+
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
 
 
-def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
-    """Parse and validate everything; raise ConfigError on the first problem. Starts nothing."""
+def resolve(recipe: Recipe, argv: list[str] | None = None, prog: str | None = None,
+            recipe_ref: str = "") -> ResolvedSweep:
+    """Parse and validate everything; raise ConfigError on the first problem. Starts nothing.
+
+    Precedence, lowest first: the field defaults, the recipe, its preset, a sweep file (``--config``),
+    the flags given. An error about a value the sweep file gave names its ``file:line``."""
+    from lorasweep import sweepfile
+
+    args = vars(build_parser(recipe, prog).parse_args(argv))
+    given = frozenset(args) - {"space"} | ({"space"} if args.get("space") else set())
+    file = None
+    if "config" in args:
+        file = sweepfile.load(args.pop("config"))
+        if file.recipe and not _names(file.recipe, recipe, recipe_ref, file.path):
+            raise ConfigError(f"{file.where('recipe')}: the file's recipe is {file.recipe!r} but this runs "
+                              f"{recipe.name!r}; run it with: lorasweep run --config {file.path}")
+        args = {**file.values, **args, "space": [*file.values.get("space", []), *args.get("space", [])]}
+    try:
+        sweep = _resolve(recipe, args)
+    except ConfigError as e:
+        raise sweepfile.locate(e, file, given) from None
+    sweep.recipe_ref, sweep.file, sweep.given = recipe_ref, file, given
+    return sweep
+
+
+def _names(ref: str, recipe: Recipe, recipe_ref: str, path: str) -> bool:
+    """Whether a sweep file's ``recipe:`` is the recipe running (by name, module or file)."""
+    if ref in (recipe.name, f"sweeps.{recipe.name}", recipe_ref):
+        return True
+    target = ref.partition(":")[0]
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), target)
+    return target.endswith(".py") and recipe_ref.partition(":")[0] in (os.path.abspath(target), beside)
+
+
+def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
     from trainers.tasks import get_task, metric_mode
 
-    args = vars(build_parser(recipe).parse_args(argv))
-    preset_name = args.pop("preset")
+    preset_name = args.pop("preset", recipe.default_preset)
     if preset_name not in recipe.presets:
         raise ConfigError(f"`--preset` is {preset_name!r}; choose one of: {', '.join(recipe.presets)}")
     preset = recipe.presets[preset_name]
@@ -246,18 +238,28 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
     options = SweepOptions(**opts)
     if "://" not in options.storage_path:
         options.storage_path = os.path.abspath(os.path.expanduser(options.storage_path))
-    options.validate()
 
     settings_d = {"dataset": recipe.dataset, **recipe.settings, **preset.settings}
     if "data_seed" in args:
         settings_d["seed"] = args.pop("data_seed")
     settings_d.update({k: v for k, v in args.items() if k not in opt_names and k != "space"})
+    from_assets = set()
     if preset.assets is not None and not ("model" in args and "dataset" in args):
         # Offline stand-ins (built once, cached); an explicit --model/--dataset still wins.
         made = preset.assets(assets_cache() / recipe.name)
         for key, value in made.items():  # model, dataset, and any other local stand-in (a BERTScore encoder)
             if key not in args:
                 settings_d[key] = str(value)
+                from_assets.add(key)
+    for key, what in (("model", "a Hub id or a local folder"), ("dataset", "a Hub id or a .jsonl/.json/.parquet file")):
+        if not settings_d.get(key):  # a recipe for any model or data (sweeps/chat_sft.py) names neither
+            raise ConfigError(f"`--{key}` is unset: recipe {recipe.name!r} takes any; pass --{key} ({what})"
+                              + (", or --preset smoke to try it offline" if "smoke" in recipe.presets else ""))
+    if "name" not in args and "name" not in preset.sweep and not recipe.dataset:
+        # named after the data it sweeps, not after a dataset it never used
+        options.name = f"{recipe.name}-{_stem(settings_d['dataset'])}" + \
+            ("" if preset_name == recipe.default_preset else f"-{preset_name}")
+    options.validate()
     settings = TrainSettings.from_dict(settings_d).validate()
     task = get_task(settings.task)
 
@@ -311,7 +313,7 @@ def resolve(recipe: Recipe, argv: list[str] | None = None) -> ResolvedSweep:
         else:
             raise ConfigError(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
                               f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
-    sweep = ResolvedSweep(recipe, preset_name, settings, options, space)
+    sweep = ResolvedSweep(recipe, preset_name, settings, options, space, from_assets=frozenset(from_assets))
     if options.warm_start_from and not options.resume:  # resumed, the study has them from Tune's checkpoint
         from lorasweep import warm_start
 
@@ -718,16 +720,73 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
 
 
 def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, at_once: int) -> str:
+    """What the sweep would do, summary first: what it trains, on what, where, and what it costs;
+    the full resolved config (JSON) only with --verbose."""
     from lorasweep.preflight import estimate
 
-    lines = [json.dumps(sweep.summary(), indent=2, default=str)]
+    s, o, space = sweep.settings, sweep.options, sweep.space
+    where = ("this machine, Ray not started" if not o.address else f"the cluster at {o.address}")
+    lines = [f"dry run of {sweep.recipe.name} (preset {sweep.preset}) on {where}: nothing is trained or written",
+             f"sweep: {o.name} -> {sweep.sweep_dir}; {o.num_samples} trials, {len(space.seeds)} known point(s) first, "
+             f"{o.searcher}{' + ASHA' if o.scheduler == 'asha' else ''} on {', '.join(sweep.objectives)} "
+             f"({space.mode})",
+             "space: " + "; ".join(space.describe()),
+             f"model: {s.model} ({model_line(sweep, inputs, res)})"]
     if inputs.data:
         lines.append(data_line(inputs.data))
     lines.append(f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
-                 f"{at_once} trial(s) at once on this cluster ({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, "
-                 f"{len(cluster['nodes'])} node(s))")
+                 f"{at_once} trial(s) at once on {'this machine' if not o.address else 'this cluster'} "
+                 f"({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, {len(cluster['nodes'])} node(s))")
     lines += estimate(sweep, inputs, res, cluster, at_once)
+    if res.gpus <= 0:
+        lines += cpu_wall_time(sweep, inputs, res, at_once)
+    if o.verbose:
+        lines += ["resolved config:", json.dumps(sweep.summary(), indent=2, default=str)]
+    else:
+        lines.append("(--verbose adds the full resolved config; a sweep writes it to sweep.yaml, a sweep file that reruns it)")
     return "\n".join(lines)
+
+
+# Above this size a CPU probe would itself take minutes (a 1B model: a few seconds per step on 2
+# cores, plus loading): the dry run says so instead of measuring.
+PROBE_MAX_PARAMS = 500_000_000
+
+
+def cpu_wall_time(sweep: ResolvedSweep, inputs, res: Resources, at_once: int) -> list[str]:
+    """CPU trials: the wall time from a few measured steps of the first known point, in this process
+    (lorasweep/probe.py), where a FLOP count at an assumed utilisation would say little."""
+    from lorasweep.preflight import count_parameters
+    from lorasweep.probe import measure, wall_time_lines
+    from trainers.data import first_line
+
+    params = inputs.num_parameters or (count_parameters(inputs.model_config) if inputs.model_config is not None else None)
+    if params and params > PROBE_MAX_PARAMS:
+        return [f"wall time: not probed ({params / 1e9:.1f}B params on CPUs: minutes per optimizer step; "
+                "give the trials GPUs, or a smaller --model)"]
+    try:
+        return wall_time_lines(sweep, inputs, res, at_once, measure(sweep, res))
+    except Exception as e:  # noqa: BLE001 - a model that does not load, ...: the rest of the dry run stands
+        return [f"wall time: unknown (probe failed: {first_line(e)[:200]})"]
+
+
+def model_line(sweep: ResolvedSweep, inputs, res: Resources) -> str:
+    """``llama, 0.13M params, 4-bit QLoRA (...) on the CPU, fp32``: what each trial loads, and how."""
+    from lorasweep.preflight import count_parameters
+
+    s = sweep.settings
+    params = inputs.num_parameters or (count_parameters(inputs.model_config) if inputs.model_config is not None else None)
+    parts = [s.family or "family from its config"]
+    if params:
+        parts.append(f"{params / 1e9:.2f}B params" if params >= 1e8 else f"{params / 1e6:.2f}M params")
+    bits = {"4bit": "4-bit QLoRA (bitsandbytes NF4, double quant)", "8bit": "8-bit (bitsandbytes LLM.int8)"}
+    if s.quantization in bits:
+        # bitsandbytes >= 0.49 quantises and trains on the CPU too (tests/test_families.py does, on 2 cores)
+        parts.append(bits[s.quantization] + (" on the CPU: bitsandbytes runs it without CUDA" if res.gpus <= 0 else ""))
+    elif s.method == "full":
+        parts.append("full fine-tune")
+    precision = s.precision if s.precision != "auto" else ("bf16 (fp16 on GPUs without it)" if res.gpus > 0 else "fp32")
+    parts.append(f"{s.method}, {precision}")
+    return ", ".join(parts)
 
 
 def data_line(data: dict) -> str:
@@ -741,40 +800,51 @@ def assets_cache() -> Path:
     return Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep")) / "assets"
 
 
-def main(recipe: Recipe, argv: list[str] | None = None) -> int:
-    from lorasweep import dashboard, preflight
+def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recipe_ref: str = "") -> int:
+    """Run (or dry-run) a sweep of ``recipe`` from command-line flags. ``command`` is how the user
+    called it (``lorasweep run llama_finetome``; default: ``python <this script>``): --help and the
+    resume line say it."""
+    from lorasweep import dashboard, preflight, sweepfile
     from lorasweep.results import finish, publish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
+    sweep = None
     try:
-        sweep = resolve(recipe, argv)
+        sweep = resolve(recipe, argv, prog=command or None, recipe_ref=recipe_ref)
+        sweep.command = command
         inputs = preflight.check_inputs(sweep)  # paths, the model's limits, the data: still no Ray
     except ConfigError as e:
+        e = sweepfile.locate(e, sweep.file, sweep.given) if sweep is not None else e
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if inputs.data:
+    o = sweep.options
+    if inputs.data and not o.dry_run:
         print(f"[lorasweep] {data_line(inputs.data)}")
     started = False
     try:
-        init_ray(sweep.options)
-        if not sweep.options.dry_run:
-            print(dashboard.line(sweep.options.address))
-        cluster = cluster_resources()
-        if sweep.options.autoscale:
+        if o.dry_run and not o.address:
+            # Nothing to ask a cluster: this machine's CPUs and GPUs are what a local Ray would offer.
+            cluster = preflight.local_cluster()
+        else:
+            init_ray(o)
+            if not o.dry_run:
+                print(dashboard.line(o.address))
+            cluster = cluster_resources()
+        if o.autoscale:
             cluster = preflight.with_addable_node_types(cluster)
-        res = trial_resources(sweep.options, cluster, sweep)
-        preflight.check_cluster(sweep.options, res, cluster)
+        res = trial_resources(o, cluster, sweep)
+        preflight.check_cluster(o, res, cluster)
         preflight.check_paths_on_nodes(sweep, res)
-        n = concurrency(sweep.options, res, cluster)
-        if sweep.options.dry_run:
+        n = concurrency(o, res, cluster)
+        if o.dry_run:
             print(dry_run_report(sweep, inputs, res, cluster, n))
             return 0
-        if sweep.options.optuna_storage:  # a URL the user gave: refused here, before any trial
+        if o.optuna_storage:  # a URL the user gave: refused here, before any trial
             optuna_storage(sweep)
         write_start(sweep, inputs)
         started = True
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {sweepfile.locate(e, sweep.file, sweep.given)}", file=sys.stderr)
         return 2
     finally:
         if not started:  # a dry run or a refusal: the sweep folder the checks made goes again
@@ -798,7 +868,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
             grid, interrupted = fit(tuner)  # a first Ctrl-C makes Tune save its state and return early
         except KeyboardInterrupt:  # a second one lands here
             print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
-                  f"[lorasweep] resume with: {resume_command(argv)}")
+                  f"[lorasweep] resume with: {resume_command(argv, sweep.command)}")
             return 130
         rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted)
         if rc == 0 and sweep.options.repeats:
@@ -855,7 +925,7 @@ def run_repeats(sweep: ResolvedSweep, res: Resources, n: int, rows: list[dict], 
     if interrupted:
         from lorasweep.results import resume_command
 
-        print(f"[lorasweep] interrupted during the repeats; resume with: {resume_command(argv)}")
+        print(f"[lorasweep] interrupted during the repeats; resume with: {resume_command(argv, sweep.command)}")
         return 130
     add_repeats(sweep, rows, grid)
     return 0
@@ -876,7 +946,7 @@ def run_final(sweep: ResolvedSweep, res: Resources, rows: list[dict], argv: list
     grid, interrupted = fit(build_tuner(sweep, res, 1, repeat_points=[{**{k: winner[k] for k in knobs}, "train_on_eval": True}],
                                         suffix="final"))
     if interrupted:
-        print(f"[lorasweep] interrupted during the final run; resume with: {resume_command(argv)}")
+        print(f"[lorasweep] interrupted during the final run; resume with: {resume_command(argv, sweep.command)}")
         return "interrupted"
     # Its eval rows trained too, so its eval metric only improves along the run: its best report is
     # its last one, at the whole budget (no early stopping here).

@@ -148,8 +148,8 @@ def sweep_summary(sweep_dir: str) -> tuple[dict, dict]:
             {k: {m: v for m, v in r.items() if isinstance(v, float)} for k, r in baseline.items() if isinstance(r, dict)})
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lorasweep.export", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m lorasweep.export") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dir", help="a finished sweep's folder (with best_adapters/)")
     p.add_argument("--rank", type=int, default=1, help="which exported adapter (1 = the best)")

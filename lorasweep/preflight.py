@@ -279,6 +279,31 @@ def check_cluster(options, res, cluster: dict) -> None:
             + (", or pass --autoscale if the cluster adds nodes on demand" if options.address else ""))
 
 
+def local_cluster() -> dict:
+    """What a local Ray would offer, without starting one (the dry run): this machine's CPUs as Ray
+    counts them (cgroup and affinity limits included), its CUDA GPUs and their type, in the shape of
+    ``engine.cluster_resources``."""
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init() itself registers
+
+        cpus = float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - a Ray without that helper: the affinity mask says the same
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    gpus, accelerators = 0, []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            name = torch.cuda.get_device_name(0)
+            kind = next((k for k in sorted(PEAK_TFLOPS, key=len, reverse=True) if k in name), None)
+            accelerators = [f"accelerator_type:{kind}"] if kind else []
+    except ImportError:
+        pass
+    node = {"CPU": cpus, **({"GPU": float(gpus)} if gpus else {}), **{a: 1.0 for a in accelerators}}
+    return {"cpu": cpus, "gpu": float(gpus), "nodes": [node], "accelerators": accelerators}
+
+
 # Where `ray up` leaves the autoscaler's config on the head: the cluster YAML with each node type's
 # `resources` filled in from its instance type (AWS: CPU, memory, GPU, accelerator_type).
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"

@@ -619,10 +619,10 @@ def _read_json(path: str):
     return json.loads(text) if text else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m lorasweep.report") -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m lorasweep.report",
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Write report.html and report.md for a sweep folder (finished, "
                                             "interrupted or still running).")
     p.add_argument("sweep_dir", help="the sweep's folder: <--storage-path>/<--name>, local or s3:// / gs://")

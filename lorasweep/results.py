@@ -248,6 +248,10 @@ from transformers import {auto}, AutoTokenizer
 {use}
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```
+
+## Reproduce
+The sweep's folder holds `sweep.yaml`, its resolved config as a sweep file:
+`lorasweep run --config sweep.yaml --name {sweep.options.name}-2` runs the same sweep again.
 """
 
 
@@ -394,11 +398,16 @@ def write_start(sweep, inputs) -> None:
            "or pick another")
     with _writes(fix):
         try:
+            from lorasweep.sweepfile import dump
+
             config = {**sweep.summary(), "versions": versions()}
-            for name, payload in (("sweep_config.json", config), ("data_report.json", inputs.data)):
+            for name, payload in (("sweep_config.json", json.dumps(config, indent=2, default=str)),
+                                  ("data_report.json", json.dumps(inputs.data, indent=2, default=str) if inputs.data else None),
+                                  # the same config as a sweep file: `lorasweep run --config <it>` reruns the sweep
+                                  ("sweep.yaml", dump(sweep))):
                 path = _join(sweep.sweep_dir, name)
                 if payload is not None and not (sweep.options.resume and _exists(path)):
-                    _write_text(path, json.dumps(payload, indent=2, default=str))
+                    _write_text(path, payload)
                     written.append(path)
         except StorageError:
             for path in written:
@@ -435,13 +444,17 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def resume_command(argv: list[str]) -> str:
+def resume_command(argv: list[str], command: str = "") -> str:
+    """The command that ran the sweep (``command``: ``lorasweep run llama_finetome``; else this
+    script), its flags, and ``--resume``."""
     import shlex
     import sys
 
-    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/<recipe>.py"
+    if not command:
+        script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/<recipe>.py"
+        command = f"python {shlex.quote(script)}"
     args = [a for a in argv if a != "--resume"]
-    return " ".join(["python", shlex.quote(script), *map(shlex.quote, args), "--resume"])
+    return " ".join([command, *map(shlex.quote, args), "--resume"])
 
 
 def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = False) -> tuple[int, list[dict], list[str]]:
@@ -457,7 +470,7 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     front = mark_pareto(rows, sweep.objectives)
     # The trials' results and checkpoints are Tune's, already on disk: a resume rewrites these.
     fix = (f"the trials' results stay in {sweep.sweep_dir}; free space or fix its permissions, then write the "
-           f"leaderboard and export with: {resume_command(argv)}")
+           f"leaderboard and export with: {resume_command(argv, getattr(sweep, 'command', ''))}")
     with _writes(fix):
         write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
     print()
@@ -476,7 +489,7 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
         # adapters are exported when the sweep completes.
         ended = "" if interrupted else f" after {done} of {sweep.options.num_samples} trials"
         print(f"[lorasweep] interrupted{ended}; everything written so far is kept in {sweep.sweep_dir}")
-        print(f"[lorasweep] resume with: {resume_command(argv)}")
+        print(f"[lorasweep] resume with: {resume_command(argv, getattr(sweep, 'command', ''))}")
         return 130, rows, []
     with _writes(fix):
         exported = export_best(rows, knobs, sweep, sweep.options.top_k)

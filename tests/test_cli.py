@@ -44,7 +44,7 @@ def bad_inputs(tmp_path):
     """Files that are each wrong in one way."""
     d = tmp_path / "inputs"
     d.mkdir()
-    write_jsonl(d / "no_conversations.jsonl", [{"instruction": "x", "output": "y"}])
+    write_jsonl(d / "no_conversations.jsonl", [{"prompt": "x", "completion": "y"}])
     (d / "not_json.jsonl").write_text("this is not json\n")
     write_jsonl(d / "unusable.jsonl", [chat(("human", "hi")), chat(("human", "hi"), ("gpt", " ")),
                                         chat(("robot", "hi"), ("gpt", "yo"))] * 5)
@@ -112,7 +112,8 @@ def test_dataset_without_conversations_names_the_column_and_schema(bad_inputs, t
     rc, _, err = run_main(capsys, "--preset", "smoke", "--storage-path", str(tmp_path / "s"),
                           "--dataset", str(bad_inputs / "no_conversations.jsonl"))
     assert rc == 2
-    assert "needs `conversations`" in err and "['instruction', 'output']" in err and '"from": "human"' in err
+    assert "needs `conversations`" in err and "['completion', 'prompt']" in err and '"from": "human"' in err
+    assert "`instruction`" in err  # the Alpaca schema is named too
 
 
 def test_no_usable_rows_counts_each_reason(bad_inputs, tmp_path, capsys):
@@ -145,14 +146,23 @@ def test_existing_sweep_is_never_overwritten(tmp_path):
     assert (tmp_path / "llama_finetome-smoke" / "leaderboard.csv").read_text() == "keep me"
 
 
-def test_dry_run_prints_config_space_data_resources_and_cost_then_exits_0(tmp_path):
+def test_dry_run_answers_without_ray_summary_first_config_only_when_verbose(tmp_path):
     r = run_cli("--preset", "smoke", "--storage-path", str(tmp_path), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert '"max_tokens": 60000' in r.stdout and "learning_rate: log-uniform[1e-05, 0.002]" in r.stdout
-    assert "1 worker(s) x (1 CPU, 0 GPU); 2 trial(s) at once on this cluster" in r.stdout
-    assert "data: 1200 rows -> 1104 train + 96 eval examples" in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("dry run of llama_finetome (preset smoke) on this machine, Ray not started")
+    assert "learning_rate: log-uniform[1e-05, 0.002]" in r.stdout
+    assert "1 worker(s) x (1 CPU, 0 GPU); 2 trial(s) at once on this machine" in r.stdout
+    assert sum("data: 1200 rows -> 1104 train + 96 eval examples" in line for line in lines) == 1  # said once
     assert "6 trials x 60,000 training tokens" in r.stdout and "GPU-hours: none" in r.stdout
+    assert "4-bit QLoRA (bitsandbytes NF4, double quant) on the CPU" in r.stdout
+    assert "wall time on this machine: ~" in r.stdout and "(probe: 3 steps each, unpacked " in r.stdout
+    assert '"max_tokens"' not in r.stdout  # the full config only with --verbose
+    assert "Ray dashboard" not in r.stdout + r.stderr and "Started a local Ray" not in r.stdout + r.stderr
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    verbose = run_cli("--preset", "smoke", "--storage-path", str(tmp_path), "--dry-run", "--verbose")
+    assert verbose.returncode == 0 and '"max_tokens": 60000' in verbose.stdout
+    assert verbose.stdout.index("budget:") < verbose.stdout.index('"max_tokens": 60000')  # summary first
 
 
 def test_help_lists_presets_and_knobs():

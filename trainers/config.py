@@ -26,11 +26,30 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Method = Literal["lora", "full"]
 
 
+# Choices shown by --help that come from registries (imported when asked, not at import).
+def _tasks() -> list[str]:
+    from trainers.tasks import available
+
+    return available()
+
+
+def _families() -> list[str]:
+    from trainers.families import available
+
+    return available()
+
+
+def _schedulers() -> list[str]:
+    from transformers import SchedulerType
+
+    return [t.value for t in SchedulerType]
+
+
 @dataclass
 class TrainSettings:
     # --- what to train
-    task: str = field(default="chat_sft", metadata={"help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification, extractive_qa, summarization, instruction_sft)"})
-    family: str = field(default="", metadata={"help": "model family in trainers/families/; empty = found from the checkpoint's config.model_type"})
+    task: str = field(default="chat_sft", metadata={"choices": _tasks, "help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification, extractive_qa, summarization, instruction_sft)"})
+    family: str = field(default="", metadata={"choices": _families, "help": "model family in trainers/families/; empty = found from the checkpoint's config.model_type"})
     model: str = field(default="", metadata={"help": "Hub id or local folder of the base model"})
     dataset: str = field(default="", metadata={"help": "Hub id, or a local .jsonl/.json/.parquet file"})
     dataset_split: str = field(default="train", metadata={"help": "split to read from a Hub dataset"})
@@ -62,11 +81,11 @@ class TrainSettings:
     per_device_batch_size: int = field(default=2, metadata={"help": "micro-batch per worker (rows; a packed row holds several examples)"})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "trade ~30% more compute for far less activation memory"})
-    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage; 0 = plain DDP, no DeepSpeed"})
+    zero_stage: int = field(default=2, metadata={"choices": (0, 1, 2, 3), "help": "DeepSpeed ZeRO stage; 0 = plain DDP, no DeepSpeed"})
     offload: bool = field(default=False, metadata={"help": "ZeRO offload of optimizer state (and params at stage 3) to CPU"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoraConfig.lora_dropout"})
     target_modules: str = field(default="", metadata={"help": "LoraConfig.target_modules (comma-separated); empty = the family's choice, all-linear for most"})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name"})
+    lr_scheduler_type: str = field(default="linear", metadata={"choices": _schedulers, "help": "transformers scheduler name"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     # --- searched by default (a search space's value replaces these per trial)
@@ -77,7 +96,7 @@ class TrainSettings:
     packing: bool = field(default=False, metadata={"help": "pack several examples per row (documents kept apart)"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of the trial's optimizer steps spent warming up"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (at the reference batch, with --lr-scaling)"})
-    lr_scaling: str = field(default="none", metadata={"help": "none, sqrt or linear: scale learning_rate by (tokens per optimizer step / lr_reference_tokens)^(1/2 or 1), so trials with more workers or packing compare fairly"})
+    lr_scaling: str = field(default="none", metadata={"choices": ("none", "sqrt", "linear"), "help": "none, sqrt or linear: scale learning_rate by (tokens per optimizer step / lr_reference_tokens)^(1/2 or 1), so trials with more workers or packing compare fairly"})
     lr_reference_tokens: int = field(default=0, metadata={"help": "the batch, in tokens per optimizer step, at which learning_rate is meant (0 = one worker, unpacked, the recipe's batch)"})
     # --- budget and reporting
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
