@@ -290,19 +290,21 @@ def dump(sweep) -> str:
         "# " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         f"recipe: {_flow(ref)}",
         f"preset: {_flow(sweep.preset)}",
-        "sweep:",
+        f"sweep:  # the driver's options (--num-samples, ...; `lorasweep run {sweep.recipe.name} --help`)",
     ]
     for f in dataclasses.fields(o):
         if f.name not in NOT_WRITTEN:
             lines.append(f"  {f.name}: {_flow(getattr(o, f.name))}")
-    lines.append("train:")
+    lines.append("train:  # what each trial trains with (TrainSettings: --max-tokens, ...)")
     for f in dataclasses.fields(s):
         value = getattr(s, f.name)
         if f.name in sweep.from_assets:
             lines.append(f"  # {f.name}: {_flow(value)}  (built offline by the {sweep.preset} preset; uncomment to pin it)")
         else:
             lines.append(f"  {f.name}: {_flow(value)}")
-    lines.append("space:")
+    lines.append("space:  # the searched knobs; the trials start from the recipe's known points:")
+    for seed in sweep.space.seeds:
+        lines.append("  #   " + ", ".join(f"{k}={v}" for k, v in seed.items()))
     for knob, spec in sweep.space.to_json().items():
         lines.append(f"  {knob}: {_flow(spec['choice'] if 'choice' in spec else spec)}")
     return "\n".join(lines) + "\n"
