@@ -1,5 +1,5 @@
 """The three generation recipes' smoke presets, run as a new user runs them from the README
-(``python sweeps/<recipe>.py --preset smoke``), each once (module-scoped), and what they leave:
+(``lorasweep run <recipe> --preset smoke``), each once (module-scoped), and what they leave:
 the leaderboard, baseline.json with each example's values, samples.jsonl side by side, and the
 report's box plots of base against tuned.
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +34,9 @@ def smoke(request, tmp_path_factory) -> dict:
     name = request.param
     storage = tmp_path_factory.mktemp(name)
     t0 = time.time()
-    r = subprocess.run([sys.executable, f"sweeps/{name}.py", "--preset", "smoke", "--storage-path", str(storage)],
+    # through the installed command, as the README runs recipes (= python sweeps/<name>.py --preset smoke)
+    lorasweep = shutil.which("lorasweep") or str(Path(sys.executable).parent / "lorasweep")
+    r = subprocess.run([lorasweep, "run", name, "--preset", "smoke", "--storage-path", str(storage)],
                        cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
     wall = time.time() - t0
