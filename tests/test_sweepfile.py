@@ -241,15 +241,18 @@ def test_the_shared_sweeps_own_sweep_yaml_reruns_it(shared_sweep, tmp_path):
     (sweep_config.json), and the command takes it (a dry run under another name)."""
     path = shared_sweep["dir"] / "sweep.yaml"
     recorded = json.loads((shared_sweep["dir"] / "sweep_config.json").read_text())
-    again = resolve(FLAGSHIP, ["--config", str(path)])
-    from lorasweep.preflight import check_inputs
+    again = resolve(FLAGSHIP, ["--config", str(path), "--name", "shared-check"])  # "shared" exists: refused
+    from lorasweep.preflight import check_inputs, remove_created
 
-    check_inputs(again)  # what the sweep did before recording: absolute paths, the family found
+    # what the sweep did before recording: absolute paths, the family found
+    remove_created(check_inputs(again).created)
     summary = json.loads(json.dumps(again.summary(), default=str))
     for key in ("settings", "space", "search_space", "seeds", "metric", "mode", "preset"):
         assert summary[key] == recorded[key], key
-    assert {k: v for k, v in summary["sweep"].items() if k not in sweepfile.NOT_WRITTEN} == \
-        {k: v for k, v in recorded["sweep"].items() if k not in sweepfile.NOT_WRITTEN}
+    skip = {*sweepfile.NOT_WRITTEN, "name"}
+    assert {k: v for k, v in summary["sweep"].items() if k not in skip} == \
+        {k: v for k, v in recorded["sweep"].items() if k not in skip}
+    assert yaml.safe_load(path.read_text())["sweep"]["name"] == "shared"
     r = cmd("dry-run", "--config", str(path), "--name", "shared-2", "--storage-path", str(tmp_path))
     assert r.returncode == 0 and "sweep: shared-2 -> " in r.stdout, r.stderr[-2000:]
 
