@@ -196,7 +196,7 @@ def resolve(recipe: Recipe, argv: list[str] | None = None, prog: str | None = No
     from lorasweep import sweepfile
 
     args = vars(build_parser(recipe, prog).parse_args(argv))
-    given = frozenset(args) - {"space"} | ({"space"} if args.get("space") else set())
+    given = frozenset(args) - {"space"} | {f"space.{spec.partition('=')[0].strip()}" for spec in args.get("space", [])}
     file = None
     if "config" in args:
         file = sweepfile.load(args.pop("config"))

@@ -93,8 +93,9 @@ def load(path: str) -> SweepFile:
             known = opts if key == "sweep" else train
             for name, sub, subline in _items(node, path, f"`{key}`"):
                 if name not in known:
+                    other = "train" if key == "sweep" else "sweep"
                     raise ConfigError(f"{path}:{subline}: `{key}.{name}` is not a {'sweep' if key == 'sweep' else 'trial'} "
-                                      f"setting{_close(name, known, other=train if key == 'sweep' else opts)}")
+                                      f"setting{_close(name, known, other=(other, train if key == 'sweep' else opts))}")
                 dest = "data_seed" if key == "train" and name == "seed" else name
                 _put(out, dest, _typed(sub, path, f"{key}.{name}", known[name]), subline, path)
         elif key in opts or key in train or key == "data_seed":
@@ -128,11 +129,12 @@ def _put(out: SweepFile, dest: str, value, line: int, path: str) -> None:
     out.values[dest], out.lines[dest] = value, line
 
 
-def _close(name: str, known, other=None, extra=()) -> str:
+def _close(name: str, known, other: tuple[str, dict] | None = None, extra=()) -> str:
+    """``; did you mean ...``, or the section a key belongs to (``other``: its name and fields)."""
     import difflib
 
-    if other and name in other:
-        return f"; it belongs under `{'train' if 'max_tokens' in other else 'sweep'}:`, or at the top level"
+    if other and name in other[1]:
+        return f"; it belongs under `{other[0]}:`, or at the top level"
     close = difflib.get_close_matches(name, [*known, *extra], n=1)
     return f"; did you mean `{close[0]}`?" if close else "; `lorasweep run RECIPE --help` lists every key (a flag's name)"
 
@@ -170,17 +172,22 @@ def _typed(node, path: str, name: str, f):
     if kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            return float(value) if isinstance(value, str) else _bad()
-        except ValueError:
-            raise ConfigError(f"{at}: `{name}` is {value!r}; give a number (e.g. 1.0e-4)") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{at}: `{name}` is {value!r}; give a number (e.g. 1.0e-4)")
     if kind.startswith("tuple"):
         item = int if kind == "tuple[int]" else str
-        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else _bad_list(at, name, value)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or any(isinstance(v, (bool, list, dict)) or v is None for v in items):
+            raise ConfigError(f"{at}: `{name}` is {value!r}; give a list of {item.__name__} (e.g. [a, b]) "
+                              "or comma-separated text")
         try:
             return tuple(item(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip())
-        except (TypeError, ValueError):
-            raise ConfigError(f"{at}: `{name}` is {value!r}; give a list of {item.__name__} (e.g. [a, b])") from None
+        except ValueError:
+            raise ConfigError(f"{at}: `{name}` is {value!r}; give a list of {item.__name__} (e.g. [0, 1])") from None
     if kind == "dict":
         if isinstance(value, dict):
             return value
@@ -188,14 +195,6 @@ def _typed(node, path: str, name: str, f):
     if isinstance(value, str):
         return value
     raise ConfigError(f"{at}: `{name}` is {value!r}; give text (quote it: \"{value}\")")
-
-
-def _bad():
-    raise ValueError
-
-
-def _bad_list(at, name, value):
-    raise ConfigError(f"{at}: `{name}` is {value!r}; give a list (e.g. [a, b]) or comma-separated text")
 
 
 def _space(node, path: str, out: SweepFile) -> None:
@@ -251,8 +250,7 @@ def locate(e: ConfigError, sf: SweepFile | None, given: set[str]) -> ConfigError
     names = [f"space.{m.group(1) or m.group(2)}" for m in _SPACE.finditer(text)]
     names += [m.group(1).replace("-", "_") for m in _NAMED.finditer(text)]
     for name in names:
-        if name in sf.lines and name not in given and not (name.startswith("space.") and "space" in given
-                                                          and name not in sf.lines):
+        if name in sf.lines and name not in given:  # given: the flags' names, and space.<knob> per --space
             return type(e)(f"{sf.where(name)}: {text}")
     return e
 

@@ -92,6 +92,8 @@ BAD_FILES = [
     ("preset: smoke\npacking: maybe\n", "sweep.yaml:2: `packing` is 'maybe'; give true or false"),
     ("preset: smoke\nlearning_rate: fast\n", "sweep.yaml:2: `learning_rate` is 'fast'; give a number"),
     ("preset: smoke\nlora_config: [1]\n", "sweep.yaml:2: `lora_config` is [1]; give a mapping"),
+    ("preset: smoke\nshots: [true]\n", "sweep.yaml:2: `shots` is [True]; give a list of int"),
+    ("preset: smoke\nshots: [a]\n", "sweep.yaml:2: `shots` is ['a']; give a list of int"),
     ("preset: smoke\nnum_samples: 3\nsweep:\n  num_samples: 4\n", "sweep.yaml:4: `num_samples` is given twice (also at line 2)"),
     ("preset: smoke\npreset: real\n", "sweep.yaml:2: `preset` is given twice in the file (first at line 1)"),
     # semantic errors come from the same checks as the flags', located in the file
@@ -123,6 +125,9 @@ def test_an_error_about_a_flag_given_is_not_blamed_on_the_file(tmp_path, capsys)
     path = write(tmp_path, "preset: smoke\nnum_samples: 3\n")
     rc, _, err = run_main(capsys, FLAGSHIP, "--config", path, "--num-samples", "0", "--storage-path", str(tmp_path / "r"))
     assert rc == 2 and err.strip() == "error: `--num-samples` is 0; it must be at least 1"
+    path = write(tmp_path, "preset: smoke\nspace:\n  r: [8, 16]\n", name="space.yaml")
+    rc, _, err = run_main(capsys, FLAGSHIP, "--config", path, "--space", "r=0", "--storage-path", str(tmp_path / "r"))
+    assert rc == 2 and err.startswith("error: search space `r`: `r` is 0"), err  # the flag's knob, not the file's
 
 
 def test_a_missing_file_and_a_malformed_json_flag_are_one_line(tmp_path, capsys):
