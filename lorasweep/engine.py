@@ -755,11 +755,10 @@ PROBE_MAX_PARAMS = 500_000_000
 def cpu_wall_time(sweep: ResolvedSweep, inputs, res: Resources, at_once: int) -> list[str]:
     """CPU trials: the wall time from a few measured steps of the first known point, in this process
     (lorasweep/probe.py), where a FLOP count at an assumed utilisation would say little."""
-    from lorasweep.preflight import count_parameters
     from lorasweep.probe import measure, wall_time_lines
     from trainers.data import first_line
 
-    params = inputs.num_parameters or (count_parameters(inputs.model_config) if inputs.model_config is not None else None)
+    params = inputs.parameters()
     if params and params > PROBE_MAX_PARAMS:
         return [f"wall time: not probed ({params / 1e9:.1f}B params on CPUs: minutes per optimizer step; "
                 "give the trials GPUs, or a smaller --model)"]
@@ -771,10 +770,8 @@ def cpu_wall_time(sweep: ResolvedSweep, inputs, res: Resources, at_once: int) ->
 
 def model_line(sweep: ResolvedSweep, inputs, res: Resources) -> str:
     """``llama, 0.13M params, 4-bit QLoRA (...) on the CPU, fp32``: what each trial loads, and how."""
-    from lorasweep.preflight import count_parameters
-
     s = sweep.settings
-    params = inputs.num_parameters or (count_parameters(inputs.model_config) if inputs.model_config is not None else None)
+    params = inputs.parameters()
     parts = [s.family or "family from its config"]
     if params:
         parts.append(f"{params / 1e9:.2f}B params" if params >= 1e8 else f"{params / 1e6:.2f}M params")

@@ -25,6 +25,15 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise ConfigError(f"{message}; see --help")
 
+    def format_help(self):
+        # Registry choices (tasks, families, Transformers' schedulers) are looked up here, for --help
+        # only: SchedulerType alone imports torch (~4.5 s), which a bad flag's error need not wait for.
+        for action in self._actions:
+            lookup = getattr(action, "lazy_choices", None)
+            if lookup is not None:
+                action.metavar, action.lazy_choices = "{" + ",".join(map(str, lookup())) + "}", None
+        return super().format_help()
+
     def _get_value(self, action, arg_string):
         # argparse rewords a type error as "argument --x: invalid <type> value"; ours name the flag already
         type_func = self._registry_get("type", action.type, action.type)
@@ -34,12 +43,12 @@ class Parser(argparse.ArgumentParser):
             raise ConfigError(str(e)) from None
 
 
-def field_choices(cls, f) -> tuple:
-    """A field's allowed values: its ``Literal`` type, or ``metadata["choices"]`` (a tuple, or a
-    function for registries that fill in at import: tasks, families, schedulers)."""
+def static_choices(cls, f) -> tuple:
+    """A field's allowed values known without importing anything: its ``Literal`` type or a tuple in
+    ``metadata["choices"]`` (a function there, for registries, is called by ``Parser.format_help``)."""
     choices = f.metadata.get("choices")
     if callable(choices):
-        return tuple(choices())
+        return ()
     if choices:
         return tuple(choices)
     hint = typing.get_type_hints(cls).get(f.name)
@@ -112,15 +121,15 @@ def default_text(name: str, by_preset: dict[str, dict], first: str) -> str:
     return text
 
 
-def add_dataclass_args(parser, cls, recipe, skip=()) -> None:
-    """One flag per field, from its type, ``metadata["help"]``, its choices and each preset's default."""
-    by_preset = preset_defaults(recipe, cls) if recipe is not None else None
+def add_dataclass_args(parser, cls, recipe, skip=(), by_preset: dict | None = None) -> None:
+    """One flag per field, from its type, ``metadata["help"]``, its choices and each preset's default
+    (``by_preset``: ``preset_defaults(recipe, cls)``)."""
     for f in fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
-        choices = field_choices(cls, f)
+        choices = static_choices(cls, f)
         if by_preset is not None:
             help_ = f"{help_} [{default_text(f.name, by_preset, recipe.default_preset)}]" if help_ else \
                 f"[{default_text(f.name, by_preset, recipe.default_preset)}]"
@@ -136,8 +145,10 @@ def add_dataclass_args(parser, cls, recipe, skip=()) -> None:
             parser.add_argument(flag, type=csv(flag, item), default=argparse.SUPPRESS, metavar="A,B,...", help=help_)
         else:
             typ = {"int": int, "float": float, "int | None": int}.get(kind, str)
-            parser.add_argument(flag, type=typed(flag, typ), default=argparse.SUPPRESS,
-                                metavar=metavar or ("N" if typ is int else "X" if typ is float else "TEXT"), help=help_)
+            action = parser.add_argument(flag, type=typed(flag, typ), default=argparse.SUPPRESS, help=help_,
+                                         metavar=metavar or ("N" if typ is int else "X" if typ is float else "TEXT"))
+            if callable(f.metadata.get("choices")):
+                action.lazy_choices = f.metadata["choices"]  # Parser.format_help fills them in
 
 
 def typed(flag: str, typ):
@@ -198,11 +209,12 @@ def build_parser(recipe, prog: str | None = None) -> argparse.ArgumentParser:
                         "warmup_ratio=uniform:0:0.05 | use_dora=true,false; any TrainSettings, LoraConfig or "
                         "TrainingArguments field [default: the recipe's: "
                         + "; ".join(recipe.search_space.describe()) + "]")
-    add_dataclass_args(p.add_argument_group("sweep (driver side)"), SweepOptions, recipe)
+    add_dataclass_args(p.add_argument_group("sweep (driver side)"), SweepOptions, recipe,
+                       by_preset=preset_defaults(recipe, SweepOptions))
     t = p.add_argument_group("trial (what each Ray Train worker does)")
-    add_dataclass_args(t, TrainSettings, recipe, skip=("seed",))
-    seed = next(f for f in fields(TrainSettings) if f.name == "seed")
     by_preset = preset_defaults(recipe, TrainSettings)
+    add_dataclass_args(t, TrainSettings, recipe, skip=("seed",), by_preset=by_preset)
+    seed = next(f for f in fields(TrainSettings) if f.name == "seed")
     t.add_argument("--data-seed", type=typed("--data-seed", int), dest="data_seed", default=argparse.SUPPRESS,
                    metavar="N", help=f"seed for the eval split, shuffling and LoRA init "
                                      f"[{default_text(seed.name, by_preset, recipe.default_preset)}]")

@@ -129,6 +129,12 @@ class Inputs:
     # dry run or a refusal, so bad input leaves nothing behind.
     created: list[str] = field(default_factory=list)
 
+    def parameters(self) -> int | None:
+        """The model's parameter count from its config (counted once, when the dry run asks)."""
+        if self.num_parameters is None and self.model_config is not None:
+            self.num_parameters = count_parameters(self.model_config)
+        return self.num_parameters
+
 
 def check_inputs(sweep) -> Inputs:
     """Paths, the model's family and limits, the pairing rules and the data, before Ray starts.
@@ -443,13 +449,20 @@ def asha_tokens(max_t: int, grace: int, rf: float) -> float:
     return total
 
 
+def expected_tokens(settings, options) -> float:
+    """A trial's expected training tokens: its whole budget, or less under ASHA (``asha_tokens``)."""
+    if options.scheduler != "asha":
+        return float(settings.max_tokens)
+    return asha_tokens(settings.max_tokens, asha_grace(settings.max_tokens, options.grace_tokens),
+                       options.reduction_factor)
+
+
 def estimate(sweep, inputs: Inputs, res, cluster: dict, at_once: int) -> list[str]:
     """What the dry run prints about cost: tokens, steps, GPU-hours (a FLOP count at an assumed
     MFU, plus start-up per trial) and wall time at the cluster's concurrency."""
     s, o = sweep.settings, sweep.options
     n = o.num_samples
-    per_trial = asha_tokens(s.max_tokens, asha_grace(s.max_tokens, o.grace_tokens), o.reduction_factor) \
-        if o.scheduler == "asha" else float(s.max_tokens)
+    per_trial = expected_tokens(s, o)
     lines = [f"budget: {n} trials x {s.max_tokens:,} training tokens = {n * s.max_tokens:,} tokens at most; "
              f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if o.scheduler == "asha" else "")]
     data = inputs.data or {}
@@ -462,9 +475,7 @@ def estimate(sweep, inputs: Inputs, res, cluster: dict, at_once: int) -> list[st
     if res.gpus <= 0:
         lines.append("GPU-hours: none (this sweep runs on CPUs)")
         return lines
-    if inputs.num_parameters is None and inputs.model_config is not None:
-        inputs.num_parameters = count_parameters(inputs.model_config)
-    if not inputs.num_parameters:
+    if not inputs.parameters():
         lines.append("GPU-hours: unknown (the model's config could not be read from here)")
         return lines
     gpu = next((t.split(":", 1)[1] for t in cluster.get("accelerators", []) if t.split(":", 1)[1] in PEAK_TFLOPS),

@@ -187,13 +187,12 @@ def _fmt_time(s: float) -> str:
 def wall_time_s(sweep, inputs, res, at_once: int, probe: Probe) -> dict[str, float]:
     """The estimate's terms, in seconds (``total`` is the wall time) and counts; see the comments."""
     from lorasweep.engine import wants_baseline
-    from lorasweep.preflight import asha_grace, asha_tokens
+    from lorasweep.preflight import expected_tokens
 
     s, o = sweep.settings, sweep.options
     n = o.num_samples
     slots = max(1, min(at_once, n))
-    per_trial = asha_tokens(s.max_tokens, asha_grace(s.max_tokens, o.grace_tokens), o.reduction_factor) \
-        if o.scheduler == "asha" else float(s.max_tokens)
+    per_trial = expected_tokens(s, o)
     # Training: the expected tokens at each packing's rate; a searched packing is drawn half the time,
     # so the seconds (not the rates) average: 30k tokens at 15k and 20k tokens/s = (2.0 + 1.5) / 2 = 1.75 s.
     train_s = sum(per_trial / rate for rate in probe.tokens_per_s.values()) / len(probe.tokens_per_s)

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from lorasweep.engine import Preset, Recipe, main
 from search_spaces.lora_sft import LORA_SFT
+from sweeps.llama_finetome import RECIPE as FLAGSHIP
+
+FLAGSHIP_SMOKE = FLAGSHIP.presets["smoke"]
 
 
 def smoke_assets(cache: Path) -> dict:
@@ -66,15 +69,11 @@ RECIPE = Recipe(
                        sweep={"num_samples": 16, "max_concurrent": 4}),
         "smoke": Preset(
             "tiny Llama on a generated Alpaca-format sample, 4 trials, CPU, about a minute",
-            settings={
-                # The flagship's smoke sizing. 8 rows x ~40 tokens (unpacked) or 8 x ~250 (packed)
-                # per step; 60k tokens is ~1.4 epochs of the sample's 44k: ~190 steps unpacked, ~30 packed.
-                "max_seq_length": 256, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-                "max_tokens": 60_000, "eval_every": 10, "eval_fraction": 0.1, "eval_rows": 96,
-                "zero_stage": 0, "gradient_checkpointing": False,
-            },
-            sweep={"num_samples": 4, "max_concurrent": 2, "grace_tokens": 15_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1},
+            # The flagship's smoke sizing, kept in step with it: 8 rows x ~40 tokens (unpacked) or
+            # 8 x ~250 (packed) per step; 60k tokens is ~1.4 epochs of this sample's 44k: ~190 steps
+            # unpacked, ~30 packed. Four trials instead of six.
+            settings=dict(FLAGSHIP_SMOKE.settings),
+            sweep={**FLAGSHIP_SMOKE.sweep, "num_samples": 4},
             assets=smoke_assets,
         ),
     },
