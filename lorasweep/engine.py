@@ -7,7 +7,6 @@ Nothing here knows a model family or a dataset: those come from ``trainers/`` an
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -132,12 +131,6 @@ class SweepOptions:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentParser:
-    from lorasweep.flags import build_parser as build
-
-    return build(recipe, prog)
-
-
 @dataclass
 class ResolvedSweep:
     recipe: Recipe
@@ -194,6 +187,8 @@ def resolve(recipe: Recipe, argv: list[str] | None = None, prog: str | None = No
     Precedence, lowest first: the field defaults, the recipe, its preset, a sweep file (``--config``),
     the flags given. An error about a value the sweep file gave names its ``file:line``."""
     from lorasweep import sweepfile
+
+    from lorasweep.flags import build_parser
 
     args = vars(build_parser(recipe, prog).parse_args(argv))
     given = frozenset(args) - {"space"} | {f"space.{spec.partition('=')[0].strip()}" for spec in args.get("space", [])}

@@ -14,7 +14,6 @@ import yaml
 
 from lorasweep import sweepfile
 from lorasweep.engine import main, resolve
-from lorasweep.errors import ConfigError
 from lorasweep.flags import build_parser
 from sweeps.chat_sft import RECIPE as CHAT
 from sweeps.llama_finetome import RECIPE as FLAGSHIP
