@@ -58,6 +58,8 @@ class TrainSettings:
     eval_rows: int = field(default=256, metadata={"help": "cap on held-out eval rows, so eval stays cheap on 100k-row sets"})
     test_fraction: float = field(default=0.0, metadata={"help": "share of rows held out as the test split, scored once for the base model and once for the best adapter (0 = none)"})
     test_rows: int = field(default=2500, metadata={"help": "cap on test rows"})
+    validation_fraction: float = field(default=0.0, metadata={"help": "share of rows held out for the final round only: the top trials are scored again on eval + these rows before export (0 = the eval rows alone)"})
+    validation_rows: int = field(default=2000, metadata={"help": "cap on validation rows"})
     balance: bool = field(default=False, metadata={"help": "classification: take the same number of rows from every label before splitting"})
     max_seq_length: int = field(default=2048, metadata={"help": "tokens per example / per packed row"})
     # --- the task's columns and labels (classification tasks)
@@ -128,7 +130,7 @@ class TrainSettings:
                 raise ConfigError(f"`{name}` is {v!r}; it must be a positive number")
 
         for name in ("max_seq_length", "per_device_batch_size", "gradient_accumulation_steps",
-                     "max_tokens", "eval_every", "eval_rows", "test_rows", "r", "lora_alpha"):
+                     "max_tokens", "eval_every", "eval_rows", "test_rows", "validation_rows", "r", "lora_alpha"):
             positive(name)
         if self.max_train_rows is not None:
             positive("max_train_rows")
@@ -137,6 +139,11 @@ class TrainSettings:
         if not 0 <= self.test_fraction < 1 or self.eval_fraction + self.test_fraction >= 1:
             raise ConfigError(f"`test_fraction` is {self.test_fraction!r}; it must be in [0, 1) and leave rows to "
                               f"train on beside eval_fraction {self.eval_fraction}")
+        if not 0 <= self.validation_fraction < 1 or \
+                self.eval_fraction + self.test_fraction + self.validation_fraction >= 1:
+            raise ConfigError(f"`validation_fraction` is {self.validation_fraction!r}; it must be in [0, 1) and leave "
+                              f"rows to train on beside eval_fraction {self.eval_fraction} and test_fraction "
+                              f"{self.test_fraction}")
         for name, allowed in (("quantization", Quantization), ("precision", Precision), ("method", Method)):
             choices = typing.get_args(allowed)
             if getattr(self, name) not in choices:

@@ -57,11 +57,13 @@ class Split:
     train: list
     eval: list
     test: list = field(default_factory=list)
+    # held out for the sweep's final round only (the top trials scored again on eval + validation)
+    validation: list = field(default_factory=list)
 
 
 def split_rows(rows: list, settings, stratify=None) -> Split:
-    """Deterministic three-way split by ``settings.seed``: test first, then eval, the rest trains
-    (capped at ``max_train_rows``). With ``stratify`` (row -> class), ``balance`` takes the same
+    """Deterministic split by ``settings.seed``: test first, then eval, then validation (the final
+    round's extra rows), the rest trains (capped at ``max_train_rows``). With ``stratify`` (row -> class), ``balance`` takes the same
     number of rows from every class first."""
     rng = random.Random(settings.seed)
     idx = list(range(len(rows)))
@@ -75,13 +77,16 @@ def split_rows(rows: list, settings, stratify=None) -> Split:
         idx = [i for i in idx if i in keep]
     n_test = min(settings.test_rows, int(len(idx) * settings.test_fraction)) if settings.test_fraction else 0
     n_eval = min(settings.eval_rows, max(1, int(len(idx) * settings.eval_fraction)))
-    test, held, train = idx[:n_test], idx[n_test:n_test + n_eval], idx[n_test + n_eval:]
+    frac = getattr(settings, "validation_fraction", 0.0)
+    n_val = min(getattr(settings, "validation_rows", 0), int(len(idx) * frac)) if frac else 0
+    test, held = idx[:n_test], idx[n_test:n_test + n_eval]
+    val, train = idx[n_test + n_eval:n_test + n_eval + n_val], idx[n_test + n_eval + n_val:]
     if settings.max_train_rows:
         train = train[: settings.max_train_rows]
     if getattr(settings, "train_on_eval", False):  # --finalize: eval rows train too (and are still reported on)
         train = train + held
     pick = lambda ids: [rows[i] for i in sorted(ids)]  # noqa: E731  file order inside each split
-    return Split(pick(train), pick(held), pick(test))
+    return Split(pick(train), pick(held), pick(test), pick(val))
 
 
 @dataclass

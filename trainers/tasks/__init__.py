@@ -115,6 +115,7 @@ class Task:
             "train_examples": len(p.train.examples),
             "eval_examples": len(p.eval.examples),
             "test_rows": len(p.split.test),
+            "validation_rows": len(p.split.validation),
             "skipped": dict(sorted(skipped.items())),
             "truncated": p.train.truncated + p.eval.truncated,
             "tokens_per_example": round(p.train.num_tokens / len(p.train.examples), 1),
