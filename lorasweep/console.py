@@ -39,8 +39,9 @@ def tokens(n) -> str:
 
 class Console(Callback):
     def __init__(self, knobs: list[str], metric: str, mode: str, rungs: list[int], every_s: float = 30.0,
-                 table_every_s: float = 60.0, out=None):
+                 table_every_s: float = 60.0, out=None, prune_metric: str = ""):
         self.knobs, self.metric, self.mode, self.rungs = knobs, metric, mode, rungs
+        self.prune_metric = prune_metric if prune_metric != metric else ""  # what ASHA judges, when it differs
         self.every_s, self.table_every_s = every_s, table_every_s
         self.out = out
         self._printed_at: dict[str, float] = {}
@@ -73,7 +74,7 @@ class Console(Callback):
         if rung > self._rung.get(tid, 0) and not result.get("finished"):
             self._rung[tid] = rung
             self._say(f"{tid} reached ASHA rung {rung} ({tokens(self.rungs[rung - 1])} tokens): "
-                      f"{self.metric} {_num(value)}")
+                      f"{self.metric} {_num(value)}{self._judged(result)}")
         elif result.get("training_iteration") == 1 or now - self._printed_at.get(tid, 0) >= self.every_s:
             planned = f"/{result['max_steps']}" if result.get("max_steps") else ""
             self._say(f"{tid} step {result.get('step')}{planned}, {tokens(seen)} tokens: {self.metric} {_num(value)}")
@@ -91,8 +92,8 @@ class Console(Callback):
         else:
             rung = sum(1 for r in self.rungs if last.get("tokens_seen", 0) >= r)
             where = f"at rung {rung} ({tokens(self.rungs[rung - 1])} tokens)" if rung else ""
-            self._say(f"{trial.trial_id} stopped by ASHA {where}: {self.metric} {_num(last.get(self.metric))}, "
-                      f"sweep best {_num(self._best)}")
+            self._say(f"{trial.trial_id} stopped by ASHA {where}: {self.metric} {_num(last.get(self.metric))}"
+                      f"{self._judged(last)}, sweep best {_num(self._best)}")
         self._changed = True
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -114,6 +115,9 @@ class Console(Callback):
         if self._changed and now - self._table_at >= self.table_every_s:
             self._table_at, self._changed = now, False
             self._print(table(trials, self.knobs, self.metric, self.mode))
+
+    def _judged(self, result: dict) -> str:
+        return f" (ASHA judges {self.prune_metric} {_num(result.get(self.prune_metric))})" if self.prune_metric else ""
 
     # ------------------------------------------------------------------ output
 

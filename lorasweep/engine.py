@@ -78,6 +78,10 @@ class SweepOptions:
     scheduler: str = field(default="asha", metadata={"choices": ("asha", "none"), "help": "asha (early stopping on the objective) or none"})
     grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
     reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
+    prune_metric: str = field(default="eval_loss", metadata={"help": "what ASHA prunes on: eval_loss (smooth; accuracy or F1 on a few hundred rows moves in one-row steps) or any metric the task reports; 'objective' = the objective itself"})
+    rung_min_results: int = field(default=0, metadata={"help": "ASHA judges a rung once this many trials reached it; one that passed it before is judged again then (0 = the reduction factor, at least 2)"})
+    final_round: int = field(default=3, metadata={"help": "before export, score the top N trials (and the best known point, and the untrained model) again on the eval + validation rows, rank them by it, with 95% intervals (0 = off)"})
+    detectable: float = field(default=0.02, metadata={"help": "the smallest difference in a rate objective (accuracy, F1) the sweep should tell apart; a smaller eval split is warned about"})
     seed: int = field(default=0, metadata={"help": "Optuna TPE seed (the data seed is --data-seed)"})
     top_k: int = field(default=3, metadata={"help": "adapters to export"})
     shots: tuple[int, ...] = field(default=(0,), metadata={"help": "baseline: score the base model with these numbers of solved examples in the prompt, e.g. 0,1,3 (instruction models)"})
@@ -121,6 +125,12 @@ class SweepOptions:
             raise ConfigError(f"`--reduction-factor` is {self.reduction_factor}; it must be > 1")
         if self.grace_tokens < 0 or self.trial_retries < 0:
             raise ConfigError("`--grace-tokens` and `--trial-retries` must be >= 0")
+        for name in ("rung_min_results", "final_round"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be >= 0 (0: "
+                                  f"{'the default' if name == 'rung_min_results' else 'off'})")
+        if not 0 < self.detectable < 1:
+            raise ConfigError(f"`--detectable` is {self.detectable}; give a difference in (0, 1), e.g. 0.02 for 2 points")
         if any(k < 0 for k in self.shots):
             raise ConfigError(f"`--shots` is {','.join(map(str, self.shots))}; give numbers >= 0, e.g. 0,1,3")
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -280,6 +290,11 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
         raise ConfigError(f"recipe {recipe.name!r}: search space metric {space.metric!r} is not reported by task "
                           f"`{task.name}` ({', '.join(task.metric_names(settings))}); fix the recipe or pass --objective")
     options.objective = ",".join([space.metric, *wanted[1:]])
+    if options.prune_metric == "objective":
+        options.prune_metric = space.metric
+    elif options.prune_metric not in task.metric_names(settings):
+        raise ConfigError(f"`--prune-metric` is {options.prune_metric!r}; task `{task.name}` reports: "
+                          f"{', '.join(task.metric_names(settings))} (or pass objective)")
     if len(wanted) == 2 and options.searcher == "cmaes":
         raise ConfigError("`--searcher cmaes` optimises one objective; with two in --objective use tpe, random, grid or gp")
     if options.export_max_cost < 0:
@@ -610,12 +625,13 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     experiment of their own (``<name>-repeats``) beside the sweep's, no searcher, no early stopping;
     everything else is what a sweep runs."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from lorasweep.console import Console
     from lorasweep.credentials import share
     from lorasweep.preflight import asha_grace, asha_rungs
+    from lorasweep.scheduling import JudgedASHA
     from lorasweep.tracking import tune_callbacks
     from trainers.tasks import metric_mode
 
@@ -648,10 +664,12 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     if o.scheduler == "asha" and repeat_points is None:
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
+        # It prunes on --prune-metric (eval loss by default: smooth, where F1 on the eval rows moves
+        # in one-row steps) and judges a rung only once enough trials reached it (scheduling.py).
         grace = asha_grace(s.max_tokens, o.grace_tokens)
-        scheduler = ASHAScheduler(time_attr="tokens_seen", max_t=s.max_tokens, grace_period=grace,
-                                  reduction_factor=o.reduction_factor,
-                                  **({"metric": space.metric, "mode": space.mode} if multi else {}))
+        scheduler = JudgedASHA(time_attr="tokens_seen", metric=o.prune_metric, mode=metric_mode(o.prune_metric),
+                               max_t=s.max_tokens, grace_period=grace, reduction_factor=o.reduction_factor,
+                               min_results=o.rung_min_results)
         rungs = asha_rungs(s.max_tokens, grace, o.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -666,7 +684,9 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     trainable = tune.with_parameters(trainable or lora_trial, secrets=share())
     trainable.__mixins__ = (ResumeFromNewest,)
     trainable = tune.with_resources(trainable, wants)
-    tune_config = tune.TuneConfig(metric=None if multi else space.metric, mode=None if multi else space.mode,
+    # The scheduler and the searcher carry their own metrics; Tune refuses a second one here.
+    own = multi or isinstance(scheduler, JudgedASHA)
+    tune_config = tune.TuneConfig(metric=None if own else space.metric, mode=None if own else space.mode,
                                   search_alg=searcher, scheduler=scheduler,
                                   num_samples=o.num_samples if repeat_points is None else len(repeat_points),
                                   max_concurrent_trials=max_concurrent,
@@ -685,7 +705,8 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         # not complete: [...]" (the failure lines said it, with the reasons)
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
         logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
-    console = [] if o.verbose else [Console(list(space.params), space.metric, space.mode, rungs)]
+    console = [] if o.verbose else [Console(list(space.params), space.metric, space.mode, rungs,
+                                            prune_metric=o.prune_metric if rungs else "")]
     name = o.name if repeat_points is None else f"{o.name}-{suffix}"
     run_config = tune.RunConfig(name=name, storage_path=o.storage_path, verbose=1 if o.verbose else 0, stop=stop,
                                 # a trial's stdout/stderr: written in its working dir on its node, then
@@ -728,7 +749,10 @@ def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, 
              "space: " + "; ".join(space.describe()),
              f"model: {s.model} ({model_line(sweep, inputs, res)})"]
     if inputs.data:
+        from lorasweep.selection import sweep_noise_lines
+
         lines.append(data_line(inputs.data))
+        lines += sweep_noise_lines(sweep, inputs.data)
     lines.append(f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
                  f"{at_once} trial(s) at once on {'this machine' if not o.address else 'this cluster'} "
                  f"({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, {len(cluster['nodes'])} node(s))")
@@ -783,7 +807,8 @@ def model_line(sweep: ResolvedSweep, inputs, res: Resources) -> str:
 
 def data_line(data: dict) -> str:
     skipped = ", ".join(f"{k}: {v}" for k, v in data["skipped"].items()) or "none"
-    return (f"data: {data['rows']} rows -> {data['train_examples']} train + {data['eval_examples']} eval examples "
+    val = f" + {data['validation_rows']} validation rows" if data.get("validation_rows") else ""
+    return (f"data: {data['rows']} rows -> {data['train_examples']} train + {data['eval_examples']} eval examples{val} "
             f"({data['tokens_per_example']:.0f} tokens each on average); skipped {skipped}; "
             f"{data['truncated']} truncated to max_seq_length")
 
@@ -796,7 +821,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
     """Run (or dry-run) a sweep of ``recipe`` from command-line flags. ``command`` is how the user
     called it (``lorasweep run llama_finetome``; default: ``python <this script>``): --help and the
     resume line say it."""
-    from lorasweep import dashboard, preflight, sweepfile
+    from lorasweep import dashboard, final_round, preflight, selection, sweepfile
     from lorasweep.results import finish, publish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
@@ -812,6 +837,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
     o = sweep.options
     if inputs.data and not o.dry_run:
         print(f"[lorasweep] {data_line(inputs.data)}")
+        for line in selection.sweep_noise_lines(sweep, inputs.data):
+            print(f"[lorasweep] {line}")
     started = False
     try:
         if o.dry_run and not o.address:
@@ -862,7 +889,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
             print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
                   f"[lorasweep] resume with: {resume_command(argv, sweep.command)}")
             return 130
-        rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted)
+        rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted,
+                                    select=lambda rows: final_round.run(sweep, res, rows))
         if rc == 0 and sweep.options.repeats:
             rc = run_repeats(sweep, res, n, rows, argv)
         final = run_final(sweep, res, rows, argv) if rc == 0 and sweep.options.finalize else None

@@ -56,6 +56,7 @@ class SweepData:
     rungs: list[float] = field(default_factory=list)  # ASHA's milestones in tokens seen
     baseline: dict = field(default_factory=dict)
     ranked: list[dict] = field(default_factory=list)  # leaderboard.json, when the sweep wrote one
+    selection: dict = field(default_factory=dict)  # selection.json: the final round (lorasweep/final_round.py)
 
     @property
     def unit(self) -> str:
@@ -125,7 +126,8 @@ def load(sweep_dir: str) -> SweepData:
         rungs = asha_rungs(max_t, asha_grace(max_t, sweep.get("grace_tokens", 0)), sweep.get("reduction_factor", 3))
     return SweepData(sweep_dir=sweep_dir, config=config, knobs=knobs, metric=metric, mode=mode, trials=trials,
                      resources=resources, rungs=rungs,
-                     baseline=_read_json(_join(sweep_dir, "baseline.json")) or {}, ranked=ranked)
+                     baseline=_read_json(_join(sweep_dir, "baseline.json")) or {}, ranked=ranked,
+                     selection=_read_json(_join(sweep_dir, "selection.json")) or {})
 
 
 def _tune_status(sweep_dir: str) -> dict[str, str]:
@@ -409,6 +411,25 @@ def leaderboard_table(data: SweepData) -> tuple[list[str], list[list]]:
     return cols, rows
 
 
+def selection_table(data: SweepData) -> tuple[list[str], list[list]] | None:
+    """The final round: each model scored again on the eval + validation rows, with its 95% interval."""
+    sel = data.selection
+    if not sel.get("models"):
+        return None
+    seeds = {r["trial_id"]: r.get("seed") or "" for r in data.ranked}
+    names = [*sel.get("order", []), *(["base"] if "base" in sel["models"] else [])]
+    rows = [[("untrained model" if n == "base" else n), ("" if n == "base" else seeds.get(n, "")),
+             sel["models"][n]["value"], sel["models"][n]["low"], sel["models"][n]["high"]] for n in names]
+    return ["model", "known point", sel["metric"], "95% CI low", "95% CI high"], rows
+
+
+def selection_note(data: SweepData) -> str:
+    sel = data.selection
+    return (f"The top trials, the best known point and the untrained model scored again on {sel.get('rows')} rows "
+            f"({sel.get('eval_rows')} eval + {sel.get('validation_rows')} validation; never the test split); the "
+            "leaderboard's top follows this. Intervals by bootstrap over rows; comparisons paired on the same rows.")
+
+
 def settings_table(data: SweepData) -> list[tuple[str, str]]:
     c, s, o = data.config, data.config.get("settings", {}), data.config.get("sweep", {})
     res = data.resources
@@ -519,6 +540,11 @@ def render_html(data: SweepData, figs: dict) -> str:
     parts = [f"<h1>Sweep {html.escape(data.name)}</h1>", f"<p>{html.escape(_summary_line(data))}</p>"]
     cols, rows = leaderboard_table(data)
     parts += ["<h2>Leaderboard</h2>", _html_table(cols, rows)]
+    sel = selection_table(data)
+    if sel is not None:
+        parts += ["<h2>Final round: can the winner be told apart?</h2>",
+                  f"<p class='note'>{html.escape(selection_note(data))}</p>", _html_table(*sel)]
+        parts += [f"<p><b>{html.escape(v)}</b></p>" for v in data.selection.get("verdicts", [])]
     first = True
     for name, fig in figs.items():
         title, note = SECTIONS[name]
@@ -560,7 +586,12 @@ def render_md(data: SweepData) -> str:
     found, why = data.importance
     out = [f"# Sweep {data.name}", "", _summary_line(data), "",
            "Interactive plots: `report.html` in this folder (opens offline).", "", "## Leaderboard", "",
-           _md_table(*leaderboard_table(data)), "", "## Which knobs mattered", ""]
+           _md_table(*leaderboard_table(data)), ""]
+    sel = selection_table(data)
+    if sel is not None:
+        out += ["## Final round: can the winner be told apart?", "", selection_note(data), "", _md_table(*sel), "",
+                *(f"- **{v}**" for v in data.selection.get("verdicts", [])), ""]
+    out += ["## Which knobs mattered", ""]
     if found:
         knobs = list(next(iter(found.values())))
         out.append(_md_table(["knob", *found], [[k, *(found[e].get(k) for e in found)] for k in knobs]))

@@ -66,6 +66,8 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
             last = df.iloc[-1]
             row[best_col] = float(best[metric])
             row.update({m: float(best[m]) for m in reported if m != metric and m in df and best[m] == best[m]})
+            if "eval_loss" in df and best.get("eval_loss") == best.get("eval_loss"):
+                row.setdefault("eval_loss", float(best["eval_loss"]))  # the tie-break, always at hand
             row.update(
                 best_step=int(best.get("step", 0)),
                 best_tokens_seen=int(best.get("tokens_seen", 0)),
@@ -88,8 +90,10 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
         rows.append(row)
     sign = 1 if mode == "min" else -1
     # Failed trials go below every healthy one whatever they reached before failing: their
-    # adapters are never exported.
-    rows.sort(key=lambda r: (r["status"] == "failed", r.get(best_col) is None, sign * (r.get(best_col) or 0)))
+    # adapters are never exported. Ties (F1 on a few hundred rows ties often) go to the lower eval
+    # loss at the best report, a smooth signal, never to the order trials ran in.
+    rows.sort(key=lambda r: (r["status"] == "failed", r.get(best_col) is None, sign * (r.get(best_col) or 0),
+                             _tie_loss(r)))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
@@ -148,18 +152,28 @@ def mark_pareto(rows: list[dict], objectives: list[str]) -> list[dict]:
     return front
 
 
+def _tie_loss(row: dict) -> float:
+    v = row.get("eval_loss")
+    return float(v) if isinstance(v, (int, float)) and v == v else float("inf")
+
+
 def _best_report(df, metric: str, mode: str):
-    """The report with the best ``metric`` whose checkpoint Ray kept. Ray Train keeps the best two by
-    the same metric, but a tie (accuracy and F1 tie often on a small eval split) may have been
-    resolved the other way round: among equals, take a report whose checkpoint still exists."""
+    """The report with the best ``metric`` whose checkpoint Ray kept, among equals the one with the
+    lowest eval loss. Ray Train keeps the best two by the same metric, but a tie (accuracy and F1
+    tie often on a small eval split) may have been resolved the other way round: among equals,
+    take a report whose checkpoint still exists."""
     scored = df[df[metric].notna()]
     ordered = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
     top = ordered[ordered[metric] == ordered[metric].iloc[0]]
+    # later reports first (Ray replaced the earlier ones), then the lowest eval loss first
+    top = top.iloc[::-1]
+    if "eval_loss" in top and metric != "eval_loss":
+        top = top.sort_values("eval_loss", kind="stable", na_position="last")
     if "checkpoint_path" in top:
-        for _, report in top.iloc[::-1].iterrows():  # later reports first: Ray replaced the earlier ones
+        for _, report in top.iterrows():
             if isinstance(report.get("checkpoint_path"), str) and _exists(report["checkpoint_path"]):
                 return report
-    return top.iloc[0]
+    return top.iloc[0] if "eval_loss" in top and metric != "eval_loss" else top.iloc[-1]
 
 
 def _one_line(err: BaseException | str) -> str:
@@ -178,6 +192,8 @@ def _one_line(err: BaseException | str) -> str:
 def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric: str = "eval_loss",
                       reported: tuple[str, ...] = ()) -> None:
     columns = ["rank", "trial_id", *knobs, best_key(metric), f"final_{metric}",
+               *[c for c in (f"final_round_{metric}", f"final_round_{metric}_low", f"final_round_{metric}_high")
+                 if any(c in r for r in rows)],
                *[c for c in ("runs", f"mean_{metric}", f"std_{metric}") if any(c in r for r in rows)],
                *[m for m in reported if m != metric],
                *[c for c in LEADERBOARD_FIELDS if c not in ("rank", "trial_id")]]
@@ -457,8 +473,11 @@ def resume_command(argv: list[str], command: str = "") -> str:
     return " ".join([command, *map(shlex.quote, args), "--resume"])
 
 
-def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = False) -> tuple[int, list[dict], list[str]]:
-    """The leaderboard (always) and the export (a complete sweep): ``(exit code, rows, exported)``."""
+def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = False,
+           select=None) -> tuple[int, list[dict], list[str]]:
+    """The leaderboard (always) and the export (a complete sweep): ``(exit code, rows, exported)``.
+    ``select(rows) -> rows``: the final round (lorasweep/final_round.py), which may reorder the top
+    of a complete sweep's leaderboard before the export."""
     from trainers.tasks import get_task
 
     knobs = list(sweep.space.params)
@@ -491,6 +510,10 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
         print(f"[lorasweep] interrupted{ended}; everything written so far is kept in {sweep.sweep_dir}")
         print(f"[lorasweep] resume with: {resume_command(argv, getattr(sweep, 'command', ''))}")
         return 130, rows, []
+    if select is not None:
+        rows = select(rows)
+        with _writes(fix):
+            write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
     with _writes(fix):
         exported = export_best(rows, knobs, sweep, sweep.options.top_k)
     best_col = best_key(metric)
@@ -504,7 +527,10 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
               else "[lorasweep] no trial produced a checkpoint; nothing exported")
         return 1, rows, exported
     if len(ok) > 1 and not math.isnan(ok[0][best_col]):
-        print(f"[lorasweep] best {metric} {ok[0][best_col]:.4f}, worst {ok[-1][best_col]:.4f}")
+        fr = f"final_round_{metric}"
+        ci = (f" (final round {ok[0][fr]:.4f}, 95% CI {ok[0][fr + '_low']:.4f}..{ok[0][fr + '_high']:.4f})"
+              if fr in ok[0] else "")
+        print(f"[lorasweep] best {metric} {ok[0][best_col]:.4f}{ci}, worst {ok[-1][best_col]:.4f}")
     print(f"[lorasweep] best adapter: {exported[0]}")
     return 0, rows, exported
 
