@@ -58,7 +58,9 @@ RECIPE = Recipe(
         "zero_stage": 0,
     },
     presets={
-        "real": Preset("FLAN-T5-base on DialogSum (LoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8}),
+        "real": Preset("FLAN-T5-base on DialogSum (LoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8},
+                       # ROUGE-L on 64 dialogues per report; the final round summarises 256 eval + 500 validation
+                       settings={"validation_fraction": 0.04, "validation_rows": 500}),
         "smoke": Preset(
             "tiny T5 on a generated DialogSum-format sample, 4 trials, CPU, minutes",
             settings={

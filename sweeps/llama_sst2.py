@@ -50,7 +50,9 @@ RECIPE = Recipe(
         "zero_stage": 0,
     },
     presets={
-        "real": Preset("Llama-3.2-1B on SST-2 (QLoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8}),
+        "real": Preset("Llama-3.2-1B on SST-2 (QLoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8},
+                       # the final round: the top trials on the 256 eval + 2,000 validation sentences (<= 1.0 point)
+                       settings={"validation_fraction": 0.05, "validation_rows": 2000}),
         "smoke": Preset(
             "tiny Llama on a generated SST-2-format sample, 6 trials, CPU, minutes",
             settings={

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]  # deselected by default: pytest -m bench
 
 
 def test_every_figure_of_the_quick_benchmark_is_measured(tmp_path):
