@@ -109,6 +109,30 @@ def test_exported_adapter_reloads_to_its_reported_eval_loss_and_beats_the_base(s
     assert tuned < 0.9 * base, (tuned, base)
 
 
+def test_the_final_round_rescores_the_top_row_by_row_with_intervals_and_verdicts(shared_sweep):
+    """Before export the healthy trials and the untrained model are scored again on the eval rows
+    (the smoke preset holds out no validation rows): each row's loss and token count reproduce the
+    eval loss the trial reported, the top is ranked by it, and the console says what can be told apart."""
+    d = shared_sweep["dir"]
+    sel = json.loads((d / "selection.json").read_text())
+    healthy = [r for r in _leaderboard(d) if r["status"] != "failed"]
+    assert sel["metric"] == "eval_loss" and sel["validation_rows"] == 0 and sel["rows"] == sel["eval_rows"] > 0
+    assert sel["order"] == [r["trial_id"] for r in healthy]  # 3 healthy trials, all within --final-round 3
+    for r in healthy:
+        m = sel["models"][r["trial_id"]]
+        assert m["low"] < m["value"] < m["high"]
+        assert m["value"] == pytest.approx(float(r["best_eval_loss"]), rel=1e-4)  # same rows, same loss
+        assert float(r["final_round_eval_loss"]) == pytest.approx(m["value"])
+    base = sel["models"]["base"]["value"]
+    assert base > sel["models"][healthy[0]["trial_id"]]["value"] and not sel["winner_worse_than_base"]
+    out = shared_sweep["stdout"]
+    assert f"[lorasweep] best ({healthy[0]['trial_id']}) vs runner-up ({healthy[1]['trial_id']}): " in out
+    untrained = next(line for line in out.splitlines() if "best vs the untrained model:" in line)
+    assert " eval_loss (95% CI " in untrained and "better (p" in untrained, untrained
+    report = (d / "report.md").read_text()
+    assert "## Final round: can the winner be told apart?" in report and "untrained model" in report
+
+
 def test_bad_rows_are_skipped_and_counted_by_reason(shared_sweep):
     report = json.loads((shared_sweep["dir"] / "data_report.json").read_text())
     assert report["skipped"] == {reason: len(rows) for reason, rows in BAD_ROWS.items()}
