@@ -144,9 +144,10 @@ def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str)
         best = ranked[0]
         others = []
         if len(ranked) > 1:
-            others.append((f"best ({best['trial_id']}) vs runner-up ({ranked[1]['trial_id']})", ranked[1]["trial_id"]))
+            tag = f", {_short(ranked[1]['seed'])}" if ranked[1].get("seed") else ""
+            others.append((f"best ({best['trial_id']}) vs runner-up ({ranked[1]['trial_id']}{tag})", ranked[1]["trial_id"]))
         known = next((r for r in ranked[1:] if r.get("seed")), None)
-        if known is not None:
+        if known is not None and known is not ranked[1]:  # the runner-up's line already says it
             others.append((f"best vs {_short(known['seed'])} ({known['trial_id']})", known["trial_id"]))
         if BASE in scored:
             others.append(("best vs the untrained model", BASE))
