@@ -745,7 +745,9 @@ def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, 
     lines = [f"dry run of {sweep.recipe.name} (preset {sweep.preset}) on {where}: nothing is trained or written",
              f"sweep: {o.name} -> {sweep.sweep_dir}; {o.num_samples} trials, {len(space.seeds)} known point(s) first, "
              f"{o.searcher}{' + ASHA' if o.scheduler == 'asha' else ''} on {', '.join(sweep.objectives)} "
-             f"({space.mode})",
+             f"({space.mode})" + (f", ASHA pruning on {o.prune_metric}" if o.scheduler == "asha"
+                                  and o.prune_metric != space.metric else "")
+             + (f"; final round: top {o.final_round} on eval + validation rows" if o.final_round else ""),
              "space: " + "; ".join(space.describe()),
              f"model: {s.model} ({model_line(sweep, inputs, res)})"]
     if inputs.data:
