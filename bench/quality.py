@@ -1,54 +1,66 @@
 """Search-quality suite: does a lorasweep sweep's best adapter beat the notebook default, per task?
 
     . .venv/bin/activate
-    python bench/quality.py --quick --only encoder        # wiring check, tiny rows/trials (~6 min)
-    python bench/quality.py --quick --only instruct_movies # wiring check on SmolLM2 4-bit (~15 min)
-    python bench/quality.py --only encoder                # MiniLM, 1,100/300/1,000 rows (~25 min)
-    python bench/quality.py --only instruct_movies,instruct_nyt   # SmolLM2 tasks (~45-60 min each, estimated)
-    python bench/quality.py                               # all five tasks (~4-5 hours on 2 CPU cores, estimated)
+    python bench/quality.py --quick --only encoder    # wiring check: 220/60/120 rows, 4 trials, 2 random (12 min)
+    python bench/quality.py --only encoder            # MiniLM, 1,100/300/1,000 rows, 8 trials, 5 random (~50 min)
+    python bench/quality.py --only instruct_movies    # SmolLM2 4-bit, 300/60/200 rows, 6 trials (ESTIMATE ~45-60 min)
+    python bench/quality.py --only instruct_nyt,qa --only chat   # the other SmolLM2 tasks (ESTIMATE ~45-60 min each)
+    python bench/quality.py                           # all five tasks (ESTIMATE ~4-5 hours)
+    python bench/quality.py --quick --only chat       # SmolLM2 wiring check (ESTIMATE ~20-25 min)
     python bench/quality.py --resume bench/quality_runs/<stamp> --only qa   # after a kill: reuses finished work
 
-Times on the 2-core CPU machine (Dec 2026). Measured: encoder full ~25 min, encoder --quick ~6 min
-(see bench/quality_results*.json for the exact wall seconds of each arm). SmolLM2 tasks (4-bit on
-CPU, one row ~0.5-1 s to train, test scoring ~0.2 s a row for labels and ~2 s a row for generated
-QA answers) are ESTIMATES sized to 30-60 min each: instruct_movies/instruct_nyt (300 train, 60
-eval, 200 test rows), qa (200/40/100), chat (300/60/200); --quick ~10-15 min each.
+Times on the shared 2-core CPU machine (Dec 2026). Measured: encoder --quick 12 min 10 s wall; encoder
+full: plain 164 s, long_plain 313 s, random (7 trials) ~1,500 s, sweep ~600 s, test scoring ~5 min
+(exact seconds per arm: bench/quality_results.json, `wall_s` / `score_s`). The SmolLM2 tasks were NOT
+run in full here: their row counts are sized from the earlier single-task benchmark (SmolLM2 4-bit,
+280 train rows: one epoch + scoring 651 s) so one task is ~45-60 min; measure before relying on it.
+--trials N / --random-n N change the per-task defaults (encoder 8 trials, SmolLM2 tasks 6; random 5).
 
-Tasks (each arm is a subprocess of the recipe script on the SAME data file and split flags, so all
-arms train, select and are tested on the same rows; --data-seed stays the recipe's):
-  encoder          sweeps/distilbert_imdb.py, real all-MiniLM-L6-v2, no quantization, movie sentences
-                   (1,100 train / 300 eval / 1,000 test); test F1 + accuracy, exact McNemar
+Tasks (each arm is a subprocess of the recipe script on the SAME data file and the same split flags,
+so all arms train, select and are tested on the same rows; --data-seed stays the recipe's):
+  encoder          sweeps/distilbert_imdb.py, real all-MiniLM-L6-v2, no quantization, movie sentences;
+                   test F1 (the recipe's objective) + accuracy, exact McNemar
   instruct_movies  sweeps/mistral_imdb.py, SmolLM2-135M-Instruct 4-bit, movie sentences; F1 + accuracy
-  instruct_nyt     the same on NYT editorial sentences (|rating| >= 1, class-balanced, its own prompt)
+  instruct_nyt     the same on NYT editorial sentences (|rating| >= 1, class-balanced file and --balance,
+                   a newspaper prompt; tests/real_material.py write_nyt_sentiment_sample)
   qa               sweeps/llama_squad.py, SmolLM2 4-bit, write_movie_qa_sample; SQuAD v2 F1, paired bootstrap
-  chat             sweeps/llama_finetome.py, SmolLM2 4-bit, write_sentiment_chat_sample; loss on the
-                   test rows' assistant turns (token-weighted; lower is better), paired bootstrap
+  chat             sweeps/llama_finetome.py, SmolLM2 4-bit, write_sentiment_chat_sample; token-weighted
+                   loss on the test rows' assistant turns (lower is better; scored here, the recipe
+                   has no test metric), paired bootstrap with each row's labelled tokens as weights
+Where the script has the final round (--validation-fraction), as many validation rows as eval rows
+are held out for every arm (only the sweep's final round reads them).
 
-Arms of each task (<runs>/<task>/<arm>, logs in <runs>/<task>/<arm>.log):
-  base        the untrained model on the test split (the plain arm's baseline.json 'base 0-shot')
-  plain       the notebook recipe: r=16, alpha=16, no rsLoRA, no packing, no warmup, lr 2e-4 (LoRA),
-              exactly one epoch (max_tokens = the audit's train tokens), one trial, no ASHA, no final round
+Arms of each task (<runs>/<task>/<arm>/, logs in <runs>/<task>/<arm>.log):
+  base        the untrained model on the test split (the plain arm's baseline.json 'base 0-shot';
+              chat: scored here)
+  plain       the notebook recipe: r=16, alpha=16, no rsLoRA, no packing, no warmup, lr 2e-4, LoRA,
+              exactly one epoch (max_tokens = the audit's train tokens), one trial, one report at the
+              end, no ASHA, --final-round 0
   long_plain  the same config trained as long as a sweep trial may (the sweep's max_tokens), reporting
               as often as a sweep trial; its exported adapter is its best report by eval
   random      --random-n configs drawn at random from the recipe's own space (--searcher random
-              --scheduler none), each as long as a sweep trial; the recipe's known points (which
-              every searcher enqueues first) run too but are left out of the statistics
+              --scheduler none --seed 1), each as long as a sweep trial, best report by eval; every
+              searcher enqueues the recipe's known points first, so they run too but are left out
+              of the random statistics (median, 75th percentile; for a loss its 25th percentile)
   sweep       the recipe's own space (the smoke preset's narrowed learning-rate range put back), TPE
-              from the recipe's known points, ASHA on training tokens. The per-trial cap, ASHA's first
-              rung and factor are chosen by simulating asynchronous ASHA (bench/quality.py plan_asha)
-              so the expected total training tokens stay <= 2.7x one epoch (the goal is <= 3x plain;
-              Ray's ASHA always lets the first trial at a rung go on, so one trial runs to the cap
-              and the cap is below 3 epochs when the sweep has many trials). --top-k = trials: every
-              trial's adapter is exported and scored on the test split.
+              from the recipe's known points, ASHA on training tokens, the final round as the
+              script defaults; --top-k = trials, so every trial's adapter is exported and scored.
+              Budget: Ray's asynchronous ASHA always lets the first trial at a rung go on (and any
+              trial better than the best so far), so about H(n) = 1 + 1/2 + ... + 1/n trials run to
+              the cap: with a 3-epoch cap no sweep of 4+ trials stays <= 3x plain. plan_asha
+              simulates that scheduler and takes the longest cap (3 epochs down to 1) whose expected
+              total is <= 2.7 epochs, with ASHA's factor and first rung; for 8 trials that is a
+              1-epoch cap (factor 6), for 6 trials ~1-1.25, for 3-4 trials 1.5. The ratio is printed.
 
-Prints per task: base, random median/p75, plain, long plain, sweep (test metric, training tokens and
-the ratio to plain), the sweep's trials with their test scores, the paired test of sweep vs the better
-plain arm and whether the eval winner (rank_1) is in the test top-2 of its trials; then the targets:
+Prints per task: base, random median/p75, plain, long plain, sweep (test metric, training tokens, the
+ratio to plain, wall seconds incl. test scoring), the sweep's trials in eval order with their test
+scores, the paired test of sweep vs the better plain arm, whether the eval winner (rank_1) is in the
+test top-2 of its trials; then the targets over every task in the results file:
   (a) sweep >= both plain arms on every task   (b) better than the better plain arm with p < 0.05 on
   >= half the tasks   (c) sweep tokens <= 3x plain   (d) sweep better than the random arm's 75th
-  percentile on every task   (e) eval winner in the test top-2 on >= 3 of 4 tasks (75%)
-Writes bench/quality_results.json (bench/quality_results_quick.json with --quick); --only merges
-its tasks into the file's earlier results.
+  percentile on every task   (e) eval winner in the test top-2 on >= 75% of tasks (3 of 4)
+Writes bench/quality_results.json (bench/quality_results_quick.json with --quick) after each task;
+--only merges its tasks into the file's earlier results (by task name). Statistics: bench/stats.py.
 """
 
 from __future__ import annotations
