@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
+
 # kept in baseline.json (per-example plots, samples.jsonl), not printed as rows
 PER_EXAMPLE = ("predictions", "references", "per_example", "samples")
 
 
-def score(settings_dict: dict, adapter: str | None = None, shots: int = 0, secrets: list | None = None) -> dict:
-    """Metrics of the base model (``adapter`` None) or of an exported adapter/model folder (a local
-    path or a storage URI) on the test split (the eval split when the recipe has no test split).
-    ``secrets``: the driver's ``credentials.share()`` (HF_TOKEN for a gated base)."""
+@contextmanager
+def loaded(settings_dict: dict, adapter: str | None = None, secrets: list | None = None):
+    """``(settings, task, tokenizer, model)``: the base model (``adapter`` None), plus an exported
+    adapter/model folder or a trial's checkpoint (a local path or a storage URI). ``secrets``: the
+    driver's ``credentials.share()`` (HF_TOKEN for a gated base)."""
     from lorasweep.credentials import apply
     from trainers.config import TrainSettings
     from trainers.loop import load_trained
@@ -31,7 +34,13 @@ def score(settings_dict: dict, adapter: str | None = None, shots: int = 0, secre
 
             # a copy for local folders (pyarrow wants them absolute); downloads storage URIs
             adapter = Checkpoint(adapter if "://" in adapter else os.path.abspath(adapter)).to_directory(tmp)
-        task, tokenizer, model = load_trained(s, adapter)
+        yield (s, *load_trained(s, adapter))
+
+
+def score(settings_dict: dict, adapter: str | None = None, shots: int = 0, secrets: list | None = None) -> dict:
+    """Metrics of the base model (``adapter`` None) or of an exported adapter/model folder on the test
+    split (the eval split when the recipe has no test split)."""
+    with loaded(settings_dict, adapter, secrets) as (s, task, tokenizer, model):
         split, _ = task.read(s)
         rows, which = (split.test, "test") if split.test else (split.eval, "eval")
         out = task.score(model, tokenizer, s, rows, split.train, shots)

@@ -11,8 +11,6 @@ Scoring runs as Ray tasks sized like one trial worker (as the baseline does), se
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 from lorasweep import selection
 
@@ -25,18 +23,9 @@ BASE = "base"  # the untrained model's entry in selection.json
 def score_rows(settings_dict: dict, adapter: str | None, metric: str, secrets: list | None = None) -> dict:
     """One model's record on the eval + validation rows (``lorasweep.selection``'s record form), the
     metric on them, and how many rows of each split."""
-    from lorasweep.credentials import apply
-    from trainers.config import TrainSettings
-    from trainers.loop import load_trained
+    from lorasweep.baseline import loaded
 
-    apply(secrets)
-    s = TrainSettings.from_dict(settings_dict)
-    with tempfile.TemporaryDirectory() as tmp:
-        if adapter is not None:
-            from ray.train import Checkpoint
-
-            adapter = Checkpoint(adapter if "://" in adapter else os.path.abspath(adapter)).to_directory(tmp)
-        task, tokenizer, model = load_trained(s, adapter)
+    with loaded(settings_dict, adapter, secrets) as (s, task, tokenizer, model):
         split, _ = task.read(s)
         rows = split.eval + split.validation
         record = task_record(task, model, tokenizer, s, rows, metric)
