@@ -305,7 +305,9 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
     train, held = examples(tmp_path / "fin")
     assert examples(tmp_path / "fin-final") == (train + held, held)
     final = tmp_path / "fin" / "final_adapter"
-    assert (final / "EXPORT_COMPLETE").is_file() and (final / "rank_1" / "adapter_model.safetensors").is_file()
+    winner = json.loads((tmp_path / "fin" / "leaderboard.json").read_text())[0]
+    weights = "model.safetensors" if winner.get("method") == "full" else "adapter_model.safetensors"  # method is searched
+    assert (final / "EXPORT_COMPLETE").is_file() and (final / "rank_1" / weights).is_file(), winner.get("method")
     baseline = json.loads((tmp_path / "fin" / "baseline.json").read_text())
     assert baseline["final"]["n"] == baseline["tuned"]["n"] == baseline["base 0-shot"]["n"] > 0
     assert "final adapter: " in r.stdout and re.search(r"metric +base 0-shot +tuned +final", r.stdout)
