@@ -79,7 +79,7 @@ class SweepOptions:
     grace_tokens: int = field(default=0, metadata={"help": "ASHA's first rung in training tokens (0 = max_tokens/8)"})
     reduction_factor: float = field(default=3.0, metadata={"help": "ASHA keeps 1/this of trials per rung"})
     prune_metric: str = field(default="eval_loss", metadata={"help": "what ASHA prunes on: eval_loss (smooth; accuracy or F1 on a few hundred rows moves in one-row steps) or any metric the task reports; 'objective' = the objective itself"})
-    rung_min_results: int = field(default=0, metadata={"help": "ASHA judges a rung once this many trials reached it; one that passed it before is judged again then (0 = the reduction factor, at least 2)"})
+    rung_min_results: int = field(default=0, metadata={"help": "ASHA judges a rung once this many trials reached it; one that passed it before is judged again then (0 = 2: one peer)"})
     final_round: int = field(default=3, metadata={"help": "before export, score the top N trials (and the best known point, and the untrained model) again on the eval + validation rows, rank them by it, with 95% intervals (0 = off)"})
     detectable: float = field(default=0.02, metadata={"help": "the smallest difference in a rate objective (accuracy, F1) the sweep should tell apart; a smaller eval split is warned about"})
     seed: int = field(default=0, metadata={"help": "Optuna TPE seed (the data seed is --data-seed)"})

@@ -62,6 +62,9 @@ class JudgedASHA(AsyncHyperBandScheduler):
                  reduction_factor: float, min_results: int = 0):
         super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor)
-        # Enough results that the cutoff (the 1 - 1/rf quantile) separates one result from the rest.
-        self.min_results = min_results or max(2, round(reduction_factor))
+        # One peer is enough to judge (2 results): trials at once reach a rung together, so the first
+        # is judged within a report or two. Waiting for round(rf) results let a 2-at-a-time sweep's
+        # first trials finish before their rung was judged (bench/quality.py encoder, rf 6: 5 of 8
+        # trials ran to the cap).
+        self.min_results = min_results or 2
         self._brackets = [JudgedBracket(grace_period, max_t, reduction_factor, 0, min_results=self.min_results)]

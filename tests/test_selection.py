@@ -186,3 +186,18 @@ def test_tied_reports_and_trials_go_to_the_lower_eval_loss(tmp_path):
     rows = leaderboard_rows([result("first", [0.9, 0.6]), result("second", [0.9, 0.3])], [], "f1", "max",
                             ("eval_loss", "f1"))
     assert [r["trial_id"] for r in rows] == ["second", "first"] and rows[0]["eval_loss"] == 0.3
+
+
+def test_by_default_one_peer_is_enough_to_judge_the_first_trial():
+    from ray.tune.schedulers import TrialScheduler
+
+    from lorasweep.scheduling import JudgedASHA
+
+    sched = JudgedASHA(time_attr="tokens_seen", metric="eval_loss", mode="min", max_t=1000, grace_period=10,
+                       reduction_factor=6)
+    assert sched.min_results == 2
+    bracket = sched._brackets[0]
+    first, second = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    assert bracket.on_result(first, 10, -3.0) == TrialScheduler.CONTINUE  # alone at the rung
+    assert bracket.on_result(second, 10, -1.0) == TrialScheduler.CONTINUE  # the better of two
+    assert bracket.on_result(first, 12, -2.9) == TrialScheduler.STOP  # judged now that a peer is there
