@@ -114,38 +114,23 @@ def minilm_dir() -> Path:
     return folder
 
 
-def _download_movie_ground_truth() -> str:
-    """Fetch the vaderSentiment sdist with pip and read the nested ground-truth file in memory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", VADER_SPEC, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if proc.returncode != 0 or not sdists:
-            raise RuntimeError(f"could not download the {VADER_SPEC} sdist from PyPI "
-                               f"({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        # Nothing is extracted to disk: no path-traversal concerns, no tarfile filter differences.
-        with tarfile.open(sdists[0]) as outer:
-            member = next(m for m in outer.getmembers()
-                          if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz"))
-            inner_bytes = outer.extractfile(member).read()
-        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-            member = next(m for m in inner.getmembers()
-                          if m.name.endswith("movieReviewSnippets_GroundTruth.txt"))
-            return inner.extractfile(member).read().decode("utf-8")
-
-
 def movie_snippets() -> list[tuple[str, int]]:
     """Rotten Tomatoes sentences with binary labels (1 = rating > 0), |rating| < 1 dropped, file order.
 
     The first call downloads ~2.5 MB from PyPI; the parsed list is cached as JSONL under cache_root().
     """
-    cache = cache_root() / "vader-movie-snippets.jsonl"
+    return _labelled_snippets("movieReviewSnippets_GroundTruth.txt", "vader-movie-snippets.jsonl", "vader")
+
+
+def _labelled_snippets(filename: str, cache_name: str, lock: str) -> list[tuple[str, int]]:
+    """``(text, 1 if rating > 0 else 0)`` of a vader ground-truth file, |rating| < 1 dropped, file
+    order; parsed once, then cached as JSONL under cache_root()."""
+    cache = cache_root() / cache_name
     if not cache.is_file():
-        with _lock("vader"):
+        with _lock(lock):
             if not cache.is_file():
                 rows = []
-                for line in _download_movie_ground_truth().splitlines():  # file uses \r\n
+                for line in _download_vader_ground_truth(filename).splitlines():  # files use \r\n
                     if not line.strip():
                         continue
                     _id, rating, text = line.split("\t", 2)
@@ -191,12 +176,13 @@ def write_sentiment_chat_sample(path, n_train_rows: int, seed: int = 0, *,
     return path
 
 
-def write_sentiment_sample(path, n_rows: int, seed: int = 0) -> Path:
-    """``n_rows`` balanced movie-review sentences in IMDB's schema (``text``, ``label``: 0 negative,
-    1 positive), shuffled with ``seed``: what the classification recipes read."""
+def write_sentiment_sample(path, n_rows: int, seed: int = 0, snippets=None) -> Path:
+    """``n_rows`` balanced movie-review sentences (or ``snippets``) in IMDB's schema (``text``,
+    ``label``: 0 negative, 1 positive), shuffled with ``seed``: what the classification recipes read."""
     rng = random.Random(seed)
-    pos = [t for t, y in movie_snippets() if y == 1]
-    neg = [t for t, y in movie_snippets() if y == 0]
+    snippets = movie_snippets() if snippets is None else snippets
+    pos = [t for t, y in snippets if y == 1]
+    neg = [t for t, y in snippets if y == 0]
     rng.shuffle(pos)
     rng.shuffle(neg)
     rows = [{"text": t, "label": 1} for t in pos[: (n_rows + 1) // 2]]
@@ -265,8 +251,9 @@ def write_movie_qa_sample(path, n_rows: int, seed: int = 0) -> Path:
 
 
 def _download_vader_ground_truth(filename: str) -> str:
-    """Like ``_download_movie_ground_truth``, for any ground-truth file of the same inner archive
-    (``nytEditorialSnippets_GroundTruth.txt``, ...): fetch the sdist with pip, read it in memory."""
+    """A ground-truth file of the vaderSentiment sdist's inner archive (``movieReviewSnippets_...``,
+    ``nytEditorialSnippets_GroundTruth.txt``): fetch the sdist with pip, read it in memory (nothing
+    is extracted to disk: no path-traversal concerns, no tarfile filter differences)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-q", VADER_SPEC, "-d", tmp]
@@ -287,39 +274,15 @@ def _download_vader_ground_truth(filename: str) -> str:
 def nyt_snippets() -> list[tuple[str, int]]:
     """New York Times editorial sentences with binary labels (1 = rating > 0), |rating| < 1 dropped,
     file order: 1,554 rows (558 positive, 996 negative). Cached as JSONL under cache_root()."""
-    cache = cache_root() / "vader-nyt-snippets.jsonl"
-    if not cache.is_file():
-        with _lock("vader-nyt"):
-            if not cache.is_file():
-                rows = []
-                for line in _download_vader_ground_truth("nytEditorialSnippets_GroundTruth.txt").splitlines():
-                    if not line.strip():
-                        continue
-                    _id, rating, text = line.split("\t", 2)
-                    if abs(float(rating)) >= 1.0:
-                        rows.append({"text": text.strip(), "label": int(float(rating) > 0)})
-                tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-                os.replace(tmp, cache)
-    with open(cache, encoding="utf-8") as fh:
-        return [(r["text"], r["label"]) for r in map(json.loads, fh)]
+    return _labelled_snippets("nytEditorialSnippets_GroundTruth.txt", "vader-nyt-snippets.jsonl", "vader-nyt")
 
 
 def write_nyt_sentiment_sample(path, n_rows: int, seed: int = 0) -> Path:
     """``n_rows`` class-balanced NYT editorial sentences in IMDB's schema (``text``, ``label``: 0
     negative, 1 positive), shuffled with ``seed``. At most 1,116 rows (558 per class); odd n: one
     extra positive."""
-    rng = random.Random(seed)
-    pos = [t for t, y in nyt_snippets() if y == 1]
-    neg = [t for t, y in nyt_snippets() if y == 0]
-    if (n_rows + 1) // 2 > len(pos) or n_rows // 2 > len(neg):
-        raise ValueError(f"asked for {n_rows} balanced rows; only {len(pos)} positive / {len(neg)} negative exist")
-    rng.shuffle(pos)
-    rng.shuffle(neg)
-    rows = [{"text": t, "label": 1} for t in pos[: (n_rows + 1) // 2]]
-    rows += [{"text": t, "label": 0} for t in neg[: n_rows // 2]]
-    rng.shuffle(rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
+    snippets = nyt_snippets()
+    n_pos, n_neg = sum(y for _, y in snippets), sum(1 - y for _, y in snippets)
+    if (n_rows + 1) // 2 > n_pos or n_rows // 2 > n_neg:
+        raise ValueError(f"asked for {n_rows} balanced rows; only {n_pos} positive / {n_neg} negative exist")
+    return write_sentiment_sample(path, n_rows, seed, snippets)
