@@ -55,7 +55,7 @@ def loss_record(task, model, tokenizer, s, rows: list) -> dict:
     from trainers.evaluation import IGNORE_INDEX, eval_batches, evaluate_loss
 
     examples = task.tokenize(s, tokenizer, rows).examples
-    if examples and "labels" in examples[0] and task.name != "classification" and getattr(task, "peft_task_type", "") == "CAUSAL_LM":
+    if examples and "labels" in examples[0] and task.peft_task_type == "CAUSAL_LM":
         batches = eval_batches(examples, tokenizer.pad_token_id)
         _, each = evaluate_loss(model, batches, per_example=True)
         counts = [int(n) for b in batches for n in (b["labels"][:, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1)]
@@ -84,10 +84,12 @@ def candidates(rows: list[dict], metric: str, k: int) -> list[dict]:
 def rerank(rows: list[dict], scored: dict[str, dict], metric: str, mode: str) -> list[dict]:
     """The leaderboard with the trials the final round scored on top, ordered by its value, ties by
     the eval loss at the trial's best report; the rest keep their eval order. Ranks renumbered."""
+    from lorasweep.results import tie_loss
+
     sign = 1 if mode == "min" else -1
     top = [r for r in rows if r["trial_id"] in scored]
     rest = [r for r in rows if r not in top]
-    top.sort(key=lambda r: (sign * scored[r["trial_id"]]["value"], _loss(r)))
+    top.sort(key=lambda r: (sign * scored[r["trial_id"]]["value"], tie_loss(r)))
     out = top + rest
     for i, r in enumerate(out, 1):
         r["rank"] = i
@@ -97,11 +99,6 @@ def rerank(rows: list[dict], scored: dict[str, dict], metric: str, mode: str) ->
 def _short(label: str) -> str:
     """``known point 1`` of ``known point 1 (moved: learning_rate 0.0002 -> 0.001)``."""
     return label.split(" (", 1)[0]
-
-
-def _loss(row: dict) -> float:
-    v = row.get("eval_loss")
-    return float(v) if isinstance(v, (int, float)) and v == v else float("inf")
 
 
 def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str) -> tuple[dict, list[str]]:

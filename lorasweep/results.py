@@ -93,7 +93,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     # adapters are never exported. Ties (F1 on a few hundred rows ties often) go to the lower eval
     # loss at the best report, a smooth signal, never to the order trials ran in.
     rows.sort(key=lambda r: (r["status"] == "failed", r.get(best_col) is None, sign * (r.get(best_col) or 0),
-                             _tie_loss(r)))
+                             tie_loss(r)))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     return rows
@@ -152,7 +152,8 @@ def mark_pareto(rows: list[dict], objectives: list[str]) -> list[dict]:
     return front
 
 
-def _tie_loss(row: dict) -> float:
+def tie_loss(row: dict) -> float:
+    """A row's eval loss at its best report, the tie-break (inf when it has none)."""
     v = row.get("eval_loss")
     return float(v) if isinstance(v, (int, float)) and v == v else float("inf")
 
@@ -165,15 +166,17 @@ def _best_report(df, metric: str, mode: str):
     scored = df[df[metric].notna()]
     ordered = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
     top = ordered[ordered[metric] == ordered[metric].iloc[0]]
+    fallback = top.iloc[0]  # no checkpoint left: the first report that reached it
     # later reports first (Ray replaced the earlier ones), then the lowest eval loss first
     top = top.iloc[::-1]
     if "eval_loss" in top and metric != "eval_loss":
         top = top.sort_values("eval_loss", kind="stable", na_position="last")
+        fallback = top.iloc[0]
     if "checkpoint_path" in top:
         for _, report in top.iterrows():
             if isinstance(report.get("checkpoint_path"), str) and _exists(report["checkpoint_path"]):
                 return report
-    return top.iloc[0] if "eval_loss" in top and metric != "eval_loss" else top.iloc[-1]
+    return fallback
 
 
 def _one_line(err: BaseException | str) -> str:
