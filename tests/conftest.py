@@ -64,7 +64,7 @@ def sweep_env(**extra) -> dict:
 
 
 @pytest.fixture(scope="session")
-def shared_sweep(tiny_assets, tmp_path_factory) -> dict:
+def shared_sweep(tiny_assets, tmp_path_factory):
     """ONE smoke sweep of the flagship script (Optuna + ASHA on a local Ray) for every test that only
     reads what a sweep leaves behind. It carries everything those tests look for at once:
 
@@ -74,8 +74,10 @@ def shared_sweep(tiny_assets, tmp_path_factory) -> dict:
       * W&B logging on, offline, with fake HF_TOKEN and WANDB_API_KEY in the environment.
     """
     import json
+    import shutil
     import subprocess
     import sys
+    import tempfile
     import time
 
     good = [json.loads(line) for line in Path(tiny_assets["dataset"]).read_text(encoding="utf-8").splitlines()]
@@ -87,11 +89,16 @@ def shared_sweep(tiny_assets, tmp_path_factory) -> dict:
            "--num-samples", "5", "--max-tokens", "30000", "--grace-tokens", "8000",
            "--callbacks", "tests.faults:seed_faults", "--wandb-project", "lorasweep-tests",
            "--storage-path", str(storage), "--name", "shared"]
-    env = sweep_env(HF_TOKEN=FAKE_HF, WANDB_API_KEY=FAKE_WANDB, WANDB_MODE="offline")
+    # A Ray temp dir of its own (short: Unix socket paths), so the session scanned for secrets is this
+    # sweep's and not whatever /tmp/ray/session_latest another Ray on the machine points to.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    env = sweep_env(HF_TOKEN=FAKE_HF, WANDB_API_KEY=FAKE_WANDB, WANDB_MODE="offline", RAY_TMPDIR=str(ray_tmp))
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
     print(f"\n[shared_sweep] {time.time() - t0:.0f}s")
-    return {"dir": storage / "shared", "storage": storage, "stdout": r.stdout, "stderr": r.stderr,
-            "wall_s": time.time() - t0,
-            "ray_session": Path("/tmp/ray/session_latest").resolve(), "data": data}
+    sessions = [d for d in ray_tmp.rglob("session_2*") if d.is_dir() and not d.is_symlink()]
+    assert len(sessions) == 1, sessions
+    yield {"dir": storage / "shared", "storage": storage, "stdout": r.stdout, "stderr": r.stderr,
+           "wall_s": time.time() - t0, "ray_session": sessions[0], "data": data}
+    shutil.rmtree(ray_tmp, ignore_errors=True)

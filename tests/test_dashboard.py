@@ -169,7 +169,9 @@ def test_mark_trial_names_each_trial_of_a_reused_actor_on_the_dashboard(tmp_path
         token_file = home / ".ray" / "auth_token"
         token = token_file.read_text().strip()
         assert len(token) >= 32
-        assert f"token in {token_file}," in log.read_text()  # where to find it, never the token itself and r["auth"] is True
+        # Where to find the token is printed, never the token itself; auth is on.
+        assert f"token in {token_file}," in log.read_text() and token not in log.read_text()
+        assert r["auth"] is True
         base = r["url"]
         port = int(base.rsplit(":", 1)[1])
         assert base == f"http://127.0.0.1:{port}"

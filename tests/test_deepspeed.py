@@ -212,7 +212,7 @@ def _zero3_worker(rank: int, port: int, config: dict, out) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("quantization", ["none"])  # 4bit passes too (76 s); CI time goes to the cluster tests
+@pytest.mark.parametrize("quantization", ["none", "4bit"])  # 4bit: the QLoRA + ZeRO-3 recipe
 def test_zero3_builds_partitioned_and_evaluates_uneven_shards(tiny_assets, tmp_path, quantization):
     """Two ranks on ZeRO-3, an instruction-classification trial whose eval work does not split
     evenly: 17 eval rows = 3 loss batches (2 on rank 0, 1 on rank 1), 17 prompts scored in calls of

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lorasweep import engine
-from lorasweep.preflight import Inputs, asha_tokens
-from lorasweep.probe import DRIVER_S, REUSED_START_S, TRIAL_PROCESS_S, Probe, measure, wall_time_lines, wall_time_s
+from lorasweep.preflight import Inputs, asha_grace, asha_tokens, expected_tokens
+from lorasweep.probe import Probe, measure, wall_time_lines, wall_time_s
 from sweeps.llama_finetome import RECIPE
 from trainers.data import first_line
 
@@ -72,30 +72,42 @@ def test_gpu_trials_are_not_probed(tmp_path):
         measure(sweep, res)
 
 
-def test_arithmetic_without_asha(tmp_path):
+def test_the_estimate_follows_the_measured_rates_and_the_slots(tmp_path):
+    """How the estimate moves with what the probe measured and with the sweep's shape (its accuracy
+    against a real sweep's wall time: tests/test_sweep.py)."""
     sweep, res = smoke(tmp_path, "--scheduler", "none", "--num-samples", "4", "--space", "packing=false")
     probe = Probe(tokens_per_s={False: 1000.0}, eval_s=2.0, setup_s=3.0, steps=3, threads=1)
     w = wall_time_s(sweep, Inputs(data=DATA), res, 2, probe)
-    # 60k tokens at 1,000 tokens/s = 60 s; a report every 10 steps x 8 rows x 50 tokens = 4,000
-    # tokens -> 15 reports x 2 s = 30 s; 4 trials x 90 s + 2 later starts x 0.5 s, over 2 slots.
-    assert w["train_s"] == 60 and w["reports"] == 15
-    # Around them: the driver (20 s + its 3 s data audit) and the first start-up (8 s process + 3 s setup).
-    assert (DRIVER_S, TRIAL_PROCESS_S, REUSED_START_S) == (20, 8, 0.5)
-    assert w["total"] == pytest.approx((20 + 3) + (8 + 3) + (4 * 90 + 2 * 0.5) / 2)  # 214.5 s
+    # no ASHA: every trial trains the whole budget; a report every eval_every x batch x tokens per example
+    assert w["per_trial_tokens"] == sweep.settings.max_tokens == 60_000
+    assert w["train_s"] == pytest.approx(60.0)
+    assert w["reports"] == math.ceil(60_000 / (sweep.settings.eval_every * 8 * 50))
+    # twice the measured speed: the same reports, half the training time
+    fast = wall_time_s(sweep, Inputs(data=DATA), res, 2, Probe({False: 2000.0}, 2.0, 3.0, 3, 1))
+    assert fast["train_s"] == pytest.approx(w["train_s"] / 2) and fast["reports"] == w["reports"]
+    # slower evals cost each trial its reports' worth, spread over the 2 slots
+    slow_eval = wall_time_s(sweep, Inputs(data=DATA), res, 2, Probe({False: 1000.0}, 4.0, 3.0, 3, 1))
+    assert slow_eval["total"] - w["total"] == pytest.approx(4 * w["reports"] * 2.0 / 2)
+    # one slot instead of two: the trials' part doubles, what happens once does not
+    one = wall_time_s(sweep, Inputs(data=DATA), res, 1, probe)
+    assert one["trials_s"] > 1.9 * w["trials_s"] and one["driver_s"] == w["driver_s"]
     lines = wall_time_lines(sweep, Inputs(data=DATA), res, 2, probe)
-    assert lines[0].startswith("wall time on this machine: ~3.6 min (probe: 3 steps each, unpacked 1.0k tokens/s")
-    assert "4 trials x (60,000 tokens 60.0 s + 15 evals x 2.00 s)" in lines[1]
+    assert lines[0].startswith(f"wall time on this machine: ~{w['total'] / 60:.1f} min (probe: 3 steps each, "
+                               "unpacked 1.0k tokens/s")
+    assert f"4 trials x (60,000 tokens 60.0 s + {w['reports']} evals x 2.00 s)" in lines[1]
 
 
-def test_arithmetic_with_asha_and_searched_packing(tmp_path):
-    sweep, res = smoke(tmp_path)  # 6 trials, 2 at once, ASHA: grace 15k, factor 2, max 60k
+def test_asha_and_a_searched_packing_in_the_estimate(tmp_path):
+    sweep, res = smoke(tmp_path)  # 6 trials, 2 at once, ASHA
     probe = Probe(tokens_per_s={False: 1000.0, True: 2000.0}, eval_s=1.0, setup_s=2.0, steps=3, threads=1)
     w = wall_time_s(sweep, Inputs(data=DATA), res, 2, probe)
-    # 15k + 15k/2 + 30k/4 = 30k expected tokens; half the trials at 1k, half at 2k tokens/s:
-    # (30 + 15) / 2 = 22.5 s; 30k / 4k tokens per report = 8 reports x 1 s
-    assert w["per_trial_tokens"] == asha_tokens(60_000, 15_000, 2) == 30_000
-    assert w["train_s"] == 22.5 and w["reports"] == math.ceil(30_000 / 4_000) == 8
-    assert w["total"] == pytest.approx((20 + 2) + (8 + 2) + (6 * 30.5 + 4 * 0.5) / 2)  # 124.5 s
+    o, s = sweep.options, sweep.settings
+    # ASHA's expected tokens per trial, not the budget; half the trials packed (seconds average, not rates)
+    assert w["per_trial_tokens"] == expected_tokens(s, o) < s.max_tokens
+    assert expected_tokens(s, o) == asha_tokens(s.max_tokens, asha_grace(s.max_tokens, o.grace_tokens), o.reduction_factor)
+    assert w["train_s"] == pytest.approx((w["per_trial_tokens"] / 1000 + w["per_trial_tokens"] / 2000) / 2)
+    none, _ = smoke(tmp_path, "--scheduler", "none")
+    assert wall_time_s(none, Inputs(data=DATA), res, 2, probe)["total"] > w["total"]
     assert "(half packed)" in wall_time_lines(sweep, Inputs(data=DATA), res, 2, probe)[1]
 
 

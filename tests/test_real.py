@@ -37,16 +37,18 @@ SWEEP_TIMEOUT_S = 900
 REPLY_END = "<|im_end|>"
 
 # Sized for 2 CPU cores: 2 trials at once, one torch thread each (Ray sets OMP_NUM_THREADS=1 for
-# a fractional CPU share), the recipe's known point first. The base model is scored zero-shot.
+# a fractional CPU share), the recipe's known point first. The base model is scored zero-shot. No
+# final round (tests/test_sweep.py checks it; here it re-scores with generation for ~90 s a sweep).
 INSTRUCT_ARGS = [
     "--preset", "smoke", "--quantization", "4bit", "--num-samples", "2", "--scheduler", "none", "--shots", "0",
     "--max-seq-length", "160", "--max-tokens", "12000", "--eval-every", "10", "--per-device-batch-size", "4",
     "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "1", "--max-concurrent", "2",
+    "--final-round", "0",
 ]
 ENCODER_ARGS = [
     "--preset", "smoke", "--num-samples", "2", "--scheduler", "none", "--max-seq-length", "96",
     "--max-tokens", "20000", "--eval-every", "10", "--per-device-batch-size", "16", "--cpus-per-worker", "1",
-    "--max-concurrent", "2",
+    "--max-concurrent", "2", "--final-round", "0",
 ]
 
 
@@ -57,7 +59,7 @@ QA_ARGS = [
     "--preset", "smoke", "--quantization", "none", "--num-samples", "2", "--scheduler", "none", "--shots", "0",
     "--space", "learning_rate=1e-4:1e-3", "--max-seq-length", "256", "--max-new-tokens", "48",
     "--max-tokens", "16000", "--eval-every", "10", "--per-device-batch-size", "4", "--gradient-accumulation-steps", "1",
-    "--gen-eval-rows", "5", "--cpus-per-worker", "1", "--max-concurrent", "2", "--samples", "4",
+    "--gen-eval-rows", "5", "--cpus-per-worker", "1", "--max-concurrent", "2", "--samples", "4", "--final-round", "0",
 ]
 
 

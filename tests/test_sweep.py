@@ -35,7 +35,10 @@ def test_leaderboard_ranks_every_trial_and_puts_failures_last(shared_sweep):
                 "best_eval_loss", "final_eval_loss", "steps", "wall_time_s", "tokens_per_s", "status", "error"):
         assert col in rows[0]
     healthy = [r for r in rows if r["status"] != "failed"]
-    assert [r["status"] for r in rows] == ["completed"] + [r["status"] for r in rows[1:3]] + ["failed", "failed"]
+    # The best ran to the end; the next two finished or were stopped by ASHA; the failures come last.
+    assert rows[0]["status"] == "completed"
+    assert {r["status"] for r in rows[1:3]} <= {"completed", "stopped early"}, [r["status"] for r in rows]
+    assert [r["status"] for r in rows[3:]] == ["failed", "failed"]
     losses = [float(r["best_eval_loss"]) for r in healthy]
     assert len(healthy) == 3 and losses == sorted(losses)
     by_lr = {r["learning_rate"]: r for r in rows}
@@ -210,9 +213,10 @@ def test_the_optuna_study_is_a_sqlite_database_optuna_opens(shared_sweep):
     first, second = study.trials[0], study.trials[1]
     assert first.params["learning_rate"] == 1e-4 and second.params["learning_rate"] == 1e-3  # the seeds, in order
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    # Tune hands the searcher each trial's last report; the leaderboard keeps its best one
-    best = min(float(r["best_eval_loss"]) for r in _leaderboard(shared_sweep["dir"]) if r["status"] != "failed")
-    assert best - 1e-9 <= study.best_value < best + 0.5
+    # Tune hands the searcher each trial's last report: the leaderboard's final eval loss, trial by trial.
+    finished = [r for r in _leaderboard(shared_sweep["dir"]) if r["status"] != "failed"]
+    told = sorted(t.value for t in study.trials if t.state.name == "COMPLETE")
+    assert told == pytest.approx(sorted(float(r["final_eval_loss"]) for r in finished), rel=1e-6)
     assert "Optuna study 'shared': sqlite:///" in shared_sweep["stdout"]
 
 
