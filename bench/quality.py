@@ -3,17 +3,17 @@
     . .venv/bin/activate
     python bench/quality.py --quick --only encoder    # wiring check: 220/60/120 rows, 4 trials, 2 random (12 min)
     python bench/quality.py --only encoder            # MiniLM, 1,100/300/1,000 rows, 8 trials, 5 random (~50 min)
-    python bench/quality.py --only instruct_movies    # SmolLM2 4-bit, 300/60/200 rows, 6 trials (ESTIMATE ~45-60 min)
-    python bench/quality.py --only instruct_nyt,qa --only chat   # the other SmolLM2 tasks (ESTIMATE ~45-60 min each)
-    python bench/quality.py                           # all five tasks (ESTIMATE ~4-5 hours)
+    python bench/quality.py --only instruct_movies    # SmolLM2 4-bit, 300/60/200 rows, 6 trials (~3.9 h measured)
+    python bench/quality.py --only instruct_nyt,qa --only chat   # the other SmolLM2 tasks (ESTIMATE ~4 h each)
+    python bench/quality.py                           # all five tasks (ESTIMATE ~17 hours)
     python bench/quality.py --quick --only chat       # SmolLM2 wiring check (ESTIMATE ~20-25 min)
     python bench/quality.py --resume bench/quality_runs/<stamp> --only qa   # after a kill: reuses finished work
 
 Times on the shared 2-core CPU machine (Dec 2026). Measured: encoder --quick 12 min 10 s wall; encoder
-full: plain 164 s, long_plain 313 s, random (7 trials) ~1,500 s, sweep ~600 s, test scoring ~5 min
-(exact seconds per arm: bench/quality_results.json, `wall_s` / `score_s`). The SmolLM2 tasks were NOT
-run in full here: their row counts are sized from the earlier single-task benchmark (SmolLM2 4-bit,
-280 train rows: one epoch + scoring 651 s) so one task is ~45-60 min; measure before relying on it.
+full: plain 164 s, long_plain 313 s, random (7 trials) ~1,500 s, sweep ~600 s, test scoring ~5 min.
+instruct_movies full: plain 809 s, long_plain 2,174 s, random (6 trials) 7,208 s, sweep 2,993 s, test
+scoring ~25 min: about 3.9 hours, the random arm half of it (exact seconds per arm:
+bench/quality_results.json, `wall_s` / `score_s`). The other SmolLM2 tasks are sized alike (~4 h each).
 --trials N / --random-n N change the per-task defaults (encoder 8 trials, SmolLM2 tasks 6; random 5).
 
 Tasks (each arm is a subprocess of the recipe script on the SAME data file and the same split flags,
@@ -45,12 +45,10 @@ Arms of each task (<runs>/<task>/<arm>/, logs in <runs>/<task>/<arm>.log):
   sweep       the recipe's own space (the smoke preset's narrowed learning-rate range put back), TPE
               from the recipe's known points, ASHA on training tokens, the final round as the
               script defaults; --top-k = trials, so every trial's adapter is exported and scored.
-              Budget: Ray's asynchronous ASHA always lets the first trial at a rung go on (and any
-              trial better than the best so far), so about H(n) = 1 + 1/2 + ... + 1/n trials run to
-              the cap: with a 3-epoch cap no sweep of 4+ trials stays <= 3x plain. plan_asha
-              simulates that scheduler and takes the longest cap (3 epochs down to 1) whose expected
-              total is <= 2.7 epochs, with ASHA's factor and first rung; for 8 trials that is a
-              1-epoch cap (factor 6), for 6 trials ~1-1.25, for 3-4 trials 1.5. The ratio is printed.
+              Budget: plan_asha simulates lorasweep's JudgedASHA (a rung judged once 2 trials reached
+              it, a provisional pass judged again at the next report) and takes the longest cap
+              (3 epochs down to 1) whose expected total is <= 2.7 epochs: 1.5 epochs for both the
+              6-trial SmolLM2 tasks (factor 3) and the 8-trial encoder task (factor 6).
 
 Prints per task: base, random median/p75, plain, long plain, sweep (test metric, training tokens, the
 ratio to plain, wall seconds incl. test scoring), the sweep's trials in eval order with their test
@@ -233,18 +231,21 @@ def plain_space(spec: TaskSpec) -> list[str]:
 
 
 def simulate_asha(n: int, conc: int, max_t: float, grace: float, rf: float, report: float,
-                  reps: int = 200, seed: int = 0, noise: float = 0.5) -> float:
-    """Mean total training tokens of Ray's asynchronous ASHA (one bracket; a trial stops at a rung
-    when below the (1 - 1/rf) percentile of the values recorded there so far) over ``reps`` runs
-    of ``n`` trials, ``conc`` at a time, each reporting every ``report`` tokens up to ``max_t``.
+                  reps: int = 200, seed: int = 0, noise: float = 0.5, min_results: int = 2) -> float:
+    """Mean total training tokens of lorasweep's JudgedASHA (one bracket; a trial stops at a rung when
+    below the (1 - 1/rf) percentile of the values recorded there; with fewer than ``min_results``
+    values it passes provisionally and is judged again at its next report) over ``reps`` runs of
+    ``n`` trials, ``conc`` at a time, each reporting every ``report`` tokens up to ``max_t``.
     A trial's value at a rung is its quality plus noise (learning curves rank trials imperfectly)."""
     n_rungs = int(math.log(max_t / grace) / math.log(rf) + 1 + 1e-9)
-    milestones = [grace * rf ** k for k in reversed(range(n_rungs))]  # Ray checks the highest first
+    milestones = [grace * rf ** k for k in reversed(range(n_rungs))]  # checked highest first
+    cut = (1 - 1 / rf) * 100
     rng = random.Random(seed)
     totals = []
     for _ in range(reps):
         quality = [rng.gauss(0, 1) for _ in range(n)]
         recorded: list[dict] = [{} for _ in milestones]
+        provisional: list[set] = [set() for _ in range(n)]
         heap, started, used = [], 0, 0.0
         for _ in range(min(conc, n)):
             heapq.heappush(heap, (report, started, report))
@@ -252,10 +253,17 @@ def simulate_asha(n: int, conc: int, max_t: float, grace: float, rf: float, repo
         while heap:
             now, i, tokens = heapq.heappop(heap)
             done = tokens >= max_t
-            for m, rec in zip(milestones, recorded):
+            for r in sorted(provisional[i]):  # rungs passed without peers, judged once they have them
+                if len(recorded[r]) >= min_results:
+                    provisional[i].discard(r)
+                    done = done or recorded[r][i] < percentile(list(recorded[r].values()), cut)
+            for r, (m, rec) in enumerate(zip(milestones, recorded)):
                 if not done and tokens >= m and i not in rec:
                     rec[i] = quality[i] + rng.gauss(0, noise)
-                    done = rec[i] < percentile(list(rec.values()), (1 - 1 / rf) * 100)
+                    if len(rec) < min_results:
+                        provisional[i].add(r)
+                    else:
+                        done = rec[i] < percentile(list(rec.values()), cut)
                     break
             if done:
                 used += min(tokens, max_t)
