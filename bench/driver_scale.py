@@ -37,18 +37,20 @@ def trivial(config: dict, secrets=None) -> None:
 def run(device: str, quick: bool) -> Figure:
     import ray
 
-    from lorasweep import engine
+    from lorasweep.cluster import cluster_resources, concurrency, init_ray, trial_resources
+    from lorasweep.resolve import resolve
+    from lorasweep.tuner import build_tuner
     from sweeps.llama_finetome import RECIPE
 
     trials = 100 if quick else 1000
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = engine.resolve(RECIPE, ["--preset", "smoke", "--num-samples", str(trials), "--max-concurrent", "8",
+        sweep = resolve(RECIPE, ["--preset", "smoke", "--num-samples", str(trials), "--max-concurrent", "8",
                                         "--cpus-per-worker", "0.25", "--storage-path", tmp, "--name", "scale"])
-        engine.init_ray(sweep.options)
+        init_ray(sweep.options)
         try:
-            cluster = engine.cluster_resources()
-            res = engine.trial_resources(sweep.options, cluster, sweep)
-            tuner = engine.build_tuner(sweep, res, engine.concurrency(sweep.options, res, cluster), trainable=trivial)
+            cluster = cluster_resources()
+            res = trial_resources(sweep.options, cluster, sweep)
+            tuner = build_tuner(sweep, res, concurrency(sweep.options, res, cluster), trainable=trivial)
             before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.time()
             grid = tuner.fit()
             after, wall = resource.getrusage(resource.RUSAGE_SELF), time.time() - t0

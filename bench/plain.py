@@ -138,7 +138,7 @@ def _space(space) -> dict:
 
 def _once(trials: int, tokens: int, seed: int, tmp: str) -> dict:
     """Both arms with one seed (the plain search's TPE seed and the sweep's --seed)."""
-    from lorasweep.engine import resolve
+    from lorasweep.resolve import resolve
     from sweeps.llama_finetome import RECIPE
 
     flags = ["--preset", "smoke", "--num-samples", str(trials), "--max-tokens", str(tokens), "--seed", str(seed)]

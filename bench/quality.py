@@ -488,7 +488,7 @@ def random_quantiles(spec: TaskSpec, trials: list[dict]) -> dict:
 
 def prepare(spec: TaskSpec, runs: Path, quick: bool) -> tuple[list[str], dict]:
     """Writes the data file, returns the flags every arm shares and the audit of its splits."""
-    from lorasweep.engine import resolve
+    from lorasweep.resolve import resolve
     from trainers.tasks import get_task
 
     n_train, n_eval, n_test = spec.quick_rows if quick else spec.rows

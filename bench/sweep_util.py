@@ -33,7 +33,10 @@ def run_sweep(recipe, argv: list[str], *, seeds: bool = True, stop=None, shutdow
     import ray
     from ray.tune import Callback
 
-    from lorasweep import engine, preflight
+    from lorasweep import preflight
+    from lorasweep.cluster import cluster_resources, concurrency, init_ray, trial_resources
+    from lorasweep.resolve import resolve
+    from lorasweep.tuner import build_tuner
 
     class Started(Callback):
         def __init__(self):
@@ -43,17 +46,17 @@ def run_sweep(recipe, argv: list[str], *, seeds: bool = True, stop=None, shutdow
             self.started[trial.trial_id] = time.time()
 
     t0 = time.time()
-    sweep = engine.resolve(recipe, argv)
+    sweep = resolve(recipe, argv)
     if not seeds:
         sweep.space = dataclasses.replace(sweep.space, seeds=())
     inputs = preflight.check_inputs(sweep)
-    engine.init_ray(sweep.options)
+    init_ray(sweep.options)
     try:
-        cluster = engine.cluster_resources()
-        res = engine.trial_resources(sweep.options, cluster, sweep)
-        n = engine.concurrency(sweep.options, res, cluster)
+        cluster = cluster_resources()
+        res = trial_resources(sweep.options, cluster, sweep)
+        n = concurrency(sweep.options, res, cluster)
         started = Started()
-        tuner = engine.build_tuner(sweep, res, n, callbacks=[started], stop=stop)
+        tuner = build_tuner(sweep, res, n, callbacks=[started], stop=stop)
         import resource
 
         before, t_fit = resource.getrusage(resource.RUSAGE_SELF), time.time()
@@ -104,10 +107,10 @@ def standalone(config: dict, threads: int | None = None) -> dict:
 
 def trial_config(recipe, argv: list[str], knobs: dict) -> dict:
     """The config a sweep's trial with ``knobs`` gets (what ``train_func`` receives)."""
-    from lorasweep import engine
+    from lorasweep.resolve import resolve
     from trainers.config import Resources, TrialConfig
 
-    sweep = engine.resolve(recipe, argv)
+    sweep = resolve(recipe, argv)
     return TrialConfig(sweep.settings, knobs=knobs, resources=Resources()).to_tune(dict(knobs))
 
 

@@ -298,7 +298,7 @@ def run(device: str, quick: bool) -> Figure:
     import ray
     import torch
 
-    from lorasweep.engine import assets_cache
+    from lorasweep.resolve import assets_cache
     from sweeps.llama_finetome import RECIPE
 
     (hidden, inter, layers, heads, kv), steps = SIZES["quick" if quick else "full"]

@@ -9,9 +9,10 @@ node like the trials do, not on the head.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from contextlib import contextmanager
+
+from lorasweep import storage
 
 # kept in baseline.json (per-example plots, samples.jsonl), not printed as rows
 PER_EXAMPLE = ("predictions", "references", "per_example", "samples")
@@ -22,7 +23,7 @@ def loaded(settings_dict: dict, adapter: str | None = None, secrets: list | None
     """``(settings, task, tokenizer, model)``: the base model (``adapter`` None), plus an exported
     adapter/model folder or a trial's checkpoint (a local path or a storage URI). ``secrets``: the
     driver's ``credentials.share()`` (HF_TOKEN for a gated base)."""
-    from lorasweep.credentials import apply
+    from common.credentials import apply
     from trainers.config import TrainSettings
     from trainers.loop import load_trained
 
@@ -33,7 +34,7 @@ def loaded(settings_dict: dict, adapter: str | None = None, secrets: list | None
             from ray.train import Checkpoint
 
             # a copy for local folders (pyarrow wants them absolute); downloads storage URIs
-            adapter = Checkpoint(adapter if "://" in adapter else os.path.abspath(adapter)).to_directory(tmp)
+            adapter = Checkpoint(storage.absolute(adapter)).to_directory(tmp)
         yield (s, *load_trained(s, adapter))
 
 
@@ -61,7 +62,7 @@ def run_remote(settings_dict: dict, resources, adapter: str | None, shots: list[
 
 def table(results: dict[str, dict], metric_names: tuple[str, ...]) -> str:
     """``metric  base 0-shot  base 3-shot  tuned`` with one row per metric."""
-    from lorasweep.results import aligned
+    from lorasweep.tables import aligned
 
     cols = list(results)
     lines = [["metric", *cols]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 COMMANDS = {
     "recipes": "list the recipes, one line each",

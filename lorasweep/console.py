@@ -23,6 +23,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from common.errors import root_cause_line
+from lorasweep.tables import aligned
+
 
 def _num(v) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -97,13 +100,12 @@ class Console(Callback):
         self._changed = True
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from lorasweep.results import _one_line
 
         last = trial.last_result or {}
         # Tune has just written the traceback to the trial's local folder; storage gets it later
         local = trial.error_file
         text = Path(local).read_text(errors="replace") if local and Path(local).is_file() else trial.get_error()
-        reason = _one_line(text) if text else "no error text (see the trial's folder)"
+        reason = root_cause_line(text) if text else "no error text (see the trial's folder)"
         # the last report's step, unless the reason names the step it failed at
         at = f" after step {last['step']}" if last.get("step") is not None and " step " not in reason else ""
         where = f"{trial.path.rstrip('/')}/error.txt" if trial.path else "its trial folder"  # under --storage-path
@@ -130,7 +132,6 @@ class Console(Callback):
 
 def table(trials, knobs: list[str], metric: str, mode: str, limit: int = 12) -> str:
     """Knobs, the best objective and the state of each trial: running ones first, then the best."""
-    from lorasweep.results import aligned
 
     sign = 1 if mode == "min" else -1
     order = {"RUNNING": 0, "PENDING": 1}

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 
+from common.credentials import CONFIG_KEY
+
 NAMES = ("HF_TOKEN",)
-# Key of ``train_loop_config`` (never of Tune's param space) holding the reference; the trial
-# workers take it out before reading the rest as a ``TrialConfig``.
-CONFIG_KEY = "lorasweep_secrets"
 
 
 def share(names: tuple[str, ...] = NAMES) -> list | None:
@@ -33,24 +32,6 @@ def share(names: tuple[str, ...] = NAMES) -> list | None:
     return [ray.put(values)] if values else None
 
 
-def apply(shared: list | None) -> None:
-    """Worker side: put the shared secrets into this process's environment."""
-    if shared:
-        import ray
-
-        os.environ.update(ray.get(shared[0]))
-
-
 def with_secrets(config: dict, shared: list | None) -> dict:
     """A ``train_loop_config``: the trial's config plus the reference (the config itself untouched)."""
     return {**config, CONFIG_KEY: shared} if shared else config
-
-
-def receive(config: dict) -> dict:
-    """Worker side, first thing in ``train_func``: apply the secrets a ``train_loop_config`` carries
-    and return the config without them."""
-    if CONFIG_KEY not in config:
-        return config
-    config = dict(config)
-    apply(config.pop(CONFIG_KEY))
-    return config

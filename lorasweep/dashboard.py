@@ -49,7 +49,7 @@ def url() -> str | None:
         return None
     if not raw:
         return None
-    return (raw if "://" in raw else "http://" + raw).rstrip("/")
+    return (raw if raw.startswith(("http:", "https:")) else "http://" + raw).rstrip("/")
 
 
 def auth_enabled() -> bool:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 DTYPES = ("bf16", "fp16", "fp32")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from lorasweep import selection
+from lorasweep import selection, storage
 
 BASE = "base"  # the untrained model's entry in selection.json
 
@@ -165,7 +165,6 @@ def run(sweep, res, rows: list[dict]) -> list[dict]:
     import ray
 
     from lorasweep.credentials import share
-    from lorasweep.results import _join, _write_text, _writes
 
     k = sweep.options.final_round
     metric, mode = sweep.space.metric, sweep.space.mode
@@ -181,15 +180,15 @@ def run(sweep, res, rows: list[dict]) -> list[dict]:
                 **{r["trial_id"]: remote.remote(settings, r["checkpoint"], metric, secrets) for r in chosen}}
         scored = {name: ray.get(ref) for name, ref in refs.items()}
     except Exception as e:  # noqa: BLE001 - the sweep's result is on disk; only the re-ranking is lost
-        from trainers.data import first_line
+        from common.errors import first_line
 
         print(f"[lorasweep] warning: final round skipped ({type(e).__name__}: {first_line(e)[:200]}); "
               "the eval ranking stands")
         return rows
     rows = rerank(rows, {n: s for n, s in scored.items() if n != BASE}, metric, mode)
     data, lines = summarise(rows, scored, metric, mode)
-    with _writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
-        _write_text(_join(sweep.sweep_dir, "selection.json"), json.dumps(data, indent=2))
+    with storage.writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
+        storage.write_text(storage.join(sweep.sweep_dir, "selection.json"), json.dumps(data, indent=2))
     for line in lines:
         print(f"[lorasweep] {line}")
     return rows

@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import MISSING, fields
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 USAGE = "%(prog)s [--preset NAME] [--config SWEEP.yaml] [--space KNOB=SPEC ...] [--FLAG VALUE ...]"
 
@@ -95,7 +95,7 @@ def _default(f):
 def preset_defaults(recipe, cls) -> dict[str, dict]:
     """``{preset: {field: value}}``: what each preset of ``recipe`` makes of ``cls``'s fields when no
     flag is given (``TrainSettings``: field default < recipe settings < preset settings)."""
-    from lorasweep.engine import SweepOptions
+    from lorasweep.recipe import SweepOptions
 
     out = {}
     for name, preset in recipe.presets.items():
@@ -186,7 +186,7 @@ def csv(flag: str, item):
 
 
 def build_parser(recipe, prog: str | None = None) -> argparse.ArgumentParser:
-    from lorasweep.engine import SweepOptions
+    from lorasweep.recipe import SweepOptions
     from trainers.config import TrainSettings
 
     p = Parser(

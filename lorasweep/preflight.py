@@ -15,7 +15,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorasweep.errors import ConfigError, os_reason
+from lorasweep import storage
+from common.errors import ConfigError, os_reason
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by the `accelerator_type:<X>` resource Ray gives GPU
 # nodes. A10G is the AWS part (lower clocks than the A10's 125).
@@ -221,7 +222,7 @@ def _check_storage(o) -> list[str]:
     """A local ``--storage-path`` is checked by writing to it: the sweep folder is made here (a
     permission bit says nothing about /proc, a read-only mount or a full disk). Returns the folders
     made, outermost first, for ``remove_created``. A URI is left to its filesystem."""
-    if "://" in o.storage_path:
+    if storage.is_remote(o.storage_path):
         return []
     root = Path(o.storage_path)
     sweep_dir = root / o.name

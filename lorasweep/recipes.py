@@ -9,7 +9,7 @@ import importlib.util
 import os
 import pkgutil
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 
 def names() -> list[str]:
@@ -21,7 +21,7 @@ def names() -> list[str]:
 def load(ref: str):
     """``llama_finetome`` (a module of ``sweeps/``), ``path/to/my_recipe.py`` or ``pkg.module``
     (optionally ``:NAME`` for another attribute than ``RECIPE``) -> the Recipe."""
-    from lorasweep.engine import Recipe
+    from lorasweep.recipe import Recipe
 
     target, _, attr = ref.partition(":")
     attr = attr or "RECIPE"

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from lorasweep.preflight import asha_grace, asha_rungs
-from lorasweep.results import _join, _one_line, _write_text
+from lorasweep import storage
+from common.errors import root_cause_line
 
 @dataclass
 class Trial:
@@ -78,25 +79,25 @@ class SweepData:
 
 
 def load(sweep_dir: str) -> SweepData:
-    config = _read_json(_join(sweep_dir, "sweep_config.json"))
+    config = storage.read_json(storage.join(sweep_dir, "sweep_config.json"))
     if config is None:
         raise FileNotFoundError(f"{sweep_dir} has no sweep_config.json: not a lorasweep sweep folder "
                                 "(pass the folder --storage-path/--name made, e.g. runs/llama_finetome-smoke)")
     metric, mode = config["metric"], config["mode"]
     knobs = list(config.get("space") or [s.split(":", 1)[0] for s in config.get("search_space", [])])
-    ranked = _read_json(_join(sweep_dir, "leaderboard.json")) or []
+    ranked = storage.read_json(storage.join(sweep_dir, "leaderboard.json")) or []
     status = {r["trial_id"]: r for r in ranked}
     tune_status = _tune_status(sweep_dir)  # before a leaderboard exists: a live or killed sweep
     trials, resources = [], {}
-    for name in sorted(_listdir(sweep_dir)):
+    for name in sorted(storage.list_names(sweep_dir)):
         if not name.startswith("trial_"):
             continue
-        folder = _join(sweep_dir, name)
-        text = _read_text(_join(folder, "result.json")) or ""
+        folder = storage.join(sweep_dir, name)
+        text = storage.read_text(storage.join(folder, "result.json")) or ""
         reports = [json.loads(line) for line in text.splitlines() if line.strip()]
-        params = _read_json(_join(folder, "params.json")) or (reports[-1]["config"] if reports else {})
+        params = storage.read_json(storage.join(folder, "params.json")) or (reports[-1]["config"] if reports else {})
         trial_id = name[len("trial_"):]
-        error_text = _read_text(_join(folder, "error.txt"))
+        error_text = storage.read_text(storage.join(folder, "error.txt"))
         row = status.get(trial_id, {})
         if error_text is not None or row.get("status") == "failed":
             state = "failed"
@@ -108,14 +109,14 @@ def load(sweep_dir: str) -> SweepData:
             state = "stopped early"
         else:
             state = "running"  # or pending: a live sweep, or one killed before it finished
-        error = row.get("error") or (_one_line(error_text) if error_text else None)
+        error = row.get("error") or (root_cause_line(error_text) if error_text else None)
         last = reports[-1] if reports else {}
         res = (params.get("trial") or {}).get("resources") or {}
         resources = resources or res
         held = res.get("workers", 1) * (res.get("gpus") or res.get("cpus") or 1)
         trials.append(Trial(
             trial_id=trial_id, knobs={k: params.get(k) for k in knobs}, reports=reports, status=state, error=error,
-            error_file=_join(folder, "error.txt") if error_text is not None else None,
+            error_file=storage.join(folder, "error.txt") if error_text is not None else None,
             device_hours=held * float(last.get("time_total_s", 0.0)) / 3600,
             started=float(last.get("timestamp", 0)) - float(last.get("time_total_s", 0)),
             ended=float(last.get("timestamp", 0))))
@@ -126,14 +127,14 @@ def load(sweep_dir: str) -> SweepData:
         rungs = asha_rungs(max_t, asha_grace(max_t, sweep.get("grace_tokens", 0)), sweep.get("reduction_factor", 3))
     return SweepData(sweep_dir=sweep_dir, config=config, knobs=knobs, metric=metric, mode=mode, trials=trials,
                      resources=resources, rungs=rungs,
-                     baseline=_read_json(_join(sweep_dir, "baseline.json")) or {}, ranked=ranked,
-                     selection=_read_json(_join(sweep_dir, "selection.json")) or {})
+                     baseline=storage.read_json(storage.join(sweep_dir, "baseline.json")) or {}, ranked=ranked,
+                     selection=storage.read_json(storage.join(sweep_dir, "selection.json")) or {})
 
 
 def _tune_status(sweep_dir: str) -> dict[str, str]:
     """Trial id -> Tune's status (TERMINATED, RUNNING, ERROR, ...) from its newest experiment state."""
-    states = sorted(n for n in _listdir(sweep_dir) if n.startswith("experiment_state-") and n.endswith(".json"))
-    state = _read_json(_join(sweep_dir, states[-1])) if states else None
+    states = sorted(n for n in storage.list_names(sweep_dir) if n.startswith("experiment_state-") and n.endswith(".json"))
+    state = storage.read_json(storage.join(sweep_dir, states[-1])) if states else None
     out = {}
     for entry in (state or {}).get("trial_data", []):
         trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
@@ -482,9 +483,9 @@ def write(sweep_dir: str, data: SweepData | None = None, figs: dict | None = Non
     """Write ``report.html`` and ``report.md`` into ``sweep_dir``; return their paths."""
     data = data or load(sweep_dir)
     figs = figures(data) if figs is None else figs
-    html_path, md_path = _join(sweep_dir, "report.html"), _join(sweep_dir, "report.md")
-    _write_text(html_path, render_html(data, figs))
-    _write_text(md_path, render_md(data))
+    html_path, md_path = storage.join(sweep_dir, "report.html"), storage.join(sweep_dir, "report.md")
+    storage.write_text(html_path, render_html(data, figs))
+    storage.write_text(md_path, render_md(data))
     return html_path, md_path
 
 
@@ -618,36 +619,6 @@ def render_md(data: SweepData) -> str:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _listdir(path: str) -> list[str]:
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        return [info.base_name for info in fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))]
-    import os
-
-    return os.listdir(path) if os.path.isdir(path) else []
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        if "://" in path:
-            import pyarrow.fs as pafs
-
-            fs, p = pafs.FileSystem.from_uri(path)
-            with fs.open_input_stream(p) as f:
-                return f.read().decode("utf-8")
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _read_json(path: str):
-    text = _read_text(path)
-    return json.loads(text) if text else None
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m lorasweep.report") -> int:

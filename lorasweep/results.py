@@ -10,10 +10,12 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from lorasweep.errors import StorageError, os_reason
+from lorasweep import storage
+from lorasweep.tables import aligned
+from common.errors import StorageError, root_cause_line, os_reason
+from lorasweep.versions import versions
 
 # What an exported adapter folder keeps from a training checkpoint: the adapter and what is
 # needed to use it (tokenizer, chat template). Optimizer/scheduler/RNG state stay behind.
@@ -29,19 +31,15 @@ def best_key(metric: str) -> str:
     return f"best_{metric}"
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: str = "min",
-                     reported: tuple[str, ...] = (), storage: str = "", space=None) -> list[dict]:
+                     reported: tuple[str, ...] = (), storage_path: str = "", space=None) -> list[dict]:
     """One row per trial: its knobs, the objective at its best report (``best_<metric>``) and at its
     last (``final_<metric>``), the task's other metrics at that best report, cost and status.
-    ``storage``: the sweep's --storage-path; on s3:// or gs:// Ray reports checkpoint paths without
+    ``storage_path``: the sweep's --storage-path; on s3:// or gs:// Ray reports checkpoint paths without
     the scheme ('bucket/...'), which is put back here so they can be read. ``space``: the sweep's
     SearchSpace, whose ``seed_label`` marks the trials at the recipe's known points (``seed``)."""
     best_col, final_col = best_key(metric), f"final_{metric}"
-    scheme = storage.split("://", 1)[0] if _is_uri(storage) else ""
+    scheme = storage.scheme(storage_path)
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -51,7 +49,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
                 lambda name: f"{result.path.rstrip('/')}/{name}" if isinstance(name, str) and name else None)
         if scheme and df is not None and "checkpoint_path" in df:
             df["checkpoint_path"] = df["checkpoint_path"].map(
-                lambda p: f"{scheme}://{p}" if isinstance(p, str) and "://" not in p else p)
+                lambda p: storage.with_scheme(p, scheme) if isinstance(p, str) else p)
         config = result.config or {}
         row = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[1]}
         row.update({k: config.get(k) for k in knobs})
@@ -86,7 +84,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
             row.update(status="no report")
         if result.error is not None:
             row["status"] = "failed"
-            row["error"] = _one_line(result.error)
+            row["error"] = root_cause_line(result.error)
         rows.append(row)
     sign = 1 if mode == "min" else -1
     # Failed trials go below every healthy one whatever they reached before failing: their
@@ -119,7 +117,7 @@ def add_repeats(sweep, rows: list[dict], grid) -> None:
         row.update({"runs": len(values), f"mean_{metric}": statistics.fmean(values),
                     f"std_{metric}": statistics.stdev(values)})
         summary.append(row)
-    with _writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
+    with storage.writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
         write_leaderboard(rows, knobs, sweep.sweep_dir, metric, get_task(sweep.settings.task).metric_names(sweep.settings))
     mean, std = f"mean_{metric}", f"std_{metric}"
     print("[lorasweep] over repeats: " + "; ".join(
@@ -174,22 +172,9 @@ def _best_report(df, metric: str, mode: str):
         fallback = top.iloc[0]
     if "checkpoint_path" in top:
         for _, report in top.iterrows():
-            if isinstance(report.get("checkpoint_path"), str) and _exists(report["checkpoint_path"]):
+            if isinstance(report.get("checkpoint_path"), str) and storage.exists(report["checkpoint_path"]):
                 return report
     return fallback
-
-
-def _one_line(err: BaseException | str) -> str:
-    """The root cause of a trial's error (or of its error.txt's text), on one line (Ray wraps it a
-    few times)."""
-    text = str(err)
-    if "TrialError: " in text:  # ours: already says what happened and at which step
-        return text[text.rindex("TrialError: ") + len("TrialError: "):].strip().splitlines()[0][:300]
-    for marker in ("OutOfMemoryError:", "ConfigError:", "RuntimeError:", "Error:"):
-        if marker in text:
-            tail = text[text.rindex(marker):]
-            return tail.strip().splitlines()[0][:300]
-    return text.strip().splitlines()[-1][:300] if text.strip() else type(err).__name__
 
 
 def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric: str = "eval_loss",
@@ -204,8 +189,8 @@ def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(_join(sweep_dir, "leaderboard.csv"), buf.getvalue())
-    _write_text(_join(sweep_dir, "leaderboard.json"), json.dumps(rows, indent=2, default=str))
+    storage.write_text(storage.join(sweep_dir, "leaderboard.csv"), buf.getvalue())
+    storage.write_text(storage.join(sweep_dir, "leaderboard.json"), json.dumps(rows, indent=2, default=str))
 
 
 def format_table(rows: list[dict], knobs: list[str], limit: int = 20, metric: str = "eval_loss") -> str:
@@ -213,12 +198,6 @@ def format_table(rows: list[dict], knobs: list[str], limit: int = 20, metric: st
     cols += [c for c in ("pareto", "seed") if any(r.get(c) for r in rows)]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     return "\n".join(aligned([cols] + [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]))
-
-
-def aligned(table: list[list]) -> list[str]:
-    """A console table's lines: each column left-aligned to its widest cell, two spaces apart."""
-    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
-    return ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)) for line in table]
 
 
 def model_card(row: dict, knobs: list[str], sweep, rank: int) -> str:
@@ -289,7 +268,7 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int, folder: s
               and (not cap or (r.get("device_hours") is not None and r["device_hours"] <= cap))][:top_k]
     if not chosen:
         return []
-    dest = _join(sweep.sweep_dir, folder)
+    dest = storage.join(sweep.sweep_dir, folder)
     staging = Path(tempfile.mkdtemp(prefix=f"{folder}-"))
     staging.chmod(0o755)  # mkdtemp makes it owner-only
     try:
@@ -317,7 +296,7 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int, folder: s
         _publish(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [_join(dest, f"rank_{i}") for i in range(1, len(chosen) + 1)]
+    return [storage.join(dest, f"rank_{i}") for i in range(1, len(chosen) + 1)]
 
 
 EXPORT_MARKER = "EXPORT_COMPLETE"  # written last: an export without it is partial (or being written)
@@ -331,7 +310,7 @@ def _publish(staging: Path, dest: str) -> None:
     the first thing removed before anything else changes. Either way an earlier export is kept,
     as ``best_adapters.<time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if _is_uri(dest):
+    if storage.is_remote(dest):
         import pyarrow.fs as pafs
 
         fs, path = pafs.FileSystem.from_uri(dest)
@@ -365,57 +344,13 @@ def _publish(staging: Path, dest: str) -> None:
         raise
 
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if _is_uri(base) else os.path.join(base, *parts)
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write ``path`` whole or not at all (a temp file renamed over it); a failure is a
-    ``StorageError`` naming ``path``, the file as it was before."""
-    tmp = None
-    try:
-        if _is_uri(path):
-            import pyarrow.fs as pafs
-
-            fs, p = pafs.FileSystem.from_uri(path)
-            with fs.open_output_stream(p) as f:
-                f.write(text.encode())
-            return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise StorageError(f"could not write {path} ({os_reason(e)})") from None
-
-
-@contextmanager
-def _writes(fix: str):
-    """A failed write (a ``StorageError`` from ``_write_text``, or an ``OSError`` from copying an
-    export) becomes one ``StorageError`` line: the path, the cause and ``fix``."""
-    try:
-        yield
-    except StorageError as e:
-        raise StorageError(f"{e}; {fix}") from None
-    except shutil.Error as e:  # copytree: a list of (source, destination, why)
-        listed = e.args and isinstance(e.args[0], list) and e.args[0]
-        _, where, why = listed[0] if listed else (None, "under --storage-path", str(e))
-        raise StorageError(f"could not write {where} ({why}); {fix}") from None
-    except OSError as e:
-        raise StorageError(f"could not write {e.filename or 'under --storage-path'} ({os_reason(e)}); {fix}") from None
-
-
 def write_start(sweep, inputs) -> None:
     """At the start: the resolved config and the data audit. A resumed sweep keeps the first ones.
     A failed write takes back the files this call wrote, so the folder is as the checks left it."""
     written = []
     fix = (f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission, "
            "or pick another")
-    with _writes(fix):
+    with storage.writes(fix):
         try:
             from lorasweep.sweepfile import dump
 
@@ -424,43 +359,14 @@ def write_start(sweep, inputs) -> None:
                                   ("data_report.json", json.dumps(inputs.data, indent=2, default=str) if inputs.data else None),
                                   # the same config as a sweep file: `lorasweep run --config <it>` reruns the sweep
                                   ("sweep.yaml", dump(sweep))):
-                path = _join(sweep.sweep_dir, name)
-                if payload is not None and not (sweep.options.resume and _exists(path)):
-                    _write_text(path, payload)
+                path = storage.join(sweep.sweep_dir, name)
+                if payload is not None and not (sweep.options.resume and storage.exists(path)):
+                    storage.write_text(path, payload)
                     written.append(path)
         except StorageError:
             for path in written:
-                if not _is_uri(path):
-                    os.unlink(path)
+                storage.remove_local(path)
             raise
-
-
-# What a sweep's numbers depend on; the report and the model cards show them.
-KEY_LIBRARIES = ("torch", "transformers", "peft", "ray", "optuna", "bitsandbytes", "deepspeed", "datasets",
-                 "accelerate", "wandb")
-
-
-def versions() -> dict[str, str]:
-    """The installed versions of ``KEY_LIBRARIES`` (read from package metadata: nothing imported)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in KEY_LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _exists(path: str) -> bool:
-    if _is_uri(path):
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        return fs.get_file_info(p).type != pafs.FileType.NotFound
-    return os.path.exists(path)
 
 
 def resume_command(argv: list[str], command: str = "") -> str:
@@ -493,7 +399,7 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     # The trials' results and checkpoints are Tune's, already on disk: a resume rewrites these.
     fix = (f"the trials' results stay in {sweep.sweep_dir}; free space or fix its permissions, then write the "
            f"leaderboard and export with: {resume_command(argv, getattr(sweep, 'command', ''))}")
-    with _writes(fix):
+    with storage.writes(fix):
         write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
     print()
     print(format_table(rows, knobs, metric=metric))
@@ -515,15 +421,15 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
         return 130, rows, []
     if select is not None:
         rows = select(rows)
-        with _writes(fix):
+        with storage.writes(fix):
             write_leaderboard(rows, knobs, sweep.sweep_dir, metric, reported)
-    with _writes(fix):
+    with storage.writes(fix):
         exported = export_best(rows, knobs, sweep, sweep.options.top_k)
     best_col = best_key(metric)
     ok = [r for r in rows if r.get(best_col) is not None]
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"[lorasweep] {len(rows)} trials in {elapsed_s:.0f}s ({len(failed)} failed); "
-          f"leaderboard: {_join(sweep.sweep_dir, 'leaderboard.csv')}")
+          f"leaderboard: {storage.join(sweep.sweep_dir, 'leaderboard.csv')}")
     if not exported:
         cap = sweep.options.export_max_cost
         print(f"[lorasweep] no trial within --export-max-cost {cap:g} device-hours; nothing exported" if cap
@@ -562,5 +468,5 @@ def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = Tr
     o = sweep.options
     log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, list(sweep.space.params), exported, sweep.summary(),
                 o.wandb_entity, metric=sweep.space.metric, figures=figs,
-                report_html=html_path if html_path and "://" not in html_path else None,
+                report_html=html_path if html_path and not storage.is_remote(html_path) else None,
                 baseline=data.baseline if data is not None else None)

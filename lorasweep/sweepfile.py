@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass, field, fields
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 SECTIONS = ("sweep", "train")
 TOP = ("recipe", "preset", "space", "config")
@@ -44,7 +44,7 @@ class SweepFile:
 
 
 def _field_maps():
-    from lorasweep.engine import SweepOptions
+    from lorasweep.recipe import SweepOptions
     from trainers.config import TrainSettings
 
     return {f.name: f for f in fields(SweepOptions)}, {f.name: f for f in fields(TrainSettings)}
@@ -59,7 +59,7 @@ def load(path: str) -> SweepFile:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        from lorasweep.errors import os_reason
+        from common.errors import os_reason
 
         raise ConfigError(f"`--config` {path!r} cannot be read ({os_reason(e)}); give a sweep file (YAML)") from None
     try:
@@ -276,7 +276,7 @@ def dump(sweep) -> str:
     offline stand-ins as comments: the preset builds them again), and the searched space."""
     import dataclasses
 
-    from lorasweep.results import versions
+    from lorasweep.versions import versions
 
     o, s = sweep.options, sweep.settings
     ref = sweep.recipe_ref or sweep.recipe.name

@@ -41,6 +41,8 @@ import ray
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.air.util.node import _force_on_current_node
 
+from lorasweep import storage
+
 # Trial config keys kept out of each trial's W&B config: the nested driver plumbing
 # (TrainSettings, worker resources, storage path), identical across trials.
 _NOT_TRIAL_CONFIG = ["trial"]  # TrialConfig.to_tune puts all of it under this one key
@@ -233,7 +235,7 @@ def _log_adapters(run, sweep_name: str, exported: list[str]) -> None:
     import wandb
 
     for folder in reversed(exported):
-        if "://" in folder:
+        if storage.is_remote(folder):
             print(f"[lorasweep] warning: {folder} is not a local folder; not logged as a W&B model artifact")
             continue
         meta = json.loads((Path(folder) / "lorasweep.json").read_text(encoding="utf-8"))
@@ -256,7 +258,7 @@ def _json_safe(value):
 
 def _wandb_root(sweep_dir: str, sweep_name: str) -> str:
     """wandb.init's ``dir``: W&B writes into ``<dir>/wandb/``."""
-    if "://" not in sweep_dir:
+    if not storage.is_remote(sweep_dir):
         return sweep_dir
     cache = Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep"))
     return str(cache / "wandb" / sweep_name)

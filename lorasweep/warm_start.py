@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lorasweep.errors import ConfigError
+from lorasweep import storage
+from common.errors import ConfigError
 
 
 @dataclass
@@ -30,20 +31,15 @@ class WarmStart:
         return out
 
 
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
 def load(source: str, sweep) -> WarmStart:
     """The finished trials of the sweep folder ``source`` that fit ``sweep`` (a ResolvedSweep)."""
     from search_spaces import Choice
     from search_spaces.knobs import current
     from trainers.config import TrainSettings
 
-    from lorasweep.report import _read_json  # local or s3://, None when missing
 
     try:
-        old_config, rows = _read_json(_join(source, "sweep_config.json")), _read_json(_join(source, "leaderboard.json"))
+        old_config, rows = storage.read_json(storage.join(source, "sweep_config.json")), storage.read_json(storage.join(source, "leaderboard.json"))
     except ValueError:  # a file that is not JSON
         old_config, rows = None, None
     if not isinstance(old_config, dict) or not isinstance(rows, list):

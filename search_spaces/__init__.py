@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
+from search_spaces.knobs import Bound, bound_for
 
 
 @dataclass(frozen=True)
@@ -44,27 +45,6 @@ class LogUniform:
 
 
 Dist = Choice | Uniform | LogUniform
-
-@dataclass(frozen=True)
-class Bound:
-    """What one knob may take at all, checked on every space, seed and ``--space`` override, so a
-    typo in a recipe is caught like a typo on the command line. ``kind`` is int, float, bool or
-    str (then ``choices`` lists the allowed values)."""
-
-    kind: type
-    low: float = 0.0
-    high: float = 0.0
-    low_inclusive: bool = True
-    high_inclusive: bool = True
-    choices: tuple = ()
-    free: bool = False  # a string the library itself judges (search_spaces.knobs.check_value)
-
-    def allowed(self) -> str:
-        if self.free:
-            return "a string"
-        if self.choices:
-            return "one of " + ", ".join(map(str, self.choices))
-        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}{']' if self.high_inclusive else ')'}"
 
 
 @dataclass(frozen=True)
@@ -113,7 +93,6 @@ class SearchSpace:
         name = name.strip()
         bounds = self.bounds
         if name not in bounds:  # any other hyperparameter: typed from its library's field
-            from search_spaces.knobs import bound_for
 
             try:
                 bounds = {**bounds, name: bound_for(name)}
@@ -184,7 +163,7 @@ def distributions(spec: dict) -> dict:
 
 
 def _all_knobs():
-    from search_spaces.knobs import owners
+    from trainers.config import owners
 
     return owners()
 

@@ -1,4 +1,4 @@
-"""Which names a search may vary, and what each may take: any ``TrainSettings`` field that is a
+"""What each searchable knob may take (which field it sets: ``trainers.config.owner``): any ``TrainSettings`` field that is a
 hyperparameter, any ``peft.LoraConfig`` field and any ``transformers.TrainingArguments`` field,
 typed from the libraries' own dataclass fields and checked by building the library's own object
 with the value (PEFT's and Transformers' ``__post_init__`` checks are the validation).
@@ -18,54 +18,11 @@ import functools
 import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Literal
 
-from lorasweep.errors import ConfigError
-
-# TrainSettings fields that say what is trained on what, or how it is scored: never searched.
-NOT_KNOBS = frozenset({
-    "task", "family", "model", "dataset", "dataset_split", "max_train_rows", "eval_fraction", "eval_rows",
-    "test_fraction", "test_rows", "balance", "text_column", "label_column", "labels", "prompt", "gen_eval_rows",
-    "target_column", "no_answer", "bertscore_model", "bertscore_layers", "samples", "skip_rows_with",
-    "seed", "callbacks", "eval_every", "lora_config", "training_args", "quantization", "zero_stage", "offload",
-    "lr_reference_tokens", "repeat", "train_on_eval",
-})
-# Set by the trial itself (from its settings, its device and its budget): a knob there would be ignored.
-MANAGED_ARGS = frozenset({"output_dir", "max_steps", "num_train_epochs", "deepspeed", "use_cpu", "bf16", "fp16",
-                          "logging_strategy", "save_strategy", "eval_strategy", "report_to", "disable_tqdm",
-                          "remove_unused_columns", "seed", "data_seed", "per_device_train_batch_size",
-                          "gradient_accumulation_steps", "learning_rate", "warmup_steps", "warmup_ratio",
-                          "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing"})
-MANAGED_LORA = frozenset({"r", "lora_alpha", "use_rslora", "lora_dropout", "target_modules", "modules_to_save",
-                          "task_type", "base_model_name_or_path", "peft_type", "revision", "inference_mode"})
-
-
-def _lora_fields() -> dict:
-    from peft import LoraConfig
-
-    return {f.name: f for f in dataclasses.fields(LoraConfig) if f.name not in MANAGED_LORA and f.init}
-
-
-def _args_fields() -> dict:
-    from transformers import TrainingArguments
-
-    return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.name not in MANAGED_ARGS and f.init}
-
-
-@functools.cache
-def owners() -> dict[str, str]:
-    """knob name -> "settings", "lora" or "args" (a TrainSettings field wins over the libraries')."""
-    from trainers.config import TrainSettings
-
-    out = {name: "args" for name in _args_fields()}
-    out.update({name: "lora" for name in _lora_fields()})
-    out.update({f.name: "settings" for f in dataclasses.fields(TrainSettings) if f.name not in NOT_KNOBS})
-    return out
-
-
-def owner(name: str) -> str | None:
-    return owners().get(name)
-
+from common.errors import ConfigError
+from trainers.config import MANAGED_ARGS, MANAGED_LORA, args_fields, lora_fields, owner, owners
 
 def _simple(tp):
     """(kind, choices) for a field annotation: bool/int/float/str, Literal and Enum choices;
@@ -90,11 +47,31 @@ def _simple(tp):
     return None
 
 
+@dataclass(frozen=True)
+class Bound:
+    """What one knob may take at all, checked on every space, seed and ``--space`` override, so a
+    typo in a recipe is caught like a typo on the command line. ``kind`` is int, float, bool or
+    str (then ``choices`` lists the allowed values)."""
+
+    kind: type
+    low: float = 0.0
+    high: float = 0.0
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    choices: tuple = ()
+    free: bool = False  # a string the library itself judges (search_spaces.knobs.check_value)
+
+    def allowed(self) -> str:
+        if self.free:
+            return "a string"
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}{']' if self.high_inclusive else ')'}"
+
+
 def bound_for(name: str):
     """The ``Bound`` of any searchable knob (its kind, and its choices where the library lists
     them); the range is left open: the library's own checks (``check_value``) judge the values."""
-    from search_spaces import Bound
-
     where = owner(name)
     if where is None:
         raise ConfigError(f"unknown knob {name!r}; searchable: any TrainSettings hyperparameter, "
@@ -105,7 +82,7 @@ def bound_for(name: str):
         f = {f.name: f for f in dataclasses.fields(TrainSettings)}[name]
         found = _simple(f.type)
     else:
-        f = (_lora_fields() if where == "lora" else _args_fields())[name]
+        f = (lora_fields() if where == "lora" else args_fields())[name]
         try:
             hints = typing.get_type_hints(type(_library_default(where)))
         except Exception:  # noqa: BLE001 - an annotation that does not resolve: fall back to the raw one
@@ -177,8 +154,8 @@ def check_fixed(settings) -> None:
     field of the library's class that the trial does not set itself, the whole built once."""
     import difflib
 
-    for flag, given, fields_, managed in (("lora_config", settings.lora_config, _lora_fields, MANAGED_LORA),
-                                          ("training_args", settings.training_args, _args_fields, MANAGED_ARGS)):
+    for flag, given, fields_, managed in (("lora_config", settings.lora_config, lora_fields, MANAGED_LORA),
+                                          ("training_args", settings.training_args, args_fields, MANAGED_ARGS)):
         known = fields_()
         for key in given:
             if key in managed or key in owners() and owners()[key] == "settings":

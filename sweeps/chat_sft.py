@@ -23,7 +23,8 @@ model fits whole); packing searched; budget and ASHA rungs in training tokens; t
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.lora_sft import LORA_SFT
 from sweeps.llama_finetome import RECIPE as FLAGSHIP
 

@@ -16,7 +16,8 @@ LoRA trains the adapters and the head (pre_classifier + classifier), a full fine
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.classification import ENCODER_CLASSIFICATION
 
 

@@ -19,7 +19,8 @@ BERTScore F1 (roberta-large, layer 17: bert-score's default for English).
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.generation import SUMMARIZATION
 
 PROMPT = "Summarize the following conversation.\n\n{dialogue}"

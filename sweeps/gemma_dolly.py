@@ -16,7 +16,8 @@ test split's losses (base against tuned) and sample generations are kept (baseli
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.generation import INSTRUCTION_SFT
 
 PROMPT = "{instruction}"

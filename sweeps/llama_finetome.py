@@ -21,7 +21,8 @@ other), budget and ASHA rungs in training tokens so packed and unpacked trials c
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.lora_sft import LORA_SFT
 
 

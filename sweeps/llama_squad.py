@@ -18,7 +18,8 @@ and 1-shot) and once by the best adapter (baseline.json, samples.jsonl).
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.generation import EXTRACTIVE_QA
 
 PROMPT = ('Answer the question with a span of the context, or with "unanswerable" if the context does not '

@@ -15,7 +15,8 @@ As a head classifier the decoder reads the last token of each sentence (``LlamaF
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.classification import INSTRUCT_CLASSIFICATION
 
 PROMPT = "Is the sentiment of this sentence positive or negative?\n\nSentence: {text}"

@@ -17,7 +17,8 @@ how often free generation gives a valid label is reported too (`valid_label_rate
 
 from pathlib import Path
 
-from lorasweep.engine import Preset, Recipe, main
+from lorasweep.engine import main
+from lorasweep.recipe import Preset, Recipe
 from search_spaces.classification import INSTRUCT_CLASSIFICATION
 
 PROMPT = ("Classify the sentiment of this movie review. Answer with one word, positive or negative.\n\n"

@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_assets():
     """The smoke preset's offline model + FineTome-format sample (built once, cached)."""
-    from lorasweep.engine import assets_cache
+    from lorasweep.resolve import assets_cache
     from sweeps.llama_finetome import smoke_assets
 
     return smoke_assets(assets_cache() / "llama_finetome")

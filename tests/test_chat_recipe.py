@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.chat import SkipRow, require_chat_columns, to_messages, tokenize_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_example_file_is_messages_rows_that_all_train(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def smoke():
-    from lorasweep.engine import resolve
+    from lorasweep.resolve import resolve
     from sweeps.chat_sft import RECIPE
 
     return resolve(RECIPE, ["--preset", "smoke"])

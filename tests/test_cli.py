@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from lorasweep.engine import resolve
+from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def test_a_typo_in_a_recipe_is_one_line_not_a_silent_drop(where, change, needle,
 
 def test_a_checkpoint_of_the_wrong_kind_is_refused_before_ray(tmp_path, capsys):
     """An encoder on the chat recipe: one line naming the family, its kind and the task."""
-    from lorasweep.engine import assets_cache
+    from lorasweep.resolve import assets_cache
     from sweeps.distilbert_imdb import smoke_assets
 
     encoder = smoke_assets(assets_cache() / "distilbert_imdb")["model"]

@@ -35,9 +35,9 @@ def cluster():
     are added by each test. Every process of the cluster and the sweep import this checkout."""
     from ray.cluster_utils import Cluster
 
-    from lorasweep.engine import _free_port
+    from lorasweep.cluster import free_port
 
-    port = _free_port(0)
+    port = free_port(0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -16,7 +16,7 @@ import re
 import pytest
 import torch
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from lorasweep.samples import conversation_texts, finetome_rows, imdb_rows, sentiment_texts, write_jsonl
 from trainers.config import TrainSettings
 from trainers.families import family_for, get_family, resolve_family

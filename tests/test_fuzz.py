@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from search_spaces import Choice, LogUniform, SearchSpace, Uniform, project
 from search_spaces.lora_sft import LORA_SFT
 from trainers.chat import IGNORE_INDEX, ROLE_ALIASES, SkipRow, pack_examples, to_messages, tokenize_chat, tokenize_rows
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 # No example database: every run is a fresh draw, and a failure prints its falsifying example.
 # too_slow is about the machine, not the code: shared 2-core CI boxes trip it.

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from lorasweep.samples import (dialogsum_rows, dialogue_texts, dolly_rows, dolly_texts, qa_texts, squad_v2_rows,
                                write_jsonl)
 from trainers.config import TrainSettings

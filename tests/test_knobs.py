@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorasweep.engine import resolve
-from lorasweep.errors import ConfigError
+from lorasweep.resolve import resolve
+from common.errors import ConfigError
 from sweeps.llama_finetome import RECIPE
 from trainers.config import TrialConfig
 
@@ -91,13 +91,13 @@ def test_fixed_library_fields_reach_the_trainer_arguments():
 def test_cmaes_and_gp_propose_points_inside_the_space(name):
     import optuna
 
-    from lorasweep.engine import _sampler
+    from lorasweep.tuner import sampler
     from search_spaces import Choice, distributions
 
     sweep = _sweep("--searcher", name, "--space", "lora_dropout=0:0.2")
     space = sweep.space
     dists = distributions(space.to_json())
-    study = optuna.create_study(sampler=_sampler(name, space, 0), direction="minimize")
+    study = optuna.create_study(sampler=sampler(name, space, 0), direction="minimize")
     for i in range(12):  # past the samplers' random start-up trials: the model proposes the later ones
         trial = study.ask(dists)
         for knob, dist in space.params.items():

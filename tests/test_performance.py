@@ -7,8 +7,9 @@ import dataclasses
 
 import pytest
 
-from lorasweep.engine import resolve, trains_in_trial_process
-from lorasweep.errors import ConfigError
+from lorasweep.cluster import trains_in_trial_process
+from lorasweep.resolve import resolve
+from common.errors import ConfigError
 from sweeps.llama_finetome import RECIPE
 from trainers.config import Resources
 from trainers.tasks import get_task
@@ -54,7 +55,7 @@ def test_searchers_and_the_grids_one_line_error():
         _sweep("--searcher", "grid", "--space", "r=8,16")
     assert "warmup_ratio, learning_rate are a range" in str(e.value) and "--space warmup_ratio=a,b,c" in str(e.value)
     grid = _sweep("--searcher", "grid", "--space", "warmup_ratio=0,0.1", "--space", "learning_rate=1e-4,1e-3")
-    from lorasweep.engine import _sampler
+    from lorasweep.tuner import sampler
 
-    sampler = _sampler("grid", grid.space, 0)
+    sampler = sampler("grid", grid.space, 0)
     assert len(sampler._all_grids) == 4 * 4 * 2 * 2 * 2 * 2

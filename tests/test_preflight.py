@@ -15,11 +15,13 @@ import pytest
 
 from trainers.config import Resources
 
-from lorasweep.engine import SweepOptions, concurrency, resolve, trial_resources
+from lorasweep.cluster import concurrency, trial_resources
+from lorasweep.recipe import SweepOptions
+from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
 from lorasweep.preflight import (Inputs, addable_node_types, asha_tokens, check_cluster, check_paths_on_nodes,
                                  count_parameters, estimate, node_label, nodes_lacking, with_addable_node_types)
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from tests.conftest import FAKE_HF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,11 +127,11 @@ def two_nodes(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from lorasweep.engine import _free_port
+    from lorasweep.cluster import free_port
 
     head_cwd, worker_cwd = tmp_path_factory.mktemp("head_cwd"), tmp_path_factory.mktemp("worker_cwd")
     (head_cwd / "only_on_head.jsonl").write_text("{}\n")
-    port = _free_port(0)
+    port = free_port(0)
     here = os.getcwd()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("HF_TOKEN", raising=False)
@@ -192,7 +194,7 @@ def _token_probe_worker(config: dict) -> None:
     """A trial worker's first lines, as ``trainers.loop.train_func`` has them, then what it sees."""
     import ray.train
 
-    from lorasweep.credentials import receive
+    from common.credentials import receive
 
     config = receive(config)
     seen = hashlib.sha256(os.environ.get("HF_TOKEN", "").encode()).hexdigest()  # a report is written to disk
@@ -309,7 +311,8 @@ def test_dry_run_on_a_cpu_machine_says_gpu_hours_do_not_apply(tiny_assets):
 def test_local_ray_dashboard_listens_on_loopback_only():
     probe = """
 import json, psutil, ray
-from lorasweep.engine import SweepOptions, init_ray
+from lorasweep.cluster import init_ray
+from lorasweep.recipe import SweepOptions
 init_ray(SweepOptions(name="probe"))
 url = ray._private.worker.global_worker.node.address_info["webui_url"]
 port = int(url.rsplit(":", 1)[1])

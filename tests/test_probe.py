@@ -10,11 +10,12 @@ import tempfile
 import pytest
 import torch
 
-from lorasweep import engine
+from lorasweep.cluster import trial_resources
+from lorasweep.resolve import resolve
 from lorasweep.preflight import Inputs, asha_grace, asha_tokens, expected_tokens
 from lorasweep.probe import Probe, measure, wall_time_lines, wall_time_s
 from sweeps.llama_finetome import RECIPE
-from trainers.data import first_line
+from common.errors import first_line
 
 CPU_CLUSTER = {"cpu": 2, "gpu": 0, "nodes": [{"CPU": 2}], "accelerators": []}
 # the smoke sample's audit, as check_inputs reports it (tokens per example rounded)
@@ -30,8 +31,8 @@ def keep_threads():
 
 
 def smoke(tmp_path, *argv):
-    sweep = engine.resolve(RECIPE, ["--preset", "smoke", "--storage-path", str(tmp_path), "--name", "p", *argv])
-    return sweep, engine.trial_resources(sweep.options, CPU_CLUSTER, sweep)
+    sweep = resolve(RECIPE, ["--preset", "smoke", "--storage-path", str(tmp_path), "--name", "p", *argv])
+    return sweep, trial_resources(sweep.options, CPU_CLUSTER, sweep)
 
 
 def test_measure_times_both_packings_and_restores_threads(tiny_assets, tmp_path, monkeypatch):

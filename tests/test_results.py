@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep.engine import resolve
+from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
 from lorasweep.results import export_best, write_leaderboard
 

@@ -4,7 +4,7 @@ import pytest
 
 from search_spaces import Choice, LogUniform, SearchSpace, Uniform, project
 from search_spaces.lora_sft import LORA_SFT
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 
 def test_flagship_space_has_the_six_knobs_and_valid_seeds():

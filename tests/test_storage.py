@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep.engine import SweepOptions, resolve
-from lorasweep.errors import ConfigError, StorageError
+from lorasweep.recipe import SweepOptions
+from lorasweep.resolve import resolve
+from common.errors import ConfigError, StorageError
 from lorasweep.preflight import Inputs, _check_storage, remove_created
 from lorasweep.results import _publish, finish, write_leaderboard, write_start
 from sweeps.llama_finetome import RECIPE

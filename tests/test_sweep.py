@@ -228,7 +228,7 @@ def test_the_merged_export_loads_with_plain_transformers_and_matches_the_adapter
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorasweep.errors import ConfigError
+    from common.errors import ConfigError
     from lorasweep.export import main, push
 
     out = tmp_path / "merged"

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from lorasweep import sweepfile
-from lorasweep.engine import main, resolve
+from lorasweep.engine import main
+from lorasweep.resolve import resolve
 from lorasweep.flags import build_parser
 from sweeps.chat_sft import RECIPE as CHAT
 from sweeps.llama_finetome import RECIPE as FLAGSHIP

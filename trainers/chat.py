@@ -19,7 +19,7 @@ import os
 import torch
 from jinja2.exceptions import TemplateError
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.data import SkipRow, Tokenized
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips

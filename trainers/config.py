@@ -14,12 +14,14 @@ rest), and ``TrialConfig.from_tune`` turns it back into this typed object.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 Quantization = Literal["4bit", "8bit", "none"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -234,8 +236,6 @@ class TrialConfig:
     objective: str = "eval_loss"  # the metric the sweep optimises: the best checkpoint is kept by it
 
     def __post_init__(self):
-        from search_spaces.knobs import owner
-
         unknown = {k: v for k, v in self.knobs.items() if owner(k) is None}
         check_keys(unknown, TrainSettings, "searched knobs")  # names the field it resembles
 
@@ -243,8 +243,6 @@ class TrialConfig:
     def effective(self) -> TrainSettings:
         """The settings this trial trains with: the fixed ones, with the searched knobs applied (a
         LoraConfig or TrainingArguments field's value into ``lora_config`` / ``training_args``)."""
-        from search_spaces.knobs import owner
-
         # a TrainSettings field that is no searchable knob (``repeat``) is still the trial's setting
         own = {k: v for k, v in self.knobs.items() if owner(k) in ("settings", None)}
         lora = {k: v for k, v in self.knobs.items() if owner(k) == "lora"}
@@ -319,3 +317,51 @@ def deepspeed_config(zero_stage: int, offload: bool) -> dict | None:
         "fp16": {"enabled": "auto"},
         "zero_allow_untested_optimizer": True,
     }
+
+
+# ----------------------------------------------------------------------------- knob ownership
+# Which field a searched knob sets: a TrainSettings field, a peft.LoraConfig field or a
+# transformers.TrainingArguments field (search_spaces/ declares spaces over them; a trial applies them).
+
+# TrainSettings fields that say what is trained on what, or how it is scored: never searched.
+NOT_KNOBS = frozenset({
+    "task", "family", "model", "dataset", "dataset_split", "max_train_rows", "eval_fraction", "eval_rows",
+    "test_fraction", "test_rows", "balance", "text_column", "label_column", "labels", "prompt", "gen_eval_rows",
+    "target_column", "no_answer", "bertscore_model", "bertscore_layers", "samples", "skip_rows_with",
+    "seed", "callbacks", "eval_every", "lora_config", "training_args", "quantization", "zero_stage", "offload",
+    "lr_reference_tokens", "repeat", "train_on_eval",
+})
+# Set by the trial itself (from its settings, its device and its budget): a knob there would be ignored.
+MANAGED_ARGS = frozenset({"output_dir", "max_steps", "num_train_epochs", "deepspeed", "use_cpu", "bf16", "fp16",
+                          "logging_strategy", "save_strategy", "eval_strategy", "report_to", "disable_tqdm",
+                          "remove_unused_columns", "seed", "data_seed", "per_device_train_batch_size",
+                          "gradient_accumulation_steps", "learning_rate", "warmup_steps", "warmup_ratio",
+                          "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing"})
+MANAGED_LORA = frozenset({"r", "lora_alpha", "use_rslora", "lora_dropout", "target_modules", "modules_to_save",
+                          "task_type", "base_model_name_or_path", "peft_type", "revision", "inference_mode"})
+
+
+def lora_fields() -> dict:
+    from peft import LoraConfig
+
+    return {f.name: f for f in dataclasses.fields(LoraConfig) if f.name not in MANAGED_LORA and f.init}
+
+
+def args_fields() -> dict:
+    from transformers import TrainingArguments
+
+    return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.name not in MANAGED_ARGS and f.init}
+
+
+@functools.cache
+def owners() -> dict[str, str]:
+    """knob name -> "settings", "lora" or "args" (a TrainSettings field wins over the libraries')."""
+    out = {name: "args" for name in args_fields()}
+    out.update({name: "lora" for name in lora_fields()})
+    out.update({f.name: "settings" for f in dataclasses.fields(TrainSettings) if f.name not in NOT_KNOBS})
+    return out
+
+
+def owner(name: str) -> str | None:
+    """Where a searched knob's value goes: "settings", "lora", "args", or None (no such knob)."""
+    return owners().get(name)

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError, first_line
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -21,14 +21,6 @@ SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 def hf_token() -> str | None:
     # Secrets come from the environment only; they are never put in a config that gets written.
     return os.environ.get("HF_TOKEN") or None
-
-
-def first_line(exc: BaseException) -> str:
-    """The innermost cause's first line: what actually went wrong, not the wrapper's summary."""
-    while exc.__cause__ is not None:  # `raise ... from`: the wrapped error (not what its handler hit)
-        exc = exc.__cause__
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def load_dataset_rows(settings):

@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.chat import Collator, pack_examples, tokenize_rows
 from trainers.config import prompt_fields
 from trainers.data import SkipRow, Tokenized

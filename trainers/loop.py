@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from lorasweep.errors import TrialError
+from common.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
-from trainers.data import example_tokens, first_line
+from common.errors import first_line
+from trainers.data import example_tokens
 from trainers.evaluation import all_gather_lists, all_reduce_sum, world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
@@ -442,7 +443,7 @@ def _tune_report(metrics: dict, ckpt_dir: str) -> None:
 
 
 def _train(config: dict, device: torch.device, report, resume) -> None:
-    from lorasweep.credentials import receive
+    from common.credentials import receive
 
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
     trial = TrialConfig.from_tune(config)

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from typing import Generic, TypeVar
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -42,6 +42,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import first_line
+
 METRICS: dict[str, str] = {
     "exact_match": "SQuAD v2 exact match of normalised answers, max over golds (0-1)",
     "f1": "SQuAD v2 token F1 of normalised answers, max over golds (0-1)",
@@ -63,12 +65,6 @@ class TextScores:
     corpus: dict[str, float] = field(default_factory=dict)
     per_example: dict[str, list[float]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
-
-
-def _one_line(e: Exception) -> str:
-    """An exception as one short line (NLTK's and the Hub's messages run to many)."""
-    lines = [ln.strip(" *") for ln in str(e).splitlines() if ln.strip(" *")]
-    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
 
 
 # ----------------------------------------------------------------------------- SQuAD v2 (official script)
@@ -316,7 +312,7 @@ def find_wordnet(nltk_data: list[str] | None = None, wordnet_dirs: list[str] | N
         if found:
             return found
     except Exception as e:  # a corrupt download: say so, and still try the system copy
-        problems.append(f"NLTK's WordNet is unreadable ({_one_line(e)})")
+        problems.append(f"NLTK's WordNet is unreadable ({first_line(e)})")
     cache = Path(cache) if cache is not None else _cache_dir()
     for folder in (Path(d) for d in (_default_wordnet_dirs() if wordnet_dirs is None else wordnet_dirs)):
         if not all((folder / name).is_file() for name in _WORDNET_FILES):
@@ -326,7 +322,7 @@ def find_wordnet(nltk_data: list[str] | None = None, wordnet_dirs: list[str] | N
             _allow_root(str(copy.parent.parent))
             return _reader(str(copy)), f"WordNet database {folder}, as NLTK data in {copy}"
         except Exception as e:
-            problems.append(f"{folder} could not be used ({_one_line(e)})")
+            problems.append(f"{folder} could not be used ({first_line(e)})")
     return None, "; ".join([WORDNET_MISSING, *problems])
 
 
@@ -410,7 +406,7 @@ def bert_scorer(model: str | None, layers: int | None = None, device: str = "cpu
         try:
             _BERT_SCORERS[key] = _load_bert_scorer(str(model), layers, device)
         except Exception as e:
-            _BERT_SCORERS[key] = f"BERTScore model {model!r} could not be loaded ({_one_line(e)}); {_BERTSCORE_FIX}"
+            _BERT_SCORERS[key] = f"BERTScore model {model!r} could not be loaded ({first_line(e)}); {_BERTSCORE_FIX}"
     found = _BERT_SCORERS[key]
     if isinstance(found, str):
         raise MetricUnavailable(found)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.registry import Registry
 
 Kind = Literal["decoder", "encoder", "encoder-decoder"]

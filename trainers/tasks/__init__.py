@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.data import Split, Tokenized, load_dataset_rows, progress, split_rows
 from trainers.registry import Registry
 

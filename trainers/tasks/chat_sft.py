@@ -16,7 +16,7 @@ class ChatSFT(Task):
     can_pack = True
 
     def load_tokenizer(self, settings):
-        from lorasweep.errors import ConfigError
+        from common.errors import ConfigError
 
         tok = super().load_tokenizer(settings)
         if not tok.chat_template:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.data import SkipRow, Tokenized
 from trainers.evaluation import (EVAL_BATCH_SIZE, all_gather_lists, all_reduce_sum, classification_metrics, eval_mode,
                                  model_device, shard_calls)

@@ -10,7 +10,7 @@ read the raw answer against the gold spans (or the no-answer string).
 
 from __future__ import annotations
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.data import SkipRow
 from trainers.generation import DecoderGeneration
 from trainers.tasks import register

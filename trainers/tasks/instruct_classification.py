@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from lorasweep.errors import ConfigError
+from common.errors import ConfigError
 from trainers.chat import Collator, pack_examples, tokenize_rows
 from trainers.data import SkipRow
 from trainers.evaluation import (all_gather_lists, classification_metrics, eval_batches, evaluate_loss,

@@ -1,0 +1,135 @@
+"""The Ray cluster a sweep runs on: starting or joining Ray, what the cluster offers, what each
+trial asks for, and how many trials fit at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from common.errors import ConfigError
+from lorasweep.recipe import ResolvedSweep, SweepOptions
+from trainers.config import Resources
+
+
+def init_ray(options: SweepOptions) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized():
+        return
+    # Ray's own chatter off unless --verbose: its INFO lines, the workers' output forwarded to this
+    # console (a trial's goes to its folder: Tune's log_to_file), and the token-auth notice (the
+    # dashboard line below says it once, with how to sign in).
+    quiet = {} if options.verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
+    if not options.verbose:
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
+    from lorasweep.dashboard import env_vars
+
+    if options.address:
+        ray.init(address=options.address, runtime_env={"env_vars": env_vars()}, **quiet)
+    else:
+        # The dashboard (and its HTTP API) listens on loopback unless --dashboard-host says
+        # otherwise; a cluster's head decides its own (cluster.yaml keeps it on loopback too).
+        # Ray's gRPC ports bind every interface whatever is asked, and Ray 2.60 guards them with
+        # its cluster auth token.
+        #
+        # Two local sweeps on one machine (two Ray instances) must not see each other. Ray Train's
+        # PlacementGroupCleaner asks the state API whether its trial's controller is alive, finding
+        # the API by auto-detection; with two instances that fails or asks the other one, and the
+        # cleaner removes a live trial's placement group: its workers die and the sweep hangs
+        # (seen here, Ray 2.60). Every process of this instance is pointed at its own dashboard.
+        # address="local": a new instance even when a `ray start` cluster (or a test's) runs on this
+        # machine; plain ray.init() would join that one, and die with it (seen here). Join one with
+        # --address auto.
+        port = free_port()
+        api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
+        ray.init(address="local", dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None,
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **env_vars()}}, **quiet)
+        os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
+
+
+def free_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port when it is free (a second sweep on the machine gets another)."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the Ray dashboard")
+
+
+def cluster_resources() -> dict:
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return {
+        "cpu": sum(n.get("CPU", 0) for n in nodes),
+        "gpu": sum(n.get("GPU", 0) for n in nodes),
+        "nodes": nodes,
+        "accelerators": sorted({k for n in nodes for k in n if k.startswith("accelerator_type:")}),
+    }
+
+
+def trial_resources(options: SweepOptions, cluster: dict, sweep: "ResolvedSweep | None" = None) -> Resources:
+    """``--gpus-per-worker -1``: 1 when the cluster has GPUs (or, with ``--autoscale``, when a node
+    type it can add has them: ``cluster["node_types"]``), else 0. With ``sweep``, also whether its
+    trials train in the Tune trial's own process (``in_trial_process``)."""
+    gpus = options.gpus_per_worker
+    if gpus < 0:
+        gpus = 1.0 if cluster["gpu"] > 0 else 0.0
+        if not gpus and options.autoscale:
+            gpus = _gpus_from_node_types(cluster.get("node_types"))
+    res = Resources(workers=options.workers_per_trial, gpus=gpus, cpus=options.cpus_per_worker,
+                    retries=options.trial_retries, placement=options.placement.upper())
+    if sweep is not None:
+        res.in_trial_process = trains_in_trial_process(sweep, res)
+    return res
+
+
+def trains_in_trial_process(sweep: "ResolvedSweep", res: Resources) -> bool:
+    """One worker, and no trial of the space that needs DeepSpeed (``trainers.config.for_workers``:
+    ``offload``, or a full fine-tune in half precision, i.e. on a GPU): Ray Train would only add a
+    controller and a worker process per trial. ``--ray-train`` keeps it anyway."""
+    from trainers.config import for_workers
+
+    if res.workers != 1 or sweep.options.ray_train:
+        return False
+    s = sweep.settings
+    # what pick_precision gives a worker: a GPU's half precision (bf16 or fp16: the same to for_workers)
+    precision = s.precision if s.precision != "auto" else ("bf16" if res.gpus > 0 else "fp32")
+    methods = {s.method, *getattr(sweep.space.params.get("method"), "values", ())}
+    return all(for_workers(dataclasses.replace(s, method=m), 1, precision)[0].zero_stage == 0 for m in methods)
+
+
+def _gpus_from_node_types(node_types: dict[str, dict] | None) -> float:
+    if node_types and any(r.get("GPU", 0) > 0 for r in node_types.values()):
+        return 1.0
+    # A node type whose resources Ray could not fill in (no CPU count: its provider does not
+    # autodetect them) may well be a GPU type, so only a complete picture without GPUs means CPUs.
+    unknown = [name for name, r in (node_types or {}).items() if "CPU" not in r]
+    if node_types and not unknown:
+        return 0.0
+    why = ("no ~/ray_bootstrap_config.yaml on the head" if node_types is None
+           else "its autoscaler config lists no node type to add" if not node_types
+           else f"its autoscaler config gives no resources for node type(s) {', '.join(unknown)}")
+    raise ConfigError(f"`--gpus-per-worker` is -1 (auto) but with --autoscale the GPUs of the nodes the cluster will "
+                      f"add are unknown ({why}); pass --gpus-per-worker 1 (or 0 to train on CPUs)")
+
+
+def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
+    """Trials that fit at once, from the worker slots of every node. An autoscaling cluster grows
+    to fit the trials asked for: ``--max-concurrent`` of them (cluster.yaml starts with no GPU
+    node, which would cap the sweep at one trial at a time)."""
+    from lorasweep.preflight import worker_slots
+
+    if options.autoscale:
+        return options.max_concurrent
+    return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
