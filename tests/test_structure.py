@@ -1,0 +1,72 @@
+"""The layering the README's architecture section draws, read from the source: every import (those
+inside functions too) between the project's packages runs one way, common <- trainers <-
+search_spaces <- lorasweep, with no circle among modules; and only lorasweep/storage.py asks whether
+a path is an object-store URI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("common", "trainers", "search_spaces", "lorasweep")  # each may import those before it
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in LAYERS:
+        for f in (ROOT / pkg).rglob("*.py"):
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            out[name] = f
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges = {m: set() for m in mods}
+    for m, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            edges[m].update(t for t in map(owner, targets) if t and t != m)
+    return edges
+
+
+def test_imports_run_down_the_layers_only():
+    up = sorted((m, t) for m, targets in _graph().items() for t in targets
+                if LAYERS.index(t.split(".")[0]) > LAYERS.index(m.split(".")[0]))
+    assert not up, up
+
+
+def test_no_import_circle_among_the_modules():
+    edges = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(edges[m]):
+            if state.get(t) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*path[path.index(t):], m, t]))
+            if t not in state:
+                visit(t, [*path, m])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [])
+
+
+def test_only_the_storage_module_tells_local_paths_from_uris():
+    found = [f"{f.relative_to(ROOT)}:{i}" for f in _modules().values() if f.name != "storage.py"
+             for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if '"://"' in line]
+    assert not found, found
