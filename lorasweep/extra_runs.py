@@ -77,8 +77,9 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None,
     path = storage.join(sweep.sweep_dir, "baseline.json")
     settings = sweep.settings.to_dict()
     if base is None:
-        if sweep.options.resume and storage.exists(path):
-            return storage.read_json(path) or {}
+        earlier = storage.read_json(path) if sweep.options.resume else None  # None: not there
+        if earlier is not None:
+            return earlier
         # k-shot prompts are for instruction models; a classification head reads no examples
         shots = list(sweep.options.shots) if get_task(sweep.settings.task).takes_shots else [0]
         print(f"[lorasweep] scoring the base model ({', '.join(f'{k}-shot' for k in shots)}) on the test split ...")

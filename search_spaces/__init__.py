@@ -16,6 +16,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from search_spaces.knobs import Bound, bound_for
+from trainers.config import owners
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class SearchSpace:
             try:
                 bounds = {**bounds, name: bound_for(name)}
             except ConfigError as e:
-                close = difflib.get_close_matches(name, list(_all_knobs()), n=1)
+                close = difflib.get_close_matches(name, list(owners()), n=1)
                 hint = f"; did you mean `{close[0]}`?" if close else ""
                 raise ConfigError(f"`--space {shown}`: {e}{hint}") from None
         kind = bounds[name].kind
@@ -160,12 +161,6 @@ def distributions(spec: dict) -> dict:
             low, high = d.get("loguniform") or d["uniform"]
             out[name] = od.FloatDistribution(low, high, log="loguniform" in d)
     return out
-
-
-def _all_knobs():
-    from trainers.config import owners
-
-    return owners()
 
 
 def _parse(kind: type, text: str):
