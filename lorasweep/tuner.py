@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 
@@ -117,10 +118,22 @@ def optuna_storage(sweep: ResolvedSweep):
                           f"{str(e).splitlines()[0][:160]}); give an SQLAlchemy URL such as sqlite:///study.db") from None
 
 
-def sampler(name: str, space: SearchSpace, seed: int):
-    """Optuna's sampler for ``--searcher`` (None: OptunaSearch's default, TPE, seeded)."""
+def tpe_startup(trials: int, known: int) -> int:
+    """How many trials TPE draws before its model proposes: Optuna's 10, or a third of a smaller
+    sweep (never fewer than the known points, which count as start-up trials). With the default 10 a
+    6-trial sweep is its known points plus random draws and the model never acts (bench/quality.py,
+    instruct_movies: all five non-known trials were random, four of them outside the sensible lr band)."""
+    return max(1, min(10, max(known, math.ceil(trials / 3))))
+
+
+def sampler(name: str, space: SearchSpace, seed: int, trials: int = 0):
+    """Optuna's sampler for ``--searcher``; TPE (multivariate and constant-liar by Optuna 5's defaults)
+    starts its model after ``tpe_startup`` trials of a ``trials``-trial sweep (0: Optuna's 10)."""
     import optuna
 
+    if name == "tpe":
+        startup = tpe_startup(trials, len(space.seeds)) if trials else 10
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -131,7 +144,7 @@ def sampler(name: str, space: SearchSpace, seed: int):
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    return None
+    raise ValueError(f"unknown searcher {name!r}")
 
 
 def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, trainable=None, callbacks=(), stop=None,
@@ -156,7 +169,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     o, s, space = sweep.options, sweep.settings, sweep.space
     param_space = TrialConfig(s, resources=res, train_storage=storage.join(sweep.sweep_dir, "train_runs"),
                               objective=space.metric).to_tune(space.to_tune())
-    optuna_sampler = sampler(o.searcher, space, o.seed)
+    optuna_sampler = sampler(o.searcher, space, o.seed, o.num_samples)
     study_storage = optuna_storage(sweep)
     # Two objectives: Optuna's multi-objective study (TPE/NSGA-style samplers see both), while ASHA
     # and the checkpoints Tune keeps go by the first, the quality one.
@@ -177,7 +190,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     else:
         searcher = search_cls(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
                                 **({"storage": study_storage, "study_name": o.name} if study_storage is not None else {}),
-                                **({"sampler": optuna_sampler} if optuna_sampler is not None else {"seed": o.seed}))
+                                sampler=optuna_sampler)
     rungs = []
     if o.scheduler == "asha" and repeat_points is None:
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at

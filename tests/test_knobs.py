@@ -110,6 +110,30 @@ def test_cmaes_and_gp_propose_points_inside_the_space(name):
     assert len({t.params["learning_rate"] for t in study.trials}) == 12
 
 
+def test_tpe_models_from_a_third_of_a_small_sweep_not_after_ten_random_trials():
+    import optuna
+
+    from lorasweep.tuner import sampler, tpe_startup
+    from search_spaces import distributions
+
+    space = _sweep().space
+    assert (tpe_startup(6, 2), tpe_startup(16, 2), tpe_startup(60, 2), tpe_startup(4, 3)) == (2, 6, 10, 3)
+    dists = distributions(space.to_json())
+
+    def draws(name):
+        study = optuna.create_study(sampler=sampler(name, space, 0, trials=6), direction="minimize")
+        lrs = []
+        for _ in range(6):
+            trial = study.ask(dists)
+            lrs.append(trial.params["learning_rate"])
+            study.tell(trial, (trial.params["learning_rate"] - 3e-4) ** 2)
+        return lrs
+
+    # TPE's start-up draws are its seeded random sampler's; from the third trial on, its model proposes.
+    tpe, rand = draws("tpe"), draws("random")
+    assert tpe[:2] == rand[:2] and tpe[2] != rand[2]
+
+
 def test_a_seed_moved_by_a_narrowed_space_is_labelled_with_what_moved():
     space = _sweep("--space", "learning_rate=1e-4:5e-4").space
     first, second = space.seeds
