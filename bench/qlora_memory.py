@@ -41,7 +41,7 @@ def checkpoint(layers: int) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from trainers.tiny import save_folder
+    from trainers.model import save_folder
 
     want = {**CONFIG, "num_hidden_layers": layers}
     path = bench_cache() / ("llama100m" if layers == CONFIG["num_hidden_layers"] else f"llama100m_{layers}l")

@@ -212,7 +212,7 @@ def bench_model(hidden: int, intermediate: int, layers: int, heads: int, kv_head
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from trainers.tiny import save_folder
+    from trainers.model import save_folder
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,

@@ -11,7 +11,7 @@ from trainers.config import Resources
 def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, at_once: int) -> str:
     """What the sweep would do, summary first: what it trains, on what, where, and what it costs;
     the full resolved config (JSON) only with --verbose."""
-    from lorasweep.preflight import estimate
+    from lorasweep.budget import estimate
 
     s, o, space = sweep.settings, sweep.options, sweep.space
     where = ("this machine, Ray not started" if not o.address else f"the cluster at {o.address}")

@@ -45,8 +45,8 @@ def merge(folder: Path, out: Path, dtype: str = "bf16") -> Path:
     from trainers.config import TrainSettings
     from trainers.families import resolve_family
     from trainers.model import DTYPES as TORCH_DTYPES
+    from trainers.model import save_folder
     from trainers.tasks import get_task
-    from trainers.tiny import save_folder
 
     hf_logging.disable_progress_bar()  # "Writing model shards" for a one-file model
     meta = json.loads((folder / "lorasweep.json").read_text())

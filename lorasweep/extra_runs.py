@@ -15,7 +15,7 @@ def run_repeats(sweep: ResolvedSweep, res: Resources, n: int, rows: list[dict], 
     """``--repeats``: the top 3 healthy configurations again, ``repeats`` times each with other
     training seeds, then their mean and spread in the leaderboard (``runs``, ``mean_<metric>``,
     ``std_<metric>``). Returns 0, or 130 when a Ctrl-C ended it (resume continues it)."""
-    from lorasweep.results import add_repeats
+    from lorasweep.leaderboard import add_repeats
 
     knobs = list(sweep.space.params)
     top = [r for r in rows if r["status"] != "failed" and r.get(f"best_{sweep.space.metric}") is not None][:3]
@@ -38,7 +38,9 @@ def run_final(sweep: ResolvedSweep, res: Resources, rows: list[dict], argv: list
     """``--finalize``: the winner's knobs once more on train + eval rows for the whole token budget,
     exported to ``final_adapter/rank_1``; its path (the baseline scores it once on the test split),
     "interrupted", or None when there is no winner."""
-    from lorasweep.results import export_best, leaderboard_rows, resume_command
+    from lorasweep.best_adapters import export_best
+    from lorasweep.leaderboard import leaderboard_rows
+    from lorasweep.results import resume_command
 
     knobs = list(sweep.space.params)
     winner = next((r for r in rows if r["status"] != "failed" and r.get(f"best_{sweep.space.metric}") is not None), None)

@@ -72,7 +72,7 @@ def loss_record(task, model, tokenizer, s, rows: list) -> dict:
 def candidates(rows: list[dict], metric: str, k: int) -> list[dict]:
     """The top ``k`` healthy trials with a checkpoint, and the best trial at a known point when it
     is not among them (so the winner is always compared with what the recipe already knew)."""
-    from lorasweep.results import best_key
+    from lorasweep.leaderboard import best_key
 
     healthy = [r for r in rows if r["status"] != "failed" and r.get(best_key(metric)) is not None
                and r.get("checkpoint")]
@@ -84,7 +84,7 @@ def candidates(rows: list[dict], metric: str, k: int) -> list[dict]:
 def rerank(rows: list[dict], scored: dict[str, dict], metric: str, mode: str) -> list[dict]:
     """The leaderboard with the trials the final round scored on top, ordered by its value, ties by
     the eval loss at the trial's best report; the rest keep their eval order. Ranks renumbered."""
-    from lorasweep.results import tie_loss
+    from lorasweep.leaderboard import tie_loss
 
     sign = 1 if mode == "min" else -1
     top = [r for r in rows if r["trial_id"] in scored]

@@ -187,7 +187,7 @@ def _fmt_time(s: float) -> str:
 def wall_time_s(sweep, inputs, res, at_once: int, probe: Probe) -> dict[str, float]:
     """The estimate's terms, in seconds (``total`` is the wall time) and counts; see the comments."""
     from lorasweep.extra_runs import wants_baseline
-    from lorasweep.preflight import expected_tokens
+    from lorasweep.budget import expected_tokens
 
     s, o = sweep.settings, sweep.options
     n = o.num_samples

@@ -27,7 +27,7 @@ class ResumeFromNewest:
     def restore(self, checkpoint_path):
         import pyarrow.fs as pafs
 
-        from trainers.loop import newest_checkpoint
+        from trainers.reporting import newest_checkpoint
 
         ckpt = getattr(checkpoint_path, "checkpoint", None)  # Tune passes a _TrainingResult
         if ckpt is not None and ckpt.filesystem.get_file_info(ckpt.path).type == pafs.FileType.NotFound:
@@ -161,7 +161,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
 
     from lorasweep.console import Console
     from lorasweep.credentials import share
-    from lorasweep.preflight import asha_grace, asha_rungs
+    from lorasweep.budget import asha_grace, asha_rungs
     from lorasweep.scheduling import JudgedASHA
     from lorasweep.tracking import tune_callbacks
     from trainers.tasks import metric_mode

@@ -35,7 +35,7 @@ def smoke_assets(cache: Path) -> dict:
     """An Alpaca-format sample (1,200 generated instruction/input/output rows, 2 in 5 with an input)
     and a tiny Llama (tokenizer trained on that sample, briefly pretrained on its text): built once,
     then cached. Alpaca rather than the flagship's ShareGPT, so this path is run end to end too."""
-    from lorasweep.samples import alpaca_rows, alpaca_texts, offline_assets
+    from stand_ins import alpaca_rows, alpaca_texts, offline_assets
 
     rows = alpaca_rows(1200, seed=0)
     return offline_assets(cache, "llama", rows, alpaca_texts(rows), "alpaca_sample.jsonl")

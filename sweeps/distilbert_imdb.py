@@ -24,7 +24,7 @@ from search_spaces.classification import ENCODER_CLASSIFICATION
 def smoke_assets(cache: Path) -> dict:
     """1,000 generated IMDB-format reviews and a tiny DistilBERT (WordPiece vocabulary trained on
     them, briefly pretrained as a masked LM): built once, then cached."""
-    from lorasweep.samples import imdb_rows, offline_assets, sentiment_texts
+    from stand_ins import imdb_rows, offline_assets, sentiment_texts
 
     rows = imdb_rows(1000, seed=0)
     return offline_assets(cache, "distilbert", rows, sentiment_texts(rows, "text"), "imdb_sample.jsonl")

@@ -29,9 +29,9 @@ PROMPT = "Summarize the following conversation.\n\n{dialogue}"
 def smoke_assets(cache: Path) -> dict:
     """1,000 generated DialogSum-format dialogues, a tiny T5 that read them (denoising), and a tiny
     BERT as BERTScore's encoder: built once, then cached."""
-    from lorasweep.samples import dialogsum_rows, dialogue_texts, offline_assets
+    from stand_ins import dialogsum_rows, dialogue_texts, offline_assets
+    from stand_ins.tiny import write_tiny_model
     from trainers.families import get_family
-    from trainers.tiny import write_tiny_model
 
     rows = dialogsum_rows(1000, seed=0)
     texts = dialogue_texts(rows) + [PROMPT.format(dialogue="")] * 50

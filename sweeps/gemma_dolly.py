@@ -25,7 +25,7 @@ PROMPT = "{instruction}"
 
 def smoke_assets(cache: Path) -> dict:
     """1,500 generated Dolly-format rows and a tiny Gemma that read their text: built once, then cached."""
-    from lorasweep.samples import dolly_rows, dolly_texts, offline_assets
+    from stand_ins import dolly_rows, dolly_texts, offline_assets
 
     rows = dolly_rows(1500, seed=0)
     return offline_assets(cache, "gemma", rows, dolly_texts(rows), "dolly_sample.jsonl")

@@ -29,7 +29,7 @@ from search_spaces.lora_sft import LORA_SFT
 def smoke_assets(cache: Path) -> dict:
     """A FineTome-format sample (1,200 generated conversations) and a tiny Llama (0.13M params,
     tokenizer trained on that sample, briefly pretrained on its text): built once, then cached."""
-    from lorasweep.samples import conversation_texts, finetome_rows, offline_assets
+    from stand_ins import conversation_texts, finetome_rows, offline_assets
 
     rows = finetome_rows(1200, seed=0)
     return offline_assets(cache, "llama", rows, conversation_texts(rows), "finetome_sample.jsonl")

@@ -29,7 +29,7 @@ PROMPT = ('Answer the question with a span of the context, or with "unanswerable
 def smoke_assets(cache: Path) -> dict:
     """1,200 generated SQuAD v2-format questions over invented facts (a third unanswerable) and a
     tiny Llama that read their text: built once, then cached."""
-    from lorasweep.samples import offline_assets, qa_texts, squad_v2_rows
+    from stand_ins import offline_assets, qa_texts, squad_v2_rows
 
     rows = squad_v2_rows(1200, seed=0)
     return offline_assets(cache, "llama", rows, qa_texts(rows) + [PROMPT.format(context="", question="")] * 50,

@@ -26,7 +26,7 @@ def smoke_assets(cache: Path) -> dict:
     """1,000 generated SST-2-format sentences and a tiny Llama: built once, then cached. The tiny
     base also reads generated reviews, where words of one polarity keep company, so its word
     embeddings carry sentiment as a real base model's do (LoRA leaves embeddings frozen)."""
-    from lorasweep.samples import imdb_rows, offline_assets, sentiment_texts, sst2_rows
+    from stand_ins import imdb_rows, offline_assets, sentiment_texts, sst2_rows
 
     rows = sst2_rows(1000, seed=0)
     texts = sentiment_texts(rows, "sentence") + sentiment_texts(imdb_rows(1000, seed=9), "text")

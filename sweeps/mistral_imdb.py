@@ -28,7 +28,7 @@ PROMPT = ("Classify the sentiment of this movie review. Answer with one word, po
 def smoke_assets(cache: Path) -> dict:
     """800 generated IMDB-format reviews and a tiny Mistral ([INST] chat template, tokenizer trained
     on the reviews and the prompt): built once, then cached."""
-    from lorasweep.samples import imdb_rows, offline_assets, sentiment_texts
+    from stand_ins import imdb_rows, offline_assets, sentiment_texts
 
     rows = imdb_rows(800, seed=1)
     texts = sentiment_texts(rows, "text") + [PROMPT.format(text="")] * 50

@@ -66,7 +66,7 @@ def _examples(tok, rows):
 
 
 def test_packing_restarts_positions_and_never_trains_across_documents(tiny_assets, tiny_tokenizer):
-    from lorasweep.samples import finetome_rows
+    from stand_ins import finetome_rows
 
     ex = _examples(tiny_tokenizer, finetome_rows(60, seed=3))
     packed = pack_examples(ex, 128)
@@ -165,9 +165,9 @@ def test_a_row_the_chat_template_refuses_is_skipped_and_counted(tiny_tokenizer):
 def test_chatml_labels_end_at_im_end_not_the_newline_after_it():
     """ChatML (Qwen2, SmolLM2) and Gemma put a newline after the end-of-turn token: the model never
     generates it, so it is not a target. Fast twin of the real-template test in test_real.py."""
+    from stand_ins.tiny import train_tokenizer
     from trainers.families.gemma import GEMMA_CHAT
     from trainers.families.qwen2 import CHATML
-    from trainers.tiny import train_tokenizer
 
     texts = ["What is the capital of Kalorven?", "The capital is Mita.", "Are you sure?", "Yes."] * 20
     msgs = [{"role": "user", "content": "What is the capital of Kalorven?"},

@@ -84,7 +84,7 @@ def test_other_columns_are_refused_in_one_line_naming_the_three_schemas(columns)
 
 
 def test_alpaca_rows_are_deterministic_alpaca_shaped_and_some_have_an_input():
-    from lorasweep.samples import alpaca_rows, alpaca_texts
+    from stand_ins import alpaca_rows, alpaca_texts
 
     rows = alpaca_rows(500, seed=1)
     assert rows == alpaca_rows(500, seed=1) and rows != alpaca_rows(500, seed=2) and alpaca_rows(0) == []
@@ -97,7 +97,7 @@ def test_alpaca_rows_are_deterministic_alpaca_shaped_and_some_have_an_input():
 
 def test_example_file_regenerates_from_its_readme_command(tmp_path):
     """examples/data/README.md's one-liner writes this exact file: generated, never copied."""
-    from lorasweep.samples import support_chat_rows, write_jsonl
+    from stand_ins import support_chat_rows, write_jsonl
 
     readme = (EXAMPLE.parent / "README.md").read_text(encoding="utf-8")
     assert "write_jsonl(support_chat_rows(400, seed=0), 'examples/data/support_chats.jsonl')" in readme

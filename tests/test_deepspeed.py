@@ -227,7 +227,7 @@ def test_zero3_builds_partitioned_and_evaluates_uneven_shards(tiny_assets, tmp_p
     import multiprocessing
     import socket
 
-    from lorasweep.samples import imdb_rows, write_jsonl
+    from stand_ins import imdb_rows, write_jsonl
     from trainers.config import TrainSettings, TrialConfig
     from trainers.loop import evaluate_folder
 

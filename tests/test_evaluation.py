@@ -68,9 +68,9 @@ def full_logits_label_logprobs(model, prompts, options, pad_id) -> list[list[flo
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """``tiny(family)``: a tiny checkpoint of the family (random weights), built on first use."""
-    from lorasweep.samples import conversation_texts, finetome_rows, write_jsonl
+    from stand_ins import conversation_texts, finetome_rows, write_jsonl
+    from stand_ins.tiny import write_tiny_model
     from trainers.families import get_family
-    from trainers.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("evaluation")
     chats = finetome_rows(40)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from lorasweep.samples import conversation_texts, finetome_rows, imdb_rows, sentiment_texts, write_jsonl
+from stand_ins import conversation_texts, finetome_rows, imdb_rows, sentiment_texts, write_jsonl
 from trainers.config import TrainSettings
 from trainers.families import family_for, get_family, resolve_family
 from trainers.model import build_model, load_base_model, quantization_config
@@ -44,7 +44,7 @@ def one_thread():
 def assets(tmp_path_factory):
     """Data files, and a ``tiny(family)`` that builds that family's checkpoint folder on first use
     (once per module; ``-k qwen2`` builds only Qwen2's)."""
-    from trainers.tiny import write_tiny_model
+    from stand_ins.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("families")
     chats, reviews = finetome_rows(40), imdb_rows(40)

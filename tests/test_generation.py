@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from lorasweep.samples import (dialogsum_rows, dialogue_texts, dolly_rows, dolly_texts, qa_texts, squad_v2_rows,
-                               write_jsonl)
+from stand_ins import dialogsum_rows, dialogue_texts, dolly_rows, dolly_texts, qa_texts, squad_v2_rows, write_jsonl
 from trainers.config import TrainSettings
 from trainers.families import get_family
 from trainers.model import build_model
@@ -34,7 +33,7 @@ RECIPES = {  # task -> (family, data, settings)
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from trainers.tiny import write_tiny_model
+    from stand_ins.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("generation")
     rows = {"squad": squad_v2_rows(60), "dialogsum": dialogsum_rows(60), "dolly": dolly_rows(90)}

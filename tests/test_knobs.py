@@ -147,7 +147,7 @@ def test_a_seed_moved_by_a_narrowed_space_is_labelled_with_what_moved():
 
 
 def test_pareto_marks_exactly_the_trials_no_other_beats_on_both():
-    from lorasweep.results import mark_pareto
+    from lorasweep.leaderboard import mark_pareto
 
     def row(tid, loss, hours, status="completed"):
         return {"trial_id": tid, "best_eval_loss": loss, "device_hours": hours, "status": status}
@@ -172,7 +172,7 @@ def test_two_objectives_are_refused_where_they_cannot_work():
 
 
 def test_the_export_cap_keeps_dearer_adapters_out():
-    from lorasweep.results import export_best
+    from lorasweep.best_adapters import export_best
 
     sweep = _sweep("--export-max-cost", "0.25")
     rows = [{"trial_id": "a", "checkpoint": "/nonexistent/a", "status": "completed", "device_hours": 0.5}]
@@ -342,9 +342,9 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
 
 def test_gguf_export_refuses_an_architecture_it_cannot_write(tmp_path):
     from lorasweep.export import GGUFUnsupported, write_gguf
-    from lorasweep.samples import conversation_texts, finetome_rows
+    from stand_ins import conversation_texts, finetome_rows
+    from stand_ins.tiny import write_tiny_model
     from trainers.families import get_family
-    from trainers.tiny import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "gemma", get_family("gemma"), conversation_texts(finetome_rows(20)),
                               pretrain_steps=0)

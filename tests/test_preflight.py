@@ -19,8 +19,9 @@ from lorasweep.cluster import concurrency, trial_resources
 from lorasweep.recipe import SweepOptions
 from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
-from lorasweep.preflight import (Inputs, addable_node_types, asha_tokens, check_cluster, check_paths_on_nodes,
-                                 count_parameters, estimate, node_label, nodes_lacking, with_addable_node_types)
+from lorasweep.budget import asha_tokens, estimate
+from lorasweep.preflight import (Inputs, addable_node_types, check_cluster, check_paths_on_nodes, count_parameters,
+                                 node_label, nodes_lacking, with_addable_node_types)
 from common.errors import ConfigError
 from tests.conftest import FAKE_HF
 

@@ -12,7 +12,8 @@ import torch
 
 from lorasweep.cluster import trial_resources
 from lorasweep.resolve import resolve
-from lorasweep.preflight import Inputs, asha_grace, asha_tokens, expected_tokens
+from lorasweep.budget import asha_grace, asha_tokens, expected_tokens
+from lorasweep.preflight import Inputs
 from lorasweep.probe import Probe, measure, wall_time_lines, wall_time_s
 from sweeps.llama_finetome import RECIPE
 from common.errors import first_line

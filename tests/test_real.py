@@ -11,7 +11,7 @@ both on real movie-review sentences (vaderSentiment's sdist; see tests/real_mate
 /work/shared/REAL_MATERIAL.md). They prove, on real weights, what tiny random models cannot: the
 real chat template's loss mask, a sweep whose best adapter beats the untuned model on held-out
 sentences (the recipe's own baseline vs tuned table), and an exported adapter that reloads to
-the metrics the trial reported. Each sweep runs once (module-scoped fixtures), ~4 minutes each.
+the metrics the trial reported. Each sweep runs once (module-scoped fixtures).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ SAMPLE_ROWS = 400  # smoke preset splits: 20% test (80 sentences), 10% eval (40)
 SWEEP_TIMEOUT_S = 900
 REPLY_END = "<|im_end|>"
 
-# Sized for 2 CPU cores: 2 trials at once, one torch thread each (Ray sets OMP_NUM_THREADS=1 for
-# a fractional CPU share), the recipe's known point first. The base model is scored zero-shot. No
-# final round (tests/test_sweep.py checks it; here it re-scores with generation for ~90 s a sweep).
+# Sized for 2 CPU cores: one trial, the recipe's known point, on both cores (Ray gives a 2-CPU worker
+# OMP_NUM_THREADS=2); ranking several trials is tests/test_sweep.py's. The base model is scored
+# zero-shot. No final round (tests/test_sweep.py checks it; here it re-scores with generation).
 INSTRUCT_ARGS = [
-    "--preset", "smoke", "--quantization", "4bit", "--num-samples", "2", "--scheduler", "none", "--shots", "0",
-    "--max-seq-length", "160", "--max-tokens", "12000", "--eval-every", "10", "--per-device-batch-size", "4",
-    "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "1", "--max-concurrent", "2",
+    "--preset", "smoke", "--quantization", "4bit", "--num-samples", "1", "--scheduler", "none", "--shots", "0",
+    "--max-seq-length", "160", "--max-tokens", "12000", "--eval-every", "25", "--per-device-batch-size", "4",
+    "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "2", "--max-concurrent", "1",
     "--final-round", "0",
 ]
 ENCODER_ARGS = [
@@ -53,13 +53,13 @@ ENCODER_ARGS = [
 
 
 # Extractive QA over real review sentences (``sweeps/llama_squad.py --model``): full precision (the
-# 4-bit path on this model is the instruction recipe's), the recipe's known point (lr 2e-4) and one more.
+# 4-bit path on this model is the instruction recipe's), the recipe's known point (lr 2e-4), one trial.
 QA_ROWS = 200  # smoke splits: 10% test (20 questions), 5% eval (10), 170 to train on (16k tokens: ~90 seen)
 QA_ARGS = [
-    "--preset", "smoke", "--quantization", "none", "--num-samples", "2", "--scheduler", "none", "--shots", "0",
+    "--preset", "smoke", "--quantization", "none", "--num-samples", "1", "--scheduler", "none", "--shots", "0",
     "--space", "learning_rate=1e-4:1e-3", "--max-seq-length", "256", "--max-new-tokens", "48",
-    "--max-tokens", "16000", "--eval-every", "10", "--per-device-batch-size", "4", "--gradient-accumulation-steps", "1",
-    "--gen-eval-rows", "5", "--cpus-per-worker", "1", "--max-concurrent", "2", "--samples", "4", "--final-round", "0",
+    "--max-tokens", "16000", "--eval-every", "25", "--per-device-batch-size", "4", "--gradient-accumulation-steps", "1",
+    "--gen-eval-rows", "5", "--cpus-per-worker", "2", "--max-concurrent", "1", "--samples", "4", "--final-round", "0",
 ]
 
 
@@ -206,10 +206,8 @@ def test_real_chatml_labels_are_exactly_reply_plus_im_end(tokenizer, sentiment_j
 
 def test_instruction_recipe_on_smollm2_in_4bit(instruct_sweep, smollm2):
     rows, meta = instruct_sweep["rows"], instruct_sweep["meta"]
-    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
-    assert all(int(r["tokens_seen"]) >= 12000 for r in rows)  # every trial spent its token budget
-    f1s = [float(r["best_f1"]) for r in rows]
-    assert f1s == sorted(f1s, reverse=True)  # ranked by the objective, maximised
+    assert len(rows) == 1 and rows[0]["status"] == "completed", rows
+    assert int(rows[0]["tokens_seen"]) >= 12000  # the trial spent its token budget
     assert meta["settings"]["family"] == "llama" and meta["settings"]["task"] == "instruct_classification"
     assert meta["settings"]["quantization"] == "4bit" and meta["objective"] == "f1"
     cfg = json.loads((instruct_sweep["rank_1"] / "adapter_config.json").read_text())
@@ -273,7 +271,7 @@ def test_qa_recipe_on_smollm2_beats_the_base_models_f1_on_held_out_questions(qa_
     """Real sentences, real model: the adapter learns to quote the asked critic's sentence, or to say
     "unanswerable", better than the instruct model does zero-shot (SQuAD v2 F1 on the test split)."""
     rows, meta = qa_sweep["rows"], qa_sweep["meta"]
-    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
+    assert len(rows) == 1 and rows[0]["status"] == "completed", rows
     assert meta["settings"]["task"] == "extractive_qa" and meta["settings"]["family"] == "llama" and meta["objective"] == "f1"
     base, tuned = qa_sweep["baseline"]["base 0-shot"], qa_sweep["baseline"]["tuned"]
     assert base["n"] == tuned["n"] == 20

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lorasweep import report
-from lorasweep.preflight import asha_rungs
+from lorasweep import report, report_data
+from lorasweep.budget import asha_rungs
 from tests.conftest import ROOT
 
 SPACE = {"r": {"choice": [8, 16, 32]}, "use_rslora": {"choice": [True, False]},
@@ -77,9 +77,9 @@ def test_asha_rungs_are_where_rays_scheduler_decides():
 
 def test_report_finds_the_knob_that_decides_and_lists_stops_and_failures(tmp_path):
     folder = write_sweep(tmp_path / "known")
-    data = report.load(str(folder))
+    data = report_data.load(str(folder))
     assert data.rungs == [250, 500]
-    found, why = report.importances(data)
+    found, why = report_data.importances(data)
     assert set(found) == {"fANOVA", "PED-ANOVA"}, why
     for evaluator, values in found.items():
         assert max(values, key=values.get) == "learning_rate", (evaluator, values)
@@ -102,8 +102,8 @@ def test_report_finds_the_knob_that_decides_and_lists_stops_and_failures(tmp_pat
 
 
 def test_best_so_far_only_improves_and_counts_every_device_hour(tmp_path):
-    data = report.load(str(write_sweep(tmp_path / "known")))
-    seq = report.best_so_far(data)
+    data = report_data.load(str(write_sweep(tmp_path / "known")))
+    seq = report_data.best_so_far(data)
     bests = [p["best"] for p in seq if p["best"] is not None]
     assert bests == sorted(bests, reverse=True) and len(seq) == 14
     assert seq[-1]["hours"] == pytest.approx(sum(t.device_hours for t in data.trials))

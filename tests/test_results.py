@@ -10,7 +10,8 @@ import pytest
 
 from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
-from lorasweep.results import export_best, write_leaderboard
+from lorasweep.best_adapters import export_best
+from lorasweep.leaderboard import write_leaderboard
 
 KNOBS = ["r", "lora_alpha"]
 

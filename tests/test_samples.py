@@ -1,4 +1,4 @@
-"""The generated stand-ins for SQuAD v2, DialogSum and Dolly (lorasweep/samples.py) and the real-text
+"""The generated stand-ins for SQuAD v2, DialogSum and Dolly (stand_ins/) and the real-text
 QA sample (tests/real_material.py): each in its dataset's schema, deterministic in its seed, and
 learnable by rule (answers are spans at their offsets, summaries copy the dialogue's slots, Dolly's
 responses follow from the instruction alone). No model is trained here."""
@@ -11,15 +11,8 @@ from collections import defaultdict
 
 import pytest
 
-from lorasweep.samples import (
-    _dialogsum_scenes,
-    dialogsum_rows,
-    dialogue_texts,
-    dolly_rows,
-    dolly_texts,
-    qa_texts,
-    squad_v2_rows,
-)
+from stand_ins import dialogsum_rows, dialogue_texts, dolly_rows, dolly_texts, qa_texts, squad_v2_rows
+from stand_ins.dialogue import _dialogsum_scenes
 
 N = 600
 DOLLY_CATEGORIES = {"open_qa", "general_qa", "classification", "closed_qa", "brainstorming",

@@ -171,7 +171,7 @@ def test_asha_judges_the_first_trial_once_enough_peers_reached_the_rung():
 def test_tied_reports_and_trials_go_to_the_lower_eval_loss(tmp_path):
     from ray.tune import Result
 
-    from lorasweep.results import _best_report, leaderboard_rows
+    from lorasweep.leaderboard import _best_report, leaderboard_rows
 
     df = pd.DataFrame({"f1": [0.8, 0.9, 0.9, 0.9], "eval_loss": [0.5, 0.6, 0.4, 0.7], "step": [1, 2, 3, 4]})
     assert int(_best_report(df, "f1", "max")["step"]) == 3

@@ -17,7 +17,9 @@ from lorasweep.recipe import SweepOptions
 from lorasweep.resolve import resolve
 from common.errors import ConfigError, StorageError
 from lorasweep.preflight import Inputs, _check_storage, remove_created
-from lorasweep.results import _publish, finish, write_leaderboard, write_start
+from lorasweep.best_adapters import _publish
+from lorasweep.leaderboard import write_leaderboard
+from lorasweep.results import finish, write_start
 from sweeps.llama_finetome import RECIPE
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from trainers import text_metrics as tm
-from trainers.text_metrics import normalize_answer, score_texts, squad_exact, squad_f1
+from trainers import wordnet_data as wn
+from trainers.squad import normalize_answer, squad_exact, squad_f1
+from trainers.text_metrics import score_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,9 +176,9 @@ def test_bleu_corpus_with_an_unanswerable_example():
 def wordnet(tmp_path_factory):
     """WordNet built from the system database into a temp cache (so the copy-and-lexnames path runs
     here, not a copy a previous run left in ~/.cache), else whatever ``wordnet_status`` finds."""
-    reader, why = tm.find_wordnet(nltk_data=[], cache=tmp_path_factory.mktemp("wncache"))
+    reader, why = wn.find_wordnet(nltk_data=[], cache=tmp_path_factory.mktemp("wncache"))
     if reader is None:
-        reader, why = tm.wordnet_status()
+        reader, why = wn.wordnet_status()
     if reader is None:
         pytest.skip(f"no WordNet data here ({why}); CI installs Debian's wordnet-base")
     return reader, why
@@ -195,7 +197,7 @@ def test_wordnet_copy(wordnet):
 
 
 def test_meteor_by_hand(wordnet, monkeypatch):
-    monkeypatch.setattr(tm, "wordnet_status", lambda: wordnet)
+    monkeypatch.setattr(wn, "wordnet_status", lambda: wordnet)
     # identical, 6 words: P = R = 1, Fmean = 1, one chunk -> penalty 0.5 * (1/6)^3 = 1/432
     assert one("meteor", "the cat sat on the mat", ["the cat sat on the mat"]) == pytest.approx(1 - 1 / 432)
     # "a fast car" vs "a quick car": fast~quick via WordNet -> 3 matches in 1 chunk: 1 - 0.5 * (1/3)^3
@@ -214,12 +216,12 @@ def test_meteor_by_hand(wordnet, monkeypatch):
 def test_meteor_without_wordnet(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = tm.find_wordnet(nltk_data=[], wordnet_dirs=[str(empty)], cache=tmp_path / "cache")
-    assert missing == (None, tm.WORDNET_MISSING)
+    missing = wn.find_wordnet(nltk_data=[], wordnet_dirs=[str(empty)], cache=tmp_path / "cache")
+    assert missing == (None, wn.WORDNET_MISSING)
     assert "nltk.downloader wordnet" in missing[1] and "wordnet-base" in missing[1]
-    monkeypatch.setattr(tm, "wordnet_status", lambda: missing)
+    monkeypatch.setattr(wn, "wordnet_status", lambda: missing)
     scores = score_texts(["the cat"], [["the cat"]], ("meteor", "rouge1"))
-    assert scores.unavailable == {"meteor": tm.WORDNET_MISSING}
+    assert scores.unavailable == {"meteor": wn.WORDNET_MISSING}
     assert "meteor" not in scores.corpus and "meteor" not in scores.per_example
     assert scores.corpus["rouge1"] == 1.0
 
@@ -227,10 +229,10 @@ def test_meteor_without_wordnet(tmp_path, monkeypatch):
 def test_wordnet_folder_that_cannot_be_read(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
-    for name in tm._WORDNET_FILES:
+    for name in wn._WORDNET_FILES:
         (bad / name).write_text("not wordnet\n")
-    reader, why = tm.find_wordnet(nltk_data=[], wordnet_dirs=[str(bad)], cache=tmp_path / "cache")
-    assert reader is None and why.startswith(tm.WORDNET_MISSING) and str(bad) in why and "\n" not in why
+    reader, why = wn.find_wordnet(nltk_data=[], wordnet_dirs=[str(bad)], cache=tmp_path / "cache")
+    assert reader is None and why.startswith(wn.WORDNET_MISSING) and str(bad) in why and "\n" not in why
 
 
 # ----------------------------------------------------------------------------- BERTScore
@@ -238,8 +240,8 @@ def test_wordnet_folder_that_cannot_be_read(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
+    from stand_ins.tiny import write_tiny_model
     from trainers.families import get_family
-    from trainers.tiny import write_tiny_model
 
     texts = ["the cat sat on the mat", "a dog ran in the park", "paris is the capital of france",
              "the quick brown fox jumps over the lazy dog", "stocks fell sharply on monday"] * 20

@@ -4,7 +4,8 @@
             -> TrainingArguments (DDP or ZeRO; plain for one worker) -> base model (4-bit NF4 /
             8-bit / full) + LoRA -> transformers.Trainer
     train:  every ``eval_every`` steps (and at the end of the budget): the task's metrics on the
-            eval split, a checkpoint, ``ray.train.report``
+            eval split, a checkpoint, ``ray.train.report`` (trainers/reporting.py: the report
+            callback, checkpoints, resuming)
 
 The budget is training tokens seen (non-padding), not steps: a packed trial takes far fewer steps
 for the same data, and ASHA's rungs must compare packed and unpacked trials on equal terms.
@@ -17,12 +18,10 @@ import importlib
 import json
 import math
 import os
-import resource
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -31,12 +30,12 @@ from common.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
 from common.errors import first_line
 from trainers.data import example_tokens
-from trainers.evaluation import all_gather_lists, all_reduce_sum, world
+from trainers.evaluation import world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
+from trainers.reporting import (ReportCallback, checkpoint_finished, in_ray_train, ray_report, tune_report,
+                                tune_resume)
 from trainers.tasks import Prepared, get_task
-
-STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every checkpoint
 
 
 class TokenCountingTrainer(Trainer):
@@ -238,114 +237,6 @@ def training_arguments(s: TrainSettings, precision: str, device: torch.device, m
     return TrainingArguments(**{**chosen, **s.training_args})
 
 
-class ReportCallback(TrainerCallback):
-    """Every ``report_every`` steps (and at the end of the budget): eval, checkpoint, report."""
-
-    def __init__(self, trainer: TokenCountingTrainer, st: Setup, report):
-        self.trainer, self.st, self.report = trainer, st, report
-        self.settings = st.settings
-        self.last_loss = float("nan")
-        self.t_last, self.tokens_last = time.time(), 0
-        self.tokens_seen = 0
-        self.train_time_s = 0.0  # carried over on resume
-        self.nodes: list[str] = []
-        self.first_step_at: float | None = None  # wall clock: where trial start-up ends (bench/startup.py)
-        res = st.trial.resources
-        self.devices = res.workers * (res.gpus if res.gpus > 0 else res.cpus)
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.t_last = time.time()
-        self.nodes = all_gather_lists([_node_id()])  # the Ray node of each rank, in rank order
-
-    def on_step_begin(self, args, state, control, **kw):
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.trainer.check_finite()
-        if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
-            control.should_log = control.should_save = True
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            self.last_loss = float(logs["loss"])
-
-    def on_save(self, args, state, control, model=None, **kw):
-        now = time.time()  # before eval: tokens/s and train time count training only
-        (self.tokens_seen,) = all_reduce_sum([float(self.trainer.tokens_local)])
-        st = self.st
-        task_metrics = st.task.evaluate(model, st.tokenizer, self.settings, st.data, world())
-        self.train_time_s += now - self.t_last
-        finished = state.global_step >= state.max_steps or self.tokens_seen >= self.settings.max_tokens
-        metrics = {
-            **task_metrics,
-            "train_loss": self.last_loss,
-            "tokens_seen": int(self.tokens_seen),
-            "step": state.global_step,
-            "max_steps": state.max_steps,  # the plan: the console shows step 50/162
-            "epoch": round(state.epoch or 0.0, 4),
-            "learning_rate_used": self.settings.learning_rate,  # after --lr-scaling
-            "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
-            "peak_mem_gb": _peak_memory_gb(st.device),
-            "train_time_s": self.train_time_s,
-            "finished": finished,
-            "worker_nodes": ",".join(self.nodes),  # a string: loggers take it as it is
-            # start-up: seconds from train_func's start to the first optimizer step, and when that was
-            "setup_s": round((self.first_step_at or now) - self.st.started_at, 3),
-            "first_step_at": self.first_step_at or now,
-            # cost so far: the devices the trial holds (GPUs, else CPUs, on every worker) x its wall
-            # time since train_func began, start-up included; a second objective can minimise it
-            "device_hours": self.devices * (now - self.st.started_at) / 3600,
-            "pid": os.getpid(),  # one process reused for several trials shows here
-            "reported_at": time.time(),  # wall clock, finer than Tune's whole-second timestamp
-        }
-        self.tokens_last = self.tokens_seen
-        ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if world()[0] == 0:
-            Path(ckpt_dir, STATE_FILE).write_text(json.dumps(metrics))
-        if finished:
-            control.should_training_stop = True
-        self.report(metrics, ckpt_dir)
-        self.t_last = time.time()  # eval, checkpoint upload and report are not training time
-        return control
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    except ImportError:
-        return "local"
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-def _ray_report(metrics: dict, ckpt_dir: str) -> None:
-    import ray.train
-    from ray.train import Checkpoint
-
-    # Each rank hands in what it wrote (DeepSpeed: its own shard files; DDP: only rank 0 writes)
-    # and Ray uploads them into one checkpoint directory.
-    has = os.path.isdir(ckpt_dir) and any(os.scandir(ckpt_dir))
-    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if has else None)
-
-
-def _in_ray_train() -> bool:
-    try:
-        import ray.train
-
-        ray.train.get_context().get_world_rank()
-        return True
-    except Exception:
-        return False
-
-
 def user_callbacks(trial: TrialConfig) -> list[TrainerCallback]:
     """``settings.callbacks``: ``module:factory`` names; ``factory(trial)`` returns a
     ``TrainerCallback`` for this trial, or None to stay out of it."""
@@ -360,10 +251,10 @@ def user_callbacks(trial: TrialConfig) -> list[TrainerCallback]:
 
 def train_func(config: dict) -> list[dict]:
     """Ray Train per-worker loop (also runs outside Ray, reporting to the returned list)."""
-    if _in_ray_train():
+    if in_ray_train():
         import ray.train
 
-        _train(config, ray.train.torch.get_device(), _ray_report, ray.train.get_checkpoint())
+        _train(config, ray.train.torch.get_device(), ray_report, ray.train.get_checkpoint())
         return []
     history: list[dict] = []
     _train(config, torch.device("cuda" if torch.cuda.is_available() else "cpu"), lambda m, d: history.append(m), None)
@@ -376,18 +267,12 @@ def train_in_trial_process(config: dict) -> None:
     Reports and checkpoints go straight to Tune; a restarted trial resumes from its last one."""
     import gc
 
-    from ray import tune
-
     gpus = config["trial"]["resources"]["gpus"]
     # Ray gives the process its GPU(s) through CUDA_VISIBLE_DEVICES: the first visible one is ours.
     device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
-    resume = _latest_tune_checkpoint(tune.get_checkpoint())
-    if resume is not None and _finished(resume) and not _recorded(_state(resume)):
-        # Its budget was spent, but the driver never recorded that last report (a Ctrl-C as it
-        # arrived): report it again from the checkpoint. _train then trains nothing.
-        tune.report(_state(resume), checkpoint=resume)
+    resume = tune_resume()  # its last report made again if the driver missed it; _train then trains nothing
     try:
-        _train(config, device, _tune_report, resume)
+        _train(config, device, tune_report, resume)
     finally:
         # The process lives on for the next trial: hand the model's memory back now.
         gc.collect()
@@ -396,58 +281,12 @@ def train_in_trial_process(config: dict) -> None:
             torch.cuda.reset_peak_memory_stats(device)
 
 
-def _latest_tune_checkpoint(given):
-    """The newest checkpoint in this trial's storage folder, when it is newer than ``given`` (what Tune
-    restored). Tune records a trial's checkpoints in its experiment state, saved every few seconds;
-    a driver killed between a report and that save restores the trial one report back, and the trial
-    would train that interval again and report its steps twice. Ray Train keeps the newest itself."""
-    from ray import tune
-
-    try:
-        fs, trial_path = _trial_storage()
-        newest = newest_checkpoint(fs, trial_path)
-    except (AttributeError, OSError):
-        return given
-    if newest is None:
-        return given
-    if given is not None and os.path.basename(given.path.rstrip("/")) >= os.path.basename(newest):
-        return given
-    return tune.Checkpoint(newest, filesystem=fs)
-
-
-def newest_checkpoint(fs, trial_path: str) -> str | None:
-    """Path of the newest complete ``checkpoint_*`` folder (its state file written) under a Tune
-    trial's folder on ``fs`` (a pyarrow filesystem: local or s3), or None."""
-    import pyarrow.fs as pafs
-
-    found = [i for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
-             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-             and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File]
-    return max(found, key=lambda i: i.base_name).path if found else None
-
-
-def _trial_storage():
-    """``(filesystem, path)`` of this Tune trial's folder in the sweep's storage (local or s3://)."""
-    from ray.train._internal.session import get_session  # where Tune keeps it (Ray 2.60)
-
-    storage = get_session().storage
-    return storage.storage_filesystem, storage.trial_fs_path
-
-
-def _tune_report(metrics: dict, ckpt_dir: str) -> None:
-    from ray import tune
-
-    # Tune copies the folder into the trial's storage before this returns.
-    has = os.path.isdir(ckpt_dir) and any(os.scandir(ckpt_dir))
-    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if has else None)
-
-
 def _train(config: dict, device: torch.device, report, resume) -> None:
     from common.credentials import receive
 
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
     trial = TrialConfig.from_tune(config)
-    if resume is not None and _finished(resume):
+    if resume is not None and checkpoint_finished(resume):
         # Its budget was spent before the driver went: nothing to train, nothing new to report.
         print(f"[lorasweep] the trial finished at its last checkpoint ({os.path.basename(resume.path)}): nothing to resume")
         return
@@ -473,10 +312,7 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
     resume_dir = None
     if resume is not None:
         resume_dir = resume.to_directory(os.path.join(out_dir, "resume"))
-        state = json.loads(Path(resume_dir, STATE_FILE).read_text())
-        trainer.tokens_local = int(state["tokens_seen"]) // world()[1]
-        callback.tokens_last = state["tokens_seen"]
-        callback.train_time_s = float(state.get("train_time_s", 0.0))
+        callback.restore(resume_dir)
     try:
         trainer.train(resume_from_checkpoint=resume_dir)
     except RuntimeError as e:  # torch.OutOfMemoryError is one
@@ -490,31 +326,6 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
                          "per_device_batch_size or max_seq_length, or turn on gradient_checkpointing") from None
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _state(checkpoint) -> dict:
-    """A checkpoint's own state (its report's metrics), read without downloading the checkpoint."""
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return {}
-
-
-def _finished(checkpoint) -> bool:
-    return bool(_state(checkpoint).get("finished", False))
-
-
-def _recorded(state: dict) -> bool:
-    """Whether this trial's result.json (Tune's record of its reports) ends with the report ``state``."""
-    try:
-        fs, trial_path = _trial_storage()
-        with fs.open_input_stream(f"{trial_path}/result.json") as f:
-            lines = [line for line in f.read().decode().splitlines() if line.strip()]
-        last = json.loads(lines[-1]) if lines else {}
-    except (AttributeError, OSError, ValueError):
-        return False
-    return last.get("step") == state.get("step") and bool(last.get("finished"))
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -2,10 +2,17 @@
 
 QLoRA is the LoRA path with one setting (``quantization="4bit"``), not a second code path. The
 family says which modules get adapters and which head is trained in full; the task says which
-Auto class loads the checkpoint and what PEFT task type the adapters are.
+Auto class loads the checkpoint and what PEFT task type the adapters are. ``save_folder`` writes a
+model folder atomically (the merged exports of lorasweep/export.py, the tiny stand-ins, the benchmarks).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -147,3 +154,25 @@ def build_model(settings, family, task, precision: str, device=None):
         )
     torch.manual_seed(settings.seed + settings.repeat)  # same LoRA init for the same seed and repeat
     return get_peft_model(model, lora_config(settings, family, task))
+
+
+def save_folder(out: str | Path, model, tokenizer=None, marker: str | None = None, meta: dict | None = None) -> Path:
+    """``model`` (and ``tokenizer``, and a ``marker`` JSON file holding ``meta``) saved as the folder
+    ``out``: written to a temp sibling and renamed, so a crash never leaves a folder that looks
+    complete; what was at ``out`` before is replaced."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if marker:
+            (tmp / marker).write_text(json.dumps(meta or {}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

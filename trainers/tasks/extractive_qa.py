@@ -46,7 +46,7 @@ class ExtractiveQA(DecoderGeneration):
         return self.golds(row) or [settings.no_answer]
 
     def prediction(self, text, settings):
-        from trainers.text_metrics import normalize_answer
+        from trainers.squad import normalize_answer
 
         # the answer's first line: a model that goes on after its answer is judged on the answer
         lines = text.strip().splitlines()
@@ -54,7 +54,8 @@ class ExtractiveQA(DecoderGeneration):
         return "" if normalize_answer(first) == normalize_answer(settings.no_answer) else first
 
     def _text_scores(self, settings, rows, generations, metrics):
-        from trainers.text_metrics import score_texts, squad_f1
+        from trainers.squad import squad_f1
+        from trainers.text_metrics import score_texts
 
         preds = [self.prediction(g, settings) for g in generations]
         golds = [self.golds(r) for r in rows]

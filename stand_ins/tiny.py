@@ -8,10 +8,7 @@ trial code path is exactly the real one (``AutoTokenizer/AutoModel*.from_pretrai
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from trainers.families import Family, TinyTokenizer
@@ -117,6 +114,8 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
 
+    from trainers.model import save_folder
+
     hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise on a one-line-error path
 
     out = Path(out_dir)
@@ -139,24 +138,3 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
                         "parameters": model.num_parameters(), "seed": seed, "pretrain_steps": pretrain_steps,
                         "pretrain_loss": lm_loss})
 
-
-def save_folder(out: str | Path, model, tokenizer=None, marker: str | None = None, meta: dict | None = None) -> Path:
-    """``model`` (and ``tokenizer``, and a ``marker`` JSON file holding ``meta``) saved as the folder
-    ``out``: written to a temp sibling and renamed, so a crash never leaves a folder that looks
-    complete; what was at ``out`` before is replaced."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if marker:
-            (tmp / marker).write_text(json.dumps(meta or {}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out

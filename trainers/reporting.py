@@ -1,0 +1,225 @@
+"""A trial's reports and checkpoints: every ``report_every`` steps ``ReportCallback`` evaluates,
+writes the report into a checkpoint (``STATE_FILE``) and hands both to Ray Train or Tune. A restarted
+trial finds its newest checkpoint in the sweep's storage, restores its counters from it, or makes
+again a last report that the driver never recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from trainers.evaluation import all_gather_lists, all_reduce_sum, world
+
+STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every checkpoint
+
+
+class ReportCallback(TrainerCallback):
+    """Every ``report_every`` steps (and at the end of the budget): eval, checkpoint, report."""
+
+    def __init__(self, trainer, st, report):
+        """``trainer``: the trial's ``loop.TokenCountingTrainer``; ``st``: its ``loop.Setup``;
+        ``report(metrics, checkpoint_dir)``: to Ray Train, to Tune, or to a list."""
+        self.trainer, self.st, self.report = trainer, st, report
+        self.settings = st.settings
+        self.last_loss = float("nan")
+        self.t_last, self.tokens_last = time.time(), 0
+        self.tokens_seen = 0
+        self.train_time_s = 0.0  # carried over on resume
+        self.nodes: list[str] = []
+        self.first_step_at: float | None = None  # wall clock: where trial start-up ends (bench/startup.py)
+        res = st.trial.resources
+        self.devices = res.workers * (res.gpus if res.gpus > 0 else res.cpus)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t_last = time.time()
+        self.nodes = all_gather_lists([_node_id()])  # the Ray node of each rank, in rank order
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.trainer.check_finite()
+        if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
+            control.should_log = control.should_save = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+
+    def on_save(self, args, state, control, model=None, **kw):
+        now = time.time()  # before eval: tokens/s and train time count training only
+        (self.tokens_seen,) = all_reduce_sum([float(self.trainer.tokens_local)])
+        st = self.st
+        task_metrics = st.task.evaluate(model, st.tokenizer, self.settings, st.data, world())
+        self.train_time_s += now - self.t_last
+        finished = state.global_step >= state.max_steps or self.tokens_seen >= self.settings.max_tokens
+        metrics = {
+            **task_metrics,
+            "train_loss": self.last_loss,
+            "tokens_seen": int(self.tokens_seen),
+            "step": state.global_step,
+            "max_steps": state.max_steps,  # the plan: the console shows step 50/162
+            "epoch": round(state.epoch or 0.0, 4),
+            "learning_rate_used": self.settings.learning_rate,  # after --lr-scaling
+            "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
+            "peak_mem_gb": _peak_memory_gb(st.device),
+            "train_time_s": self.train_time_s,
+            "finished": finished,
+            "worker_nodes": ",".join(self.nodes),  # a string: loggers take it as it is
+            # start-up: seconds from train_func's start to the first optimizer step, and when that was
+            "setup_s": round((self.first_step_at or now) - self.st.started_at, 3),
+            "first_step_at": self.first_step_at or now,
+            # cost so far: the devices the trial holds (GPUs, else CPUs, on every worker) x its wall
+            # time since train_func began, start-up included; a second objective can minimise it
+            "device_hours": self.devices * (now - self.st.started_at) / 3600,
+            "pid": os.getpid(),  # one process reused for several trials shows here
+            "reported_at": time.time(),  # wall clock, finer than Tune's whole-second timestamp
+        }
+        self.tokens_last = self.tokens_seen
+        ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if world()[0] == 0:
+            Path(ckpt_dir, STATE_FILE).write_text(json.dumps(metrics))
+        if finished:
+            control.should_training_stop = True
+        self.report(metrics, ckpt_dir)
+        self.t_last = time.time()  # eval, checkpoint upload and report are not training time
+        return control
+
+    def restore(self, resume_dir: str) -> None:
+        """A resumed trial: the tokens seen and training time carried over from its checkpoint."""
+        state = json.loads(Path(resume_dir, STATE_FILE).read_text())
+        self.trainer.tokens_local = int(state["tokens_seen"]) // world()[1]
+        self.tokens_last = state["tokens_seen"]
+        self.train_time_s = float(state.get("train_time_s", 0.0))
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except ImportError:
+        return "local"
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- reports to Ray Train or Tune
+
+
+def ray_report(metrics: dict, ckpt_dir: str) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    # Each rank hands in what it wrote (DeepSpeed: its own shard files; DDP: only rank 0 writes)
+    # and Ray uploads them into one checkpoint directory.
+    has = os.path.isdir(ckpt_dir) and any(os.scandir(ckpt_dir))
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if has else None)
+
+
+def in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context().get_world_rank()
+        return True
+    except Exception:
+        return False
+
+
+def tune_report(metrics: dict, ckpt_dir: str) -> None:
+    from ray import tune
+
+    # Tune copies the folder into the trial's storage before this returns.
+    has = os.path.isdir(ckpt_dir) and any(os.scandir(ckpt_dir))
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if has else None)
+
+
+# ----------------------------------------------------------------------------- checkpoints and resuming
+
+
+def tune_resume():
+    """The checkpoint a restarted one-worker Tune trial resumes from (None: a new trial). One whose
+    budget was spent, but whose last report the driver never recorded (a Ctrl-C as it arrived), has
+    that report made again here from the checkpoint; ``loop._train`` then trains nothing."""
+    from ray import tune
+
+    resume = _latest_tune_checkpoint(tune.get_checkpoint())
+    if resume is not None and checkpoint_finished(resume) and not _recorded(checkpoint_state(resume)):
+        tune.report(checkpoint_state(resume), checkpoint=resume)
+    return resume
+
+
+def _latest_tune_checkpoint(given):
+    """The newest checkpoint in this trial's storage folder, when it is newer than ``given`` (what Tune
+    restored). Tune records a trial's checkpoints in its experiment state, saved every few seconds;
+    a driver killed between a report and that save restores the trial one report back, and the trial
+    would train that interval again and report its steps twice. Ray Train keeps the newest itself."""
+    from ray import tune
+
+    try:
+        fs, trial_path = _trial_storage()
+        newest = newest_checkpoint(fs, trial_path)
+    except (AttributeError, OSError):
+        return given
+    if newest is None:
+        return given
+    if given is not None and os.path.basename(given.path.rstrip("/")) >= os.path.basename(newest):
+        return given
+    return tune.Checkpoint(newest, filesystem=fs)
+
+
+def newest_checkpoint(fs, trial_path: str) -> str | None:
+    """Path of the newest complete ``checkpoint_*`` folder (its state file written) under a Tune
+    trial's folder on ``fs`` (a pyarrow filesystem: local or s3), or None."""
+    import pyarrow.fs as pafs
+
+    found = [i for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+             and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File]
+    return max(found, key=lambda i: i.base_name).path if found else None
+
+
+def _trial_storage():
+    """``(filesystem, path)`` of this Tune trial's folder in the sweep's storage (local or s3://)."""
+    from ray.train._internal.session import get_session  # where Tune keeps it (Ray 2.60)
+
+    storage = get_session().storage
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
+def checkpoint_state(checkpoint) -> dict:
+    """A checkpoint's own state (its report's metrics), read without downloading the checkpoint."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+
+
+def checkpoint_finished(checkpoint) -> bool:
+    return bool(checkpoint_state(checkpoint).get("finished", False))
+
+
+def _recorded(state: dict) -> bool:
+    """Whether this trial's result.json (Tune's record of its reports) ends with the report ``state``."""
+    try:
+        fs, trial_path = _trial_storage()
+        with fs.open_input_stream(f"{trial_path}/result.json") as f:
+            lines = [line for line in f.read().decode().splitlines() if line.strip()]
+        last = json.loads(lines[-1]) if lines else {}
+    except (AttributeError, OSError, ValueError):
+        return False
+    return last.get("step") == state.get("step") and bool(last.get("finished"))
