@@ -21,18 +21,19 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--preset", "smoke", "--eval-every", "4", "--scheduler", "none", "--cpus-per-worker", "1"]
+SMALL = ["--preset", "smoke", "--eval-every", "4", "--scheduler", "none", "--cpus-per-worker", "1", "--final-round", "0"]
 
 
 def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
     """A head with no CPU and its own dashboard (Ray Train's placement-group cleaner asks the state
-    API whether a trial is alive: this cluster's, not another Ray's on this machine). Worker nodes
-    are added by each test. Every process of the cluster and the sweep import this checkout."""
+    API whether a trial is alive: this cluster's, not another Ray's on this machine), and two worker
+    nodes of 2 CPUs, started once for this module (the node-loss test, last, removes one). Every
+    process of the cluster and the sweep import this checkout."""
     from ray.cluster_utils import Cluster
 
     from lorasweep.cluster import free_port
@@ -45,6 +46,9 @@ def cluster():
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": port,
                                                           "include_dashboard": True})
         try:
+            c.add_node(num_cpus=2)
+            c.add_node(num_cpus=2)
+            c.wait_for_nodes()
             yield c
         finally:
             c.shutdown()
@@ -72,9 +76,7 @@ def _sweep(args: list[str], **kw):
 
 
 def test_trials_run_on_worker_nodes_as_one_placement_group_packed_or_spread(cluster, tiny_assets, tmp_path):
-    a, b = cluster.add_node(num_cpus=2), cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    workers, head = {a.node_id, b.node_id}, cluster.head_node.node_id
+    workers, head = {n.node_id for n in cluster.worker_nodes}, cluster.head_node.node_id
     for placement in ("spread", "pack"):
         t0 = time.time()
         r = _sweep([*SMALL, "--address", cluster.address, "--num-samples", "2", "--max-concurrent", "8",
@@ -95,8 +97,7 @@ def test_trials_run_on_worker_nodes_as_one_placement_group_packed_or_spread(clus
 
 
 def test_node_loss_restarts_the_trial_on_another_node_from_its_checkpoint(cluster, tiny_assets, tmp_path):
-    nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1))}
-    cluster.wait_for_nodes()
+    nodes = {n.node_id: n for n in cluster.worker_nodes}
     proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *SMALL, "--address", cluster.address,
                              "--num-samples", "1", "--trial-retries", "2", "--max-tokens", "40000",
                              "--storage-path", str(tmp_path), "--name", "nodeloss"],

@@ -214,7 +214,7 @@ def test_a_sweep_dashboard_answers_to_the_token_only_and_lists_its_trials(tiny_a
     log = tmp_path / "sweep.log"
     storage = tmp_path / "runs"
     cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "3",
-           "--no-baseline", "--storage-path", str(storage), "--name", "dash"]
+           "--no-baseline", "--final-round", "0", "--storage-path", str(storage), "--name", "dash"]
     t0 = time.time()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(home, ray_tmp), stdout=out, stderr=subprocess.STDOUT, text=True)

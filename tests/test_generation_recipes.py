@@ -36,7 +36,9 @@ def smoke(request, tmp_path_factory) -> dict:
     t0 = time.time()
     # through the installed command, as the README runs recipes (= python sweeps/<name>.py --preset smoke)
     lorasweep = shutil.which("lorasweep") or str(Path(sys.executable).parent / "lorasweep")
-    r = subprocess.run([lorasweep, "run", name, "--preset", "smoke", "--storage-path", str(storage)],
+    # two of the preset's trials (its known point and one TPE draw): ranking, export, baseline and
+    # the final round all run, at half the preset's cost
+    r = subprocess.run([lorasweep, "run", name, "--preset", "smoke", "--num-samples", "2", "--storage-path", str(storage)],
                        cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
     wall = time.time() - t0
@@ -52,7 +54,7 @@ def smoke(request, tmp_path_factory) -> dict:
 def test_the_smoke_sweep_ranks_its_trials_by_the_recipes_objective(smoke):
     objective, _, _ = RECIPES[smoke["name"]]
     rows = smoke["rows"]
-    assert len(rows) == 4 and not [r for r in rows if r["status"] == "failed"], rows
+    assert len(rows) == 2 and not [r for r in rows if r["status"] == "failed"], rows
     values = [float(r[f"best_{objective}"]) for r in rows]
     assert values == sorted(values, reverse=objective != "eval_loss")
     assert (smoke["dir"] / "best_adapters" / "rank_1" / "adapter_model.safetensors").is_file()

@@ -28,7 +28,9 @@ def _run(script: str, tmp_path, name: str, *args):
 
     from tests.conftest import ROOT, sweep_env
 
-    cmd = [sys.executable, f"sweeps/{script}", "--preset", "smoke", *args, "--storage-path", str(tmp_path), "--name", name]
+    # No final round: these sweeps test other phases (tests/test_sweep.py checks the final round).
+    cmd = [sys.executable, f"sweeps/{script}", "--preset", "smoke", "--final-round", "0", *args,
+           "--storage-path", str(tmp_path), "--name", name]
     r = subprocess.run(cmd, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     return r
