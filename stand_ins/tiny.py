@@ -7,6 +7,7 @@ trial code path is exactly the real one (``AutoTokenizer/AutoModel*.from_pretrai
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 from pathlib import Path
@@ -110,18 +111,34 @@ def write_tiny_model(out_dir: str | Path, family: Family, texts: list[str], seed
                      pretrain_steps: int = 300) -> Path:
     """Build (once) a tiny checkpoint folder of ``family``'s architecture. Written to a temp sibling
     and renamed, so a crash never leaves a folder that looks complete; an existing one is reused."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
-
-    from trainers.model import save_folder
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise on a one-line-error path
 
     out = Path(out_dir)
-    marker = out / "lorasweep_tiny.json"
-    if (out / "config.json").exists() and marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
+    if _cached(out):
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Two sweeps (or test workers) building the same model at once: one builds, the other waits and
+    # reuses it, never replacing a folder the first may be reading.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _cached(out):
+            return out
+        return _build(out, family, texts, seed, vocab_size, pretrain_steps)
+
+
+def _cached(out: Path) -> bool:
+    marker = out / "lorasweep_tiny.json"
+    return (out / "config.json").exists() and marker.exists() and json.loads(marker.read_text()).get("version") == VERSION
+
+
+def _build(out: Path, family: Family, texts: list[str], seed: int, vocab_size: int, pretrain_steps: int) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    from trainers.model import save_folder
+
     tokenizer = train_tokenizer(texts, vocab_size, family.tiny_tokenizer)
     config = family.tiny_config(tokenizer)
     torch.manual_seed(seed)

@@ -5,14 +5,32 @@ from pathlib import Path
 import pytest
 
 
+# The slowest files first (minutes each on 2 cores, from --durations), so that the two pytest-xdist
+# workers (pyproject's addopts) do not end on one long file; the others keep their order.
+HEAVY_FIRST = ("test_real", "test_deepspeed", "test_knobs", "test_cluster", "test_generation_recipes",
+               "test_interrupt", "test_s3", "test_dashboard", "test_sweepfile", "test_families", "test_chat_recipe")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Benchmarks are run, not tested: tests marked ``bench`` run only when -m names them."""
-    if "bench" in (config.option.markexpr or ""):
-        return
-    bench = [item for item in items if item.get_closest_marker("bench")]
-    if bench:
-        config.hook.pytest_deselected(items=bench)
-        items[:] = [item for item in items if not item.get_closest_marker("bench")]
+    """Benchmarks are run, not tested: tests marked ``bench`` run only when -m names them. Each test
+    joins an xdist group (``--dist loadgroup``): its module, so a module-scoped sweep runs once, or
+    ``shared_sweep`` for every test that reads the one shared sweep, wherever its module is."""
+    if "bench" not in (config.option.markexpr or ""):
+        bench = [item for item in items if item.get_closest_marker("bench")]
+        if bench:
+            config.hook.pytest_deselected(items=bench)
+            items[:] = [item for item in items if not item.get_closest_marker("bench")]
+    for item in items:
+        group = "shared_sweep" if "shared_sweep" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        if "shared_sweep" in getattr(item, "fixturenames", ()):
+            return 1  # the shared sweep's readers: ~5 minutes together
+        return HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST)
+
+    items.sort(key=rank)  # stable: the same order in every worker, as xdist requires
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
