@@ -24,6 +24,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from common.errors import root_cause_line
+from lorasweep import log
 from lorasweep.tables import aligned
 
 
@@ -124,7 +125,10 @@ class Console(Callback):
     # ------------------------------------------------------------------ output
 
     def _say(self, text: str) -> None:
-        self._print(f"[lorasweep] {text}")
+        if self.out is None:
+            log.say(text)
+        else:  # a stream of its own (bench/): the same line
+            self._print(f"[lorasweep] {text}")
 
     def _print(self, text: str) -> None:
         print(text, file=self.out or sys.stdout, flush=True)

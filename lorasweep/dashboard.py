@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-PREFIX = "[lorasweep] Ray dashboard:"
+PREFIX = "Ray dashboard:"
 DEFAULT_PORT = 8265  # what `ray dashboard cluster.yaml` forwards, and to which local port
 
 

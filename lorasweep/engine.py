@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+from lorasweep import log
 from lorasweep.cluster import cluster_resources, concurrency, init_ray, trial_resources
 from lorasweep.dry_run import data_line, dry_run_report
 from common.errors import ConfigError, StorageError
@@ -41,9 +42,9 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         return 2
     o = sweep.options
     if inputs.data and not o.dry_run:
-        print(f"[lorasweep] {data_line(inputs.data)}")
+        log.say(f"{data_line(inputs.data)}")
         for line in selection.sweep_noise_lines(sweep, inputs.data):
-            print(f"[lorasweep] {line}")
+            log.say(f"{line}")
     started = False
     try:
         if o.dry_run and not o.address:
@@ -52,7 +53,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         else:
             init_ray(o)
             if not o.dry_run:
-                print(dashboard.line(o.address))
+                log.say(dashboard.line(o.address))
             cluster = cluster_resources()
         if o.autoscale:
             cluster = preflight.with_addable_node_types(cluster)
@@ -78,21 +79,23 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         for seed in sweep.space.seeds:
             label = sweep.space.seed_label(seed)
             if "moved" in label:  # a narrowed --space changed what the recipe knew worked: say so
-                print(f"[lorasweep] {label}")
+                log.say(f"{label}")
         baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
-        print(f"[lorasweep] {sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
+        log.say(f"{sweep.options.name}: {sweep.options.num_samples} trials, {n} at once, "
               f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
         if sweep.warm is not None:
-            print("\n".join(sweep.warm.lines()))
+            for line in sweep.warm.lines():
+                log.say(line)
         if optuna_url(sweep):
-            print(f"[lorasweep] Optuna study {sweep.options.name!r}: {optuna_url(sweep)} (optuna-dashboard shows it)")
+            log.say(f"Optuna study {sweep.options.name!r}: {optuna_url(sweep)} (optuna-dashboard shows it)")
         t0 = time.time()
         tuner = build_tuner(sweep, res, n)
         try:
             grid, interrupted = fit(tuner)  # a first Ctrl-C makes Tune save its state and return early
         except KeyboardInterrupt:  # a second one lands here
-            print(f"\n[lorasweep] interrupted: everything written so far is kept in {sweep.sweep_dir}\n"
-                  f"[lorasweep] resume with: {resume_command(argv, sweep.command)}")
+            print()
+            log.say(f"interrupted: everything written so far is kept in {sweep.sweep_dir}")
+            log.say(f"resume with: {resume_command(argv, sweep.command)}")
             return 130
         rc, rows, exported = finish(sweep, grid, time.time() - t0, argv, interrupted,
                                     select=lambda rows: final_round.run(sweep, res, rows))

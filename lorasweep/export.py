@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lorasweep import log
 from common.errors import ConfigError
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m lorasweep.export"
                                   "or new folder (nothing there is overwritten)")
             kept = out.with_name(f"{out.name}.{time.strftime('%Y%m%d-%H%M%S')}")
             out.rename(kept)  # an earlier merge is kept, never overwritten
-            print(f"[lorasweep] the earlier merge in {out} is kept as {kept}")
+            log.say(f"the earlier merge in {out} is kept as {kept}")
         summary, baseline = sweep_summary(a.sweep_dir)
         meta_path = folder / "lorasweep.json"
         with tempfile.TemporaryDirectory() as tmp:  # the card's sweep facts travel in a copy of the folder
@@ -177,15 +178,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m lorasweep.export"
             meta = json.loads(meta_path.read_text())
             (staged / "lorasweep.json").write_text(json.dumps({**meta, "sweep_summary": summary, "baseline": baseline}))
             merge(staged, out, a.dtype)
-        print(f"[lorasweep] merged model: {out}")
+        log.say(f"merged model: {out}")
         if a.gguf:
             try:
-                print(f"[lorasweep] GGUF: {write_gguf(out, out / f'model-{a.gguf}.gguf', a.gguf)}")
+                log.say(f"GGUF: {write_gguf(out, out / f'model-{a.gguf}.gguf', a.gguf)}")
             except GGUFUnsupported as e:
-                print(f"[lorasweep] no GGUF: {e}")
+                log.say(f"no GGUF: {e}")
         if a.push_to_hub:
             push(out, a.push_to_hub)
-            print(f"[lorasweep] pushed to https://huggingface.co/{a.push_to_hub}")
+            log.say(f"pushed to https://huggingface.co/{a.push_to_hub}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

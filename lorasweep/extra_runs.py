@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from lorasweep import log
 from lorasweep import storage
 from lorasweep.recipe import ResolvedSweep
 from lorasweep.tuner import build_tuner, fit
@@ -22,13 +23,13 @@ def run_repeats(sweep: ResolvedSweep, res: Resources, n: int, rows: list[dict], 
     points = [{**{k: r[k] for k in knobs}, "repeat": i} for r in top for i in range(1, sweep.options.repeats + 1)]
     if not points:
         return 0
-    print(f"[lorasweep] repeats: the top {len(top)} configuration(s) {sweep.options.repeats} more time(s) each, "
+    log.say(f"repeats: the top {len(top)} configuration(s) {sweep.options.repeats} more time(s) each, "
           "other training seeds, same data")
     grid, interrupted = fit(build_tuner(sweep, res, n, repeat_points=points))
     if interrupted:
         from lorasweep.results import resume_command
 
-        print(f"[lorasweep] interrupted during the repeats; resume with: {resume_command(argv, sweep.command)}")
+        log.say(f"interrupted during the repeats; resume with: {resume_command(argv, sweep.command)}")
         return 130
     add_repeats(sweep, rows, grid)
     return 0
@@ -46,21 +47,21 @@ def run_final(sweep: ResolvedSweep, res: Resources, rows: list[dict], argv: list
     winner = next((r for r in rows if r["status"] != "failed" and r.get(f"best_{sweep.space.metric}") is not None), None)
     if winner is None:
         return None
-    print(f"[lorasweep] final run: {winner['trial_id']}'s knobs on train + eval rows, "
+    log.say(f"final run: {winner['trial_id']}'s knobs on train + eval rows, "
           f"{sweep.settings.max_tokens:,} tokens")
     grid, interrupted = fit(build_tuner(sweep, res, 1, repeat_points=[{**{k: winner[k] for k in knobs}, "train_on_eval": True}],
                                         suffix="final"))
     if interrupted:
-        print(f"[lorasweep] interrupted during the final run; resume with: {resume_command(argv, sweep.command)}")
+        log.say(f"interrupted during the final run; resume with: {resume_command(argv, sweep.command)}")
         return "interrupted"
     # Its eval rows trained too, so its eval metric only improves along the run: its best report is
     # its last one, at the whole budget (no early stopping here).
     final_rows = leaderboard_rows(grid, knobs, sweep.space.metric, sweep.space.mode, (), sweep.options.storage_path)
     exported = export_best(final_rows, knobs, sweep, 1, folder="final_adapter")
     if not exported:
-        print("[lorasweep] the final run left no checkpoint; nothing exported")
+        log.say("the final run left no checkpoint; nothing exported")
         return None
-    print(f"[lorasweep] final adapter: {exported[0]}")
+    log.say(f"final adapter: {exported[0]}")
     return exported[0]
 
 
@@ -84,7 +85,7 @@ def run_baseline(sweep: ResolvedSweep, res: Resources, base: dict | None = None,
             return earlier
         # k-shot prompts are for instruction models; a classification head reads no examples
         shots = list(sweep.options.shots) if get_task(sweep.settings.task).takes_shots else [0]
-        print(f"[lorasweep] scoring the base model ({', '.join(f'{k}-shot' for k in shots)}) on the test split ...")
+        log.say(f"scoring the base model ({', '.join(f'{k}-shot' for k in shots)}) on the test split ...")
         results = {f"base {k}": v for k, v in baseline.run_remote(settings, res, None, shots).items()}
     else:
         best = storage.join(sweep.sweep_dir, "best_adapters", "rank_1")

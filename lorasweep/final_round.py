@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from lorasweep import log
 from lorasweep import selection, storage
 
 BASE = "base"  # the untrained model's entry in selection.json
@@ -172,7 +173,7 @@ def run(sweep, res, rows: list[dict]) -> list[dict]:
     if not chosen:
         return rows
     settings = sweep.settings.to_dict()
-    print(f"[lorasweep] final round: scoring the top {len(chosen)} trial(s) and the untrained model again ...")
+    log.say(f"final round: scoring the top {len(chosen)} trial(s) and the untrained model again ...")
     try:
         remote = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus or 0)(score_rows)
         secrets = share()
@@ -182,7 +183,7 @@ def run(sweep, res, rows: list[dict]) -> list[dict]:
     except Exception as e:  # noqa: BLE001 - the sweep's result is on disk; only the re-ranking is lost
         from common.errors import first_line
 
-        print(f"[lorasweep] warning: final round skipped ({type(e).__name__}: {first_line(e)[:200]}); "
+        log.warn(f"final round skipped ({type(e).__name__}: {first_line(e)[:200]}); "
               "the eval ranking stands")
         return rows
     rows = rerank(rows, {n: s for n, s in scored.items() if n != BASE}, metric, mode)
@@ -190,5 +191,5 @@ def run(sweep, res, rows: list[dict]) -> list[dict]:
     with storage.writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
         storage.write_text(storage.join(sweep.sweep_dir, "selection.json"), json.dumps(data, indent=2))
     for line in lines:
-        print(f"[lorasweep] {line}")
+        log.say(f"{line}")
     return rows

@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+from lorasweep import log
 from lorasweep import storage
 from lorasweep.tables import aligned
 from common.errors import root_cause_line
@@ -110,12 +111,12 @@ def add_repeats(sweep, rows: list[dict], grid) -> None:
     with storage.writes(f"check that --storage-path {sweep.options.storage_path!r} has free space and write permission"):
         write_leaderboard(rows, knobs, sweep.sweep_dir, metric, get_task(sweep.settings.task).metric_names(sweep.settings))
     mean, std = f"mean_{metric}", f"std_{metric}"
-    print("[lorasweep] over repeats: " + "; ".join(
+    log.say("over repeats: " + "; ".join(
         f"{r['trial_id']} {metric} {r[mean]:.4g} ± {r[std]:.2g} ({r['runs']} runs)" for r in summary))
     if len(summary) >= 2:
         a, b = summary[0], summary[1]
         close = abs(a[mean] - b[mean]) <= a[std] + b[std]
-        print(f"[lorasweep] {a['trial_id']} and {b['trial_id']} are {'within' if close else 'outside'} each "
+        log.say(f"{a['trial_id']} and {b['trial_id']} are {'within' if close else 'outside'} each "
               f"other's spread{': either is as good, by this budget' if close else ''}")
 
 

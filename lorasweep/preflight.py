@@ -9,18 +9,14 @@ with nothing written.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorasweep import log
 from lorasweep import storage
 from common.errors import ConfigError, os_reason
 from lorasweep.budget import PEAK_TFLOPS
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
-
 
 def _is_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or os.path.exists(path)
@@ -80,7 +76,7 @@ def read_model_config(model: str):
             raise ConfigError(f"`model` {model!r} is gated; accept its license on the Hub and export HF_TOKEN") from None
         if _is_local(model):
             raise ConfigError(f"`model` folder {model!r} has an unreadable config.json: {str(e).splitlines()[0]}") from None
-        _warn(f"could not read the config of `model` {model!r} from here ({type(e).__name__}); "
+        log.warn(f"could not read the config of `model` {model!r} from here ({type(e).__name__}); "
               "its max length and size are not checked")
         return None
 
@@ -157,7 +153,7 @@ def _check_trial_inputs(sweep, inputs: Inputs, task) -> None:
     if _is_local(s.model):
         s.model = str(Path(os.path.expanduser(s.model)).resolve())
     if inputs.model_config is None:  # only a Hub id out of reach gets here (a bad folder raised)
-        _warn("the data is not audited either (the tokenizer comes from the model)")
+        log.warn("the data is not audited either (the tokenizer comes from the model)")
         return
     family = resolve_family(s, inputs.model_config)
     task.check(s, family)
@@ -368,7 +364,7 @@ def nodes_lacking(paths: list[str], nodes: list[dict], timeout_s: float = 120) -
         try:
             missing = ray.get(ref, timeout=timeout_s)
         except (ray.exceptions.RayError, TimeoutError) as e:  # a node going away: the trials will not land there
-            _warn(f"could not check the local inputs on node {label} ({type(e).__name__})")
+            log.warn(f"could not check the local inputs on node {label} ({type(e).__name__})")
             continue
         if missing:
             out[label] = missing
@@ -399,7 +395,7 @@ def check_paths_on_nodes(sweep, res) -> None:
         return
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if o.autoscale:
-        _warn(f"{' and '.join(f'`{k}` {p!r}' for k, p in fields.items())}: a local path, which the nodes --autoscale "
+        log.warn(f"{' and '.join(f'`{k}` {p!r}' for k, p in fields.items())}: a local path, which the nodes --autoscale "
               "adds must see at the same path (a shared filesystem, or cluster.yaml file_mounts); or upload it "
               "(s3://, gs:// or the Hub)")
     if len(alive) < 2:

@@ -23,6 +23,7 @@ import html
 import math
 import sys
 
+from lorasweep import log
 from lorasweep import storage
 from lorasweep.report_data import SweepData, Trial, best_so_far, load, rung_of
 from lorasweep.report_figures import figures
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m lorasweep.report"
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[lorasweep] report: {html_path} (and {md_path.rsplit('/', 1)[-1]})")
+    log.say(f"report: {html_path} (and {md_path.rsplit('/', 1)[-1]})")
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 
+from lorasweep import log
 from lorasweep import storage
 from lorasweep.best_adapters import export_best
 from lorasweep.leaderboard import best_key, format_table, leaderboard_rows, mark_pareto, write_leaderboard
@@ -77,7 +78,7 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     print()
     if front:
         second = sweep.objectives[1]
-        print(f"[lorasweep] Pareto front, {metric} against {second} ({len(front)} of {len(rows)} trials): "
+        log.say(f"Pareto front, {metric} against {second} ({len(front)} of {len(rows)} trials): "
               + "; ".join(f"{r['trial_id']} {r[best_key(metric)]:.4g} at {r[second]:.4g}" for r in front))
     done = grid.num_terminated + grid.num_errors
     # ``interrupted``: a Ctrl-C ended the run. Tune then ends the running trials too (TERMINATED,
@@ -87,8 +88,8 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
         # Ctrl-C: Tune saved its state and returned. The leaderboard so far is written; the
         # adapters are exported when the sweep completes.
         ended = "" if interrupted else f" after {done} of {sweep.options.num_samples} trials"
-        print(f"[lorasweep] interrupted{ended}; everything written so far is kept in {sweep.sweep_dir}")
-        print(f"[lorasweep] resume with: {resume_command(argv, getattr(sweep, 'command', ''))}")
+        log.say(f"interrupted{ended}; everything written so far is kept in {sweep.sweep_dir}")
+        log.say(f"resume with: {resume_command(argv, getattr(sweep, 'command', ''))}")
         return 130, rows, []
     if select is not None:
         rows = select(rows)
@@ -99,19 +100,19 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
     best_col = best_key(metric)
     ok = [r for r in rows if r.get(best_col) is not None]
     failed = [r for r in rows if r["status"] == "failed"]
-    print(f"[lorasweep] {len(rows)} trials in {elapsed_s:.0f}s ({len(failed)} failed); "
+    log.say(f"{len(rows)} trials in {elapsed_s:.0f}s ({len(failed)} failed); "
           f"leaderboard: {storage.join(sweep.sweep_dir, 'leaderboard.csv')}")
     if not exported:
         cap = sweep.options.export_max_cost
-        print(f"[lorasweep] no trial within --export-max-cost {cap:g} device-hours; nothing exported" if cap
-              else "[lorasweep] no trial produced a checkpoint; nothing exported")
+        log.say(f"no trial within --export-max-cost {cap:g} device-hours; nothing exported" if cap
+              else "no trial produced a checkpoint; nothing exported")
         return 1, rows, exported
     if len(ok) > 1 and not math.isnan(ok[0][best_col]):
         fr = f"final_round_{metric}"
         ci = (f" (final round {ok[0][fr]:.4f}, 95% CI {ok[0][fr + '_low']:.4f}..{ok[0][fr + '_high']:.4f})"
               if fr in ok[0] else "")
-        print(f"[lorasweep] best {metric} {ok[0][best_col]:.4f}{ci}, worst {ok[-1][best_col]:.4f}")
-    print(f"[lorasweep] best adapter: {exported[0]}")
+        log.say(f"best {metric} {ok[0][best_col]:.4f}{ci}, worst {ok[-1][best_col]:.4f}")
+    log.say(f"best adapter: {exported[0]}")
     return 0, rows, exported
 
 
@@ -128,11 +129,11 @@ def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = Tr
         data = report_data.load(sweep.sweep_dir)
         figs = report_figures.figures(data)
         html_path, _ = report.write(sweep.sweep_dir, data, figs)
-        print(f"[lorasweep] report: {html_path}")
+        log.say(f"report: {html_path}")
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - a plotting bug must not cost the sweep its W&B summary
-        print(f"[lorasweep] warning: no report ({type(e).__name__}: {e}); "
+        log.warn(f"no report ({type(e).__name__}: {e}); "
               f"retry with: python -m lorasweep.report {sweep.sweep_dir}")
     if not summary_run:
         return

@@ -41,6 +41,7 @@ import ray
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.air.util.node import _force_on_current_node
 
+from lorasweep import log
 from lorasweep import storage
 
 # Trial config keys kept out of each trial's W&B config: the nested driver plumbing
@@ -134,9 +135,9 @@ def log_summary(project: str | None, sweep_name: str, sweep_dir: str, rows: list
     # uploads done, once wandb-core has exited.
     wandb.teardown()
     if run_url:
-        print(f"[lorasweep] W&B summary run: {run_url}")
+        log.say(f"W&B summary run: {run_url}")
     elif _mode() != "disabled":
-        print(f"[lorasweep] W&B runs saved offline in {Path(sync_dir).parent}; "
+        log.say(f"W&B runs saved offline in {Path(sync_dir).parent}; "
               f"upload with: wandb sync {Path(sync_dir).parent / 'offline-run-*'}")
     return sync_dir
 
@@ -198,10 +199,10 @@ def save_report(report) -> str | None:
         url = report.url
     except Exception as e:  # noqa: BLE001 - any API or network error: the report is an extra
         reason = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"[lorasweep] warning: W&B report not saved ({type(e).__name__}: {reason}); "
+        log.warn(f"W&B report not saved ({type(e).__name__}: {reason}); "
               "the W&B runs and the sweep's files are unaffected")
         return None
-    print(f"[lorasweep] W&B report: {url}")
+    log.say(f"W&B report: {url}")
     return url
 
 
@@ -236,7 +237,7 @@ def _log_adapters(run, sweep_name: str, exported: list[str]) -> None:
 
     for folder in reversed(exported):
         if storage.is_remote(folder):
-            print(f"[lorasweep] warning: {folder} is not a local folder; not logged as a W&B model artifact")
+            log.warn(f"{folder} is not a local folder; not logged as a W&B model artifact")
             continue
         meta = json.loads((Path(folder) / "lorasweep.json").read_text(encoding="utf-8"))
         rank = meta["rank"]

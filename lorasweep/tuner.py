@@ -9,6 +9,7 @@ import math
 import os
 import sys
 
+from lorasweep import log
 from lorasweep import storage
 from common.errors import ConfigError
 from lorasweep.recipe import ResolvedSweep
@@ -33,7 +34,7 @@ class ResumeFromNewest:
         if ckpt is not None and ckpt.filesystem.get_file_info(ckpt.path).type == pafs.FileType.NotFound:
             newest = newest_checkpoint(ckpt.filesystem, os.path.dirname(ckpt.path.rstrip("/")))
             if newest is not None:
-                print(f"[lorasweep] {os.path.basename(ckpt.path)} was pruned after Tune last saved its state; "
+                log.say(f"{os.path.basename(ckpt.path)} was pruned after Tune last saved its state; "
                       f"resuming from {os.path.basename(newest)}", file=sys.stderr)
                 checkpoint_path = type(checkpoint_path)(checkpoint=type(ckpt)(newest, filesystem=ckpt.filesystem),
                                                         metrics=checkpoint_path.metrics)

@@ -25,9 +25,9 @@ class WarmStart:
     skipped: list[str] = field(default_factory=list)  # "trial_id: why", one per finished trial left out
 
     def lines(self) -> list[str]:
-        out = [f"[lorasweep] warm start from {self.source}: {len(self.points)} finished trial(s) loaded into the "
+        out = [f"warm start from {self.source}: {len(self.points)} finished trial(s) loaded into the "
                f"study, {len(self.skipped)} skipped"]
-        out += [f"[lorasweep]   skipped {why}" for why in self.skipped]
+        out += [f"  skipped {why}" for why in self.skipped]
         return out
 
 

@@ -165,7 +165,7 @@ def test_mark_trial_names_each_trial_of_a_reused_actor_on_the_dashboard(tmp_path
                           120, proc, log)
         r = json.loads(found.group(1))
         # No Ray yet: nothing to show, nothing raised.
-        assert r["before"] == {"url": None, "mark": None, "line": "[lorasweep] Ray dashboard: none (this Ray runs without one)"}
+        assert r["before"] == {"url": None, "mark": None, "line": "Ray dashboard: none (this Ray runs without one)"}
         token_file = home / ".ray" / "auth_token"
         token = token_file.read_text().strip()
         assert len(token) >= 32
@@ -175,9 +175,9 @@ def test_mark_trial_names_each_trial_of_a_reused_actor_on_the_dashboard(tmp_path
         base = r["url"]
         port = int(base.rsplit(":", 1)[1])
         assert base == f"http://127.0.0.1:{port}"
-        assert r["line"] == (f"[lorasweep] Ray dashboard: {base} (token auth on: sign in with the token in "
+        assert r["line"] == (f"Ray dashboard: {base} (token auth on: sign in with the token in "
                              f"{token_file}, which `ray get-auth-token` prints)")
-        assert r["cluster_line"].startswith(f"[lorasweep] Ray dashboard: {base} on the cluster's head; from your "
+        assert r["cluster_line"].startswith(f"Ray dashboard: {base} on the cluster's head; from your "
                                             f"machine: `ray dashboard --remote-port {port} cluster.yaml`, "
                                             "then http://localhost:8265 (token auth on:")
         # Named once per trial, even when asked twice; outside a trial (no Tune, or the driver): not at all.
