@@ -3,10 +3,50 @@ console line shows."""
 
 
 class ConfigError(ValueError):
-    """Bad input, reported as one line that names the field, the value and the fix.
+    """Bad input, reported as one line that names the field, the value and the fix; several problems
+    found in one pass (``Problems``) are one line each.
 
-    The CLI prints ``error: <message>`` and exits with status 2 before any cluster work starts.
+    The CLI prints ``error: <line>`` for each and exits with status 2 before any cluster work starts.
     """
+
+    @property
+    def problems(self) -> list[str]:
+        return str(self).splitlines() or [""]
+
+
+class Problems:
+    """The problems of one validation pass, so that a user fixes them all in one go instead of one
+    per run: ``add`` each, or run a check ``with problems.collecting():`` to keep its ConfigError;
+    ``raise_any`` raises them together (one line each)."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, message: str) -> None:
+        if message not in self.found:
+            self.found.append(message)
+
+    def collecting(self):
+        return _Collecting(self)
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ConfigError("\n".join(self.found))
+
+
+class _Collecting:
+    def __init__(self, problems: Problems) -> None:
+        self.problems = problems
+
+    def __enter__(self) -> Problems:
+        return self.problems
+
+    def __exit__(self, kind, value, tb) -> bool:
+        if isinstance(value, ConfigError) and not isinstance(value, StorageError):
+            for line in value.problems:
+                self.problems.add(line)
+            return True
+        return False
 
 
 class TrialError(RuntimeError):

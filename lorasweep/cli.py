@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return export(rest, prog="lorasweep export")
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     import difflib
 

@@ -38,7 +38,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         inputs = preflight.check_inputs(sweep)  # paths, the model's limits, the data: still no Ray
     except ConfigError as e:
         e = sweepfile.locate(e, sweep.file, sweep.given) if sweep is not None else e
-        print(f"error: {e}", file=sys.stderr)
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     o = sweep.options
     if inputs.data and not o.dry_run:
@@ -69,7 +70,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         write_start(sweep, inputs)
         started = True
     except ConfigError as e:
-        print(f"error: {sweepfile.locate(e, sweep.file, sweep.given)}", file=sys.stderr)
+        for line in sweepfile.locate(e, sweep.file, sweep.given).problems:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
         if not started:  # a dry run or a refusal: the sweep folder the checks made goes again

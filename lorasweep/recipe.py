@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from lorasweep import storage
-from common.errors import ConfigError
+from common.errors import Problems
 from search_spaces import SearchSpace
 from trainers.config import TrainSettings
 
@@ -102,31 +102,33 @@ class SweepOptions:
                                                   "(default: one line per event; a trial's output goes to stdout/stderr in its folder)"})
 
     def validate(self) -> "SweepOptions":
+        problems = Problems()
         if self.searcher not in SEARCHERS:
-            raise ConfigError(f"`--searcher` is {self.searcher!r}; choose {', '.join(SEARCHERS)}")
+            problems.add(f"`--searcher` is {self.searcher!r}; choose {', '.join(SEARCHERS)}")
         if self.scheduler not in ("asha", "none"):
-            raise ConfigError(f"`--scheduler` is {self.scheduler!r}; choose asha or none")
+            problems.add(f"`--scheduler` is {self.scheduler!r}; choose asha or none")
         for name in ("num_samples", "max_concurrent", "top_k", "workers_per_trial"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be at least 1")
+                problems.add(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be at least 1")
         if self.cpus_per_worker <= 0:
-            raise ConfigError(f"`--cpus-per-worker` is {self.cpus_per_worker}; it must be > 0")
+            problems.add(f"`--cpus-per-worker` is {self.cpus_per_worker}; it must be > 0")
         if self.placement not in ("pack", "spread"):
-            raise ConfigError(f"`--placement` is {self.placement!r}; choose pack or spread")
+            problems.add(f"`--placement` is {self.placement!r}; choose pack or spread")
         if self.reduction_factor <= 1:
-            raise ConfigError(f"`--reduction-factor` is {self.reduction_factor}; it must be > 1")
+            problems.add(f"`--reduction-factor` is {self.reduction_factor}; it must be > 1")
         if self.grace_tokens < 0 or self.trial_retries < 0:
-            raise ConfigError("`--grace-tokens` and `--trial-retries` must be >= 0")
+            problems.add("`--grace-tokens` and `--trial-retries` must be >= 0")
         for name in ("rung_min_results", "final_round"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be >= 0 (0: "
+                problems.add(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be >= 0 (0: "
                                   f"{'the default' if name == 'rung_min_results' else 'off'})")
         if not 0 < self.detectable < 1:
-            raise ConfigError(f"`--detectable` is {self.detectable}; give a difference in (0, 1), e.g. 0.02 for 2 points")
+            problems.add(f"`--detectable` is {self.detectable}; give a difference in (0, 1), e.g. 0.02 for 2 points")
         if any(k < 0 for k in self.shots):
-            raise ConfigError(f"`--shots` is {','.join(map(str, self.shots))}; give numbers >= 0, e.g. 0,1,3")
+            problems.add(f"`--shots` is {','.join(map(str, self.shots))}; give numbers >= 0, e.g. 0,1,3")
         if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"`--name` is {self.name!r}; use a plain folder name like llama_finetome-1")
+            problems.add(f"`--name` is {self.name!r}; use a plain folder name like llama_finetome-1")
+        problems.raise_any()
         return self
 
 

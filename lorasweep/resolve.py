@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from lorasweep import storage
-from common.errors import ConfigError
+from common.errors import ConfigError, Problems
 from lorasweep.recipe import Recipe, ResolvedSweep, SweepOptions
 from search_spaces import SearchSpace, project
 from trainers.config import TrainSettings, check_keys
@@ -95,41 +95,49 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
         # named after the data it sweeps, not after a dataset it never used
         options.name = f"{recipe.name}-{_stem(settings_d['dataset'])}" + \
             ("" if preset_name == recipe.default_preset else f"-{preset_name}")
-    options.validate()
-    settings = TrainSettings.from_dict(settings_d).validate()
+    # Every problem of the flags at once, grouped by what a later check needs: the options and the
+    # settings, then the objective and the space, then the checks against the built space.
+    problems = Problems()
+    with problems.collecting():
+        options.validate()
+    with problems.collecting():
+        settings = TrainSettings.from_dict(settings_d).validate()
+    problems.raise_any()
     task = get_task(settings.task)
 
     space = recipe.search_space
     if options.alpha_mode not in ("free", "ratio"):
-        raise ConfigError(f"`--alpha-mode` is {options.alpha_mode!r}; choose free or ratio")
+        problems.add(f"`--alpha-mode` is {options.alpha_mode!r}; choose free or ratio")
     if options.alpha_mode == "ratio":
         space = alpha_as_ratio(space)
     for spec in [*preset.space, *args.get("space", [])]:
-        space = space.override(spec)
+        with problems.collecting():
+            space = space.override(spec)
     wanted = [m.strip() for m in options.objective.split(",") if m.strip()]
     names = (*task.metric_names(settings), "device_hours")  # every trial reports its cost too
-    for m in wanted:
-        if m not in names:
-            said = f"is {m!r}" if len(wanted) == 1 else f"has {m!r}"
-            raise ConfigError(f"`--objective` {said}; task `{task.name}` reports: {', '.join(names)}")
+    unknown = [m for m in wanted if m not in names]
+    for m in unknown:
+        said = f"is {m!r}" if len(wanted) == 1 else f"has {m!r}"
+        problems.add(f"`--objective` {said}; task `{task.name}` reports: {', '.join(names)}")
     if len(wanted) > 2 or len(set(wanted)) < len(wanted):
-        raise ConfigError(f"`--objective` is {options.objective!r}; give one metric, or two different ones "
-                          "(quality against cost: eval_loss,device_hours)")
-    if wanted:
+        problems.add(f"`--objective` is {options.objective!r}; give one metric, or two different ones "
+                     "(quality against cost: eval_loss,device_hours)")
+    if wanted and not unknown:
         space = dataclasses.replace(space, metric=wanted[0], mode=metric_mode(wanted[0]))
-    elif space.metric not in task.metric_names(settings):
-        raise ConfigError(f"recipe {recipe.name!r}: search space metric {space.metric!r} is not reported by task "
-                          f"`{task.name}` ({', '.join(task.metric_names(settings))}); fix the recipe or pass --objective")
+    elif not wanted and space.metric not in task.metric_names(settings):
+        problems.add(f"recipe {recipe.name!r}: search space metric {space.metric!r} is not reported by task "
+                     f"`{task.name}` ({', '.join(task.metric_names(settings))}); fix the recipe or pass --objective")
     options.objective = ",".join([space.metric, *wanted[1:]])
     if options.prune_metric == "objective":
         options.prune_metric = space.metric
     elif options.prune_metric not in task.metric_names(settings):
-        raise ConfigError(f"`--prune-metric` is {options.prune_metric!r}; task `{task.name}` reports: "
-                          f"{', '.join(task.metric_names(settings))} (or pass objective)")
+        problems.add(f"`--prune-metric` is {options.prune_metric!r}; task `{task.name}` reports: "
+                     f"{', '.join(task.metric_names(settings))} (or pass objective)")
     if len(wanted) == 2 and options.searcher == "cmaes":
-        raise ConfigError("`--searcher cmaes` optimises one objective; with two in --objective use tpe, random, grid or gp")
+        problems.add("`--searcher cmaes` optimises one objective; with two in --objective use tpe, random, grid or gp")
     if options.export_max_cost < 0:
-        raise ConfigError(f"`--export-max-cost` is {options.export_max_cost}; give device-hours > 0, or 0 for no cap")
+        problems.add(f"`--export-max-cost` is {options.export_max_cost}; give device-hours > 0, or 0 for no cap")
+    problems.raise_any()
     # A knob added with --space: the seed points trained with its unsearched value (the recipe's
     # setting or the library's default), then moved into the space like every other knob.
     from search_spaces.knobs import current
@@ -138,22 +146,24 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
     projected = [project(space, s) for s in seeds]
     moved = tuple({k: v for k, v in s.items() if k in space.params and p[k] != v} for s, p in zip(seeds, projected))
     space = dataclasses.replace(space, seeds=tuple(projected), moved=moved).validate()
-    check_with_libraries(space, settings)
+    with problems.collecting():
+        check_with_libraries(space, settings)
     if options.searcher == "grid":
         continuous = [k for k, d in space.params.items() if not hasattr(d, "values")]
         if continuous:
-            raise ConfigError(f"`--searcher grid` needs every knob to be a choice; {', '.join(continuous)} "
-                              f"{'is' if len(continuous) == 1 else 'are'} a range: pass e.g. --space {continuous[0]}=a,b,c")
+            problems.add(f"`--searcher grid` needs every knob to be a choice; {', '.join(continuous)} "
+                         f"{'is' if len(continuous) == 1 else 'are'} a range: pass e.g. --space {continuous[0]}=a,b,c")
     method = space.params.get("method")
     if method is not None and "full" in getattr(method, "values", ()) and settings.quantization != "none":
-        raise ConfigError(f"search space `method` includes full, which a {settings.quantization} base cannot train; "
-                          "pass --quantization none, or --space method=lora")
+        problems.add(f"search space `method` includes full, which a {settings.quantization} base cannot train; "
+                     "pass --quantization none, or --space method=lora")
     if options.scheduler == "asha" and options.grace_tokens >= settings.max_tokens:
         if "grace_tokens" not in args:  # a preset's first rung past a smaller --max-tokens: the default rule
             options.grace_tokens = 0
         else:
-            raise ConfigError(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
-                              f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
+            problems.add(f"`--grace-tokens` is {options.grace_tokens:,}, not below max_tokens "
+                         f"({settings.max_tokens:,}): ASHA would never stop a trial; lower it, or pass --scheduler none")
+    problems.raise_any()
     sweep = ResolvedSweep(recipe, preset_name, settings, options, space, from_assets=frozenset(from_assets))
     if options.warm_start_from and not options.resume:  # resumed, the study has them from Tune's checkpoint
         from lorasweep import warm_start

@@ -242,17 +242,23 @@ _NAMED = re.compile(r"`(?:--)?([A-Za-z_][\w-]*)")
 
 
 def locate(e: ConfigError, sf: SweepFile | None, given: set[str]) -> ConfigError:
-    """``e`` with ``path:line: `` in front when the value it names came from the sweep file (not from
-    a flag given on the command line, which overrides the file's)."""
-    if sf is None or str(e).startswith(sf.path):
+    """``e`` with ``path:line: `` in front of each of its problems whose value came from the sweep
+    file (not from a flag given on the command line, which overrides the file's)."""
+    if sf is None:
         return e
-    text = str(e)
+    lines = [_locate_line(text, sf, given) for text in e.problems]
+    return e if lines == e.problems else type(e)("\n".join(lines))
+
+
+def _locate_line(text: str, sf: SweepFile, given: set[str]) -> str:
+    if text.startswith(sf.path):
+        return text
     names = [f"space.{m.group(1) or m.group(2)}" for m in _SPACE.finditer(text)]
     names += [m.group(1).replace("-", "_") for m in _NAMED.finditer(text)]
     for name in names:
         if name in sf.lines and name not in given:  # given: the flags' names, and space.<knob> per --space
-            return type(e)(f"{sf.where(name)}: {text}")
-    return e
+            return f"{sf.where(name)}: {text}"
+    return text
 
 
 # ----------------------------------------------------------------------------- the resolved config, written

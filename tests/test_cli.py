@@ -101,6 +101,23 @@ def test_bad_input_is_one_clear_line_before_ray_starts(args, needle, bad_inputs,
     assert not storage.exists()  # nothing written
 
 
+def test_every_problem_of_the_flags_is_a_line_of_its_own_in_one_run(tmp_path, capsys):
+    """A user fixes them all at once: the options' and the settings' problems together, then those of
+    the objective and the space (which need valid settings to be checked)."""
+    rc, _, err = run_main(capsys, "--preset", "smoke", "--storage-path", str(tmp_path / "runs"),
+                          "--num-samples", "0", "--eval-fraction", "2", "--learning-rate", "3")
+    assert rc == 2 and err.strip().splitlines() == [
+        "error: `--num-samples` is 0; it must be at least 1",
+        "error: `eval_fraction` is 2.0; it must be in (0, 1), e.g. 0.02",
+        "error: `learning_rate` is 3.0; it must be in (0, 1]"], err
+    rc, _, err = run_main(capsys, "--preset", "smoke", "--storage-path", str(tmp_path / "runs"),
+                          "--objective", "nosuch", "--prune-metric", "bad", "--space", "lora_dropout=0:1.5")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 3 and all(line.startswith("error: ") for line in lines), err
+    assert "`lora_dropout` is 1.5" in lines[0] and "`--objective` is 'nosuch'" in lines[1] and "`--prune-metric`" in lines[2]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_script_exits_2_with_one_line(tmp_path):
     r = run_cli("--preset", "smoke", "--storage-path", str(tmp_path), "--space", "r=0")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [

@@ -21,7 +21,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from common.errors import ConfigError
+from common.errors import ConfigError, Problems
 
 Quantization = Literal["4bit", "8bit", "none"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -126,56 +126,61 @@ class TrainSettings:
         return out
 
     def validate(self) -> "TrainSettings":
+        problems = Problems()
+
         def positive(name):
             v = getattr(self, name)
             if v is None or v <= 0:
-                raise ConfigError(f"`{name}` is {v!r}; it must be a positive number")
+                problems.add(f"`{name}` is {v!r}; it must be a positive number")
 
         for name in ("max_seq_length", "per_device_batch_size", "gradient_accumulation_steps",
                      "max_tokens", "eval_every", "eval_rows", "test_rows", "validation_rows", "r", "lora_alpha"):
             positive(name)
         if self.max_train_rows is not None:
             positive("max_train_rows")
-        if not 0 < self.eval_fraction < 1:
-            raise ConfigError(f"`eval_fraction` is {self.eval_fraction!r}; it must be in (0, 1), e.g. 0.02")
-        if not 0 <= self.test_fraction < 1 or self.eval_fraction + self.test_fraction >= 1:
-            raise ConfigError(f"`test_fraction` is {self.test_fraction!r}; it must be in [0, 1) and leave rows to "
+        eval_ok = 0 < self.eval_fraction < 1  # the sums below mean something only with it right
+        if not eval_ok:
+            problems.add(f"`eval_fraction` is {self.eval_fraction!r}; it must be in (0, 1), e.g. 0.02")
+        if not 0 <= self.test_fraction < 1 or (eval_ok and self.eval_fraction + self.test_fraction >= 1):
+            problems.add(f"`test_fraction` is {self.test_fraction!r}; it must be in [0, 1) and leave rows to "
                               f"train on beside eval_fraction {self.eval_fraction}")
         if not 0 <= self.validation_fraction < 1 or \
-                self.eval_fraction + self.test_fraction + self.validation_fraction >= 1:
-            raise ConfigError(f"`validation_fraction` is {self.validation_fraction!r}; it must be in [0, 1) and leave "
+                (eval_ok and self.eval_fraction + self.test_fraction + self.validation_fraction >= 1):
+            problems.add(f"`validation_fraction` is {self.validation_fraction!r}; it must be in [0, 1) and leave "
                               f"rows to train on beside eval_fraction {self.eval_fraction} and test_fraction "
                               f"{self.test_fraction}")
         for name, allowed in (("quantization", Quantization), ("precision", Precision), ("method", Method)):
             choices = typing.get_args(allowed)
             if getattr(self, name) not in choices:
-                raise ConfigError(f"`{name}` is {getattr(self, name)!r}; choose {', '.join(choices)}")
+                problems.add(f"`{name}` is {getattr(self, name)!r}; choose {', '.join(choices)}")
         if self.method == "full" and self.quantization != "none":
-            raise ConfigError(f"`method` full trains every weight, which a {self.quantization} base cannot hold; "
+            problems.add(f"`method` full trains every weight, which a {self.quantization} base cannot hold; "
                               "pass --quantization none (or search method only with quantization none)")
         if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"`zero_stage` is {self.zero_stage!r}; choose 0 (DDP), 1, 2 or 3")
+            problems.add(f"`zero_stage` is {self.zero_stage!r}; choose 0 (DDP), 1, 2 or 3")
         if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
+            problems.add(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"`warmup_ratio` is {self.warmup_ratio!r}; it must be in [0, 1)")
+            problems.add(f"`warmup_ratio` is {self.warmup_ratio!r}; it must be in [0, 1)")
         if not 0 < self.learning_rate <= 1:
-            raise ConfigError(f"`learning_rate` is {self.learning_rate!r}; it must be in (0, 1]")
+            problems.add(f"`learning_rate` is {self.learning_rate!r}; it must be in (0, 1]")
         for name in ("max_new_tokens", "gen_eval_rows"):
             positive(name)
         if self.lr_scaling not in ("none", "sqrt", "linear"):
-            raise ConfigError(f"`lr_scaling` is {self.lr_scaling!r}; choose none, sqrt or linear")
+            problems.add(f"`lr_scaling` is {self.lr_scaling!r}; choose none, sqrt or linear")
         if self.alpha_ratio < 0 or self.lr_reference_tokens < 0:
             name = "alpha_ratio" if self.alpha_ratio < 0 else "lr_reference_tokens"
-            raise ConfigError(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
+            problems.add(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
         if self.samples < 0 or self.bertscore_layers < 0:
             name = "samples" if self.samples < 0 else "bertscore_layers"
-            raise ConfigError(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
-        prompt_fields(self.prompt)  # well-formed; which placeholders it needs is the task's check
+            problems.add(f"`{name}` is {getattr(self, name)!r}; it must be 0 or more")
+        with problems.collecting():
+            prompt_fields(self.prompt)  # well-formed; which placeholders it needs is the task's check
         if not self.model:
-            raise ConfigError("`model` is empty; pass --model with a Hub id or a local folder")
+            problems.add("`model` is empty; pass --model with a Hub id or a local folder")
         if not self.dataset:
-            raise ConfigError("`dataset` is empty; pass --dataset with a Hub id or a local .jsonl/.parquet file")
+            problems.add("`dataset` is empty; pass --dataset with a Hub id or a local .jsonl/.parquet file")
+        problems.raise_any()
         return self
 
 
