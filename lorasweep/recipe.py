@@ -30,6 +30,18 @@ class Preset:
     space: tuple[str, ...] = ()
 
 
+# What every smoke preset shares: a 2-core CPU machine, two one-CPU trials at once, ASHA halving.
+SMOKE_SWEEP = {"max_concurrent": 2, "reduction_factor": 2, "gpus_per_worker": 0, "cpus_per_worker": 1}
+
+
+def smoke_preset(description: str, *, assets: Callable[[Path], dict], settings: dict, space: tuple[str, ...] = (),
+                 **sweep) -> Preset:
+    """A recipe's offline preset: ``assets`` builds its tiny model and generated sample, ``settings``
+    sizes the run for a CPU, ``sweep`` adds to (or overrides) ``SMOKE_SWEEP``: ``num_samples`` and
+    the first rung, ``grace_tokens``, at least."""
+    return Preset(description, settings=settings, sweep={**SMOKE_SWEEP, **sweep}, assets=assets, space=space)
+
+
 @dataclass
 class Recipe:
     """A model x dataset sweep: the task and data (``settings``, ``TrainSettings`` fields: ``task``,

@@ -17,7 +17,7 @@ LoRA trains the adapters and the head (pre_classifier + classifier), a full fine
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.classification import ENCODER_CLASSIFICATION
 
 
@@ -50,7 +50,7 @@ RECIPE = Recipe(
     presets={
         "real": Preset("distilbert-base-uncased on IMDB, 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8}),
         # (2,500 eval reviews already: F1's standard error <= 1.0 point; the final round rescores on them)
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny DistilBERT on a generated IMDB-format sample, 6 trials, CPU, minutes",
             settings={
                 # 700 train reviews x ~38 tokens = 27k tokens an epoch; 16 per step -> ~500 steps for
@@ -60,8 +60,7 @@ RECIPE = Recipe(
                 "max_seq_length": 128, "per_device_batch_size": 16, "gradient_accumulation_steps": 1,
                 "max_tokens": 300_000, "eval_every": 50, "eval_rows": 100, "test_rows": 200,
             },
-            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 75_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1},
+            num_samples=6, grace_tokens=75_000,
             # A tiny random-init encoder learns at rates a pretrained one would diverge at.
             space=("learning_rate=3e-4:3e-3",),
             assets=smoke_assets,

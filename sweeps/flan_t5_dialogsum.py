@@ -20,7 +20,7 @@ BERTScore F1 (roberta-large, layer 17: bert-score's default for English).
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.generation import SUMMARIZATION
 
 PROMPT = "Summarize the following conversation.\n\n{dialogue}"
@@ -62,7 +62,7 @@ RECIPE = Recipe(
         "real": Preset("FLAN-T5-base on DialogSum (LoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8},
                        # ROUGE-L on 64 dialogues per report; the final round summarises 256 eval + 500 validation
                        settings={"validation_fraction": 0.04, "validation_rows": 500}),
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny T5 on a generated DialogSum-format sample, 4 trials, CPU, minutes",
             settings={
                 # ~850 train dialogues x ~130 tokens (input + summary) = 110k tokens an epoch; 8 per
@@ -72,8 +72,7 @@ RECIPE = Recipe(
                 "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 70_000,
                 "eval_every": 20, "gradient_checkpointing": False,
             },
-            sweep={"num_samples": 4, "max_concurrent": 2, "grace_tokens": 25_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1},
+            num_samples=4, grace_tokens=25_000,
             space=("learning_rate=1e-3:2e-2",),
             assets=smoke_assets,
         ),

@@ -17,7 +17,7 @@ test split's losses (base against tuned) and sample generations are kept (baseli
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.generation import INSTRUCTION_SFT
 
 PROMPT = "{instruction}"
@@ -50,7 +50,7 @@ RECIPE = Recipe(
     },
     presets={
         "real": Preset("gemma-2b on Dolly (LoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8}),
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny Gemma on a generated Dolly-format sample, 4 trials, CPU, minutes",
             settings={
                 # ~1,000 train rows (those without context) x ~45 tokens; 8 per step -> ~140 steps for 50k.
@@ -59,8 +59,7 @@ RECIPE = Recipe(
                 "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 50_000,
                 "eval_every": 25, "gradient_checkpointing": False,
             },
-            sweep={"num_samples": 4, "max_concurrent": 2, "grace_tokens": 15_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1},
+            num_samples=4, grace_tokens=15_000,
             space=("learning_rate=1e-3:1e-2",),
             assets=smoke_assets,
         ),

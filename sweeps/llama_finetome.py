@@ -22,7 +22,7 @@ other), budget and ASHA rungs in training tokens so packed and unpacked trials c
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.lora_sft import LORA_SFT
 
 
@@ -57,7 +57,7 @@ RECIPE = Recipe(
     presets={
         "real": Preset("Llama-3.2-1B-Instruct on FineTome-100k, 16 trials, GPUs",
                        sweep={"num_samples": 16, "max_concurrent": 8}),
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny Llama on a generated FineTome-format sample, 6 trials, CPU, minutes",
             settings={
                 # 8 rows x ~40 tokens (unpacked) or 8 x ~250 (packed) per step; 60k tokens is
@@ -66,8 +66,7 @@ RECIPE = Recipe(
                 "max_tokens": 60_000, "eval_every": 10, "eval_fraction": 0.1, "eval_rows": 96,
                 "zero_stage": 0, "gradient_checkpointing": False,
             },
-            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 15_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1},
+            num_samples=6, grace_tokens=15_000,
             assets=smoke_assets,
         ),
     },

@@ -19,7 +19,7 @@ and 1-shot) and once by the best adapter (baseline.json, samples.jsonl).
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.generation import EXTRACTIVE_QA
 
 PROMPT = ('Answer the question with a span of the context, or with "unanswerable" if the context does not '
@@ -59,7 +59,7 @@ RECIPE = Recipe(
                        # F1 is generated on 64 eval rows per report (<= 6 points); the final round answers
                        # the 256 eval + 1,000 validation questions (<= 1.4 points)
                        settings={"validation_fraction": 0.02, "validation_rows": 1000}),
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny Llama on a generated SQuAD v2-format sample, 4 trials, CPU, minutes",
             settings={
                 # ~1,000 train questions x ~100 tokens = 100k tokens an epoch; 8 per step -> ~100 steps for 80k.
@@ -68,8 +68,7 @@ RECIPE = Recipe(
                 "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 80_000,
                 "eval_every": 25, "gradient_checkpointing": False,
             },
-            sweep={"num_samples": 4, "max_concurrent": 2, "grace_tokens": 20_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            num_samples=4, grace_tokens=20_000, shots=(0, 1),
             # A tiny model learns at rates a pretrained 1B would diverge at.
             space=("learning_rate=1e-3:1e-2",),
             assets=smoke_assets,

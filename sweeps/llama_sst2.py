@@ -16,7 +16,7 @@ As a head classifier the decoder reads the last token of each sentence (``LlamaF
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.classification import INSTRUCT_CLASSIFICATION
 
 PROMPT = "Is the sentiment of this sentence positive or negative?\n\nSentence: {text}"
@@ -54,7 +54,7 @@ RECIPE = Recipe(
         "real": Preset("Llama-3.2-1B on SST-2 (QLoRA), 16 trials, GPUs", sweep={"num_samples": 16, "max_concurrent": 8},
                        # the final round: the top trials on the 256 eval + 2,000 validation sentences (<= 1.0 point)
                        settings={"validation_fraction": 0.05, "validation_rows": 2000}),
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny Llama on a generated SST-2-format sample, 6 trials, CPU, minutes",
             settings={
                 # 700 train chats x ~55 tokens = 38k tokens an epoch; 8 per step -> ~270 steps for
@@ -63,8 +63,7 @@ RECIPE = Recipe(
                 "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "max_tokens": 120_000,
                 "eval_every": 25, "gradient_checkpointing": False, "gen_eval_rows": 16,
             },
-            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 30_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            num_samples=6, grace_tokens=30_000, shots=(0, 1),
             # A tiny model learns at rates a pretrained 1B would diverge at (the known point moves up to 1e-3).
             space=("learning_rate=1e-3:1e-2",),
             assets=smoke_assets,

@@ -18,7 +18,7 @@ how often free generation gives a valid label is reported too (`valid_label_rate
 from pathlib import Path
 
 from lorasweep.engine import main
-from lorasweep.recipe import Preset, Recipe
+from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.classification import INSTRUCT_CLASSIFICATION
 
 PROMPT = ("Classify the sentiment of this movie review. Answer with one word, positive or negative.\n\n"
@@ -60,7 +60,7 @@ RECIPE = Recipe(
                        # scores the top trials on those + 2,000 validation rows (<= 1.0 point).
                        settings={"eval_fraction": 0.02, "eval_rows": 300,
                                  "validation_fraction": 0.1, "validation_rows": 2000}),
-        "smoke": Preset(
+        "smoke": smoke_preset(
             "tiny Mistral on a generated IMDB-format sample, 6 trials, CPU, minutes",
             settings={
                 # 560 train chats x ~75 tokens = 42k tokens an epoch; 8 per step -> ~200 steps for
@@ -69,8 +69,7 @@ RECIPE = Recipe(
                 "max_seq_length": 256, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
                 "max_tokens": 120_000, "eval_every": 20, "gradient_checkpointing": False, "gen_eval_rows": 16,
             },
-            sweep={"num_samples": 6, "max_concurrent": 2, "grace_tokens": 30_000, "reduction_factor": 2,
-                   "gpus_per_worker": 0, "cpus_per_worker": 1, "shots": (0, 1)},
+            num_samples=6, grace_tokens=30_000, shots=(0, 1),
             # A tiny model learns at rates a pretrained 7B would diverge at (the known point moves up to 1e-3).
             space=("learning_rate=1e-3:1e-2",),
             assets=smoke_assets,
