@@ -425,7 +425,7 @@ def score_arm(spec: TaskSpec, runs: Path, arm: str, cache: ScoreCache) -> list[d
         print(f"  scoring {arm}/rank_{rank} on the test split ...", flush=True)
         test = cache.get(f"{arm}/rank_{rank}", lambda p=path: score_one(spec, settings, p))
         row = board.get(meta.get("trial_id"), {})
-        out.append({"rank": rank, "trial_id": meta.get("trial_id"), "seed": row.get("seed", ""),
+        out.append({"rank": rank, "trial_id": meta.get("trial_id"), "seed": row.get("known_point", ""),
                     "status": row.get("status"), "tokens": int(float(row.get("tokens_seen") or 0)),
                     "hyper": meta.get("hyperparameters", {}), "eval": (meta.get("metrics") or {}), "test": test})
     return out
@@ -510,7 +510,7 @@ def arm_args(spec: TaskSpec, common: list[str], audit: dict, plan: dict, trials:
     no_final = if_supported(script, "--final-round", "0")
     no_base = ["--no-baseline"]
     epoch, steps = audit["train_tokens"], audit["steps_per_epoch"]
-    n_seeds = len(recipe_of(spec).search_space.seeds)
+    n_seeds = len(recipe_of(spec).search_space.known_points)
     long_ = ["--max-tokens", str(plan["max_tokens"]), "--eval-every", str(plan["eval_every"])]
     return {
         "plain": [*common, "--max-tokens", str(epoch), *plain_space(spec), "--num-samples", "1", "--scheduler", "none",

@@ -48,7 +48,7 @@ def run_sweep(recipe, argv: list[str], *, seeds: bool = True, stop=None, shutdow
     t0 = time.time()
     sweep = resolve(recipe, argv)
     if not seeds:
-        sweep.space = dataclasses.replace(sweep.space, seeds=())
+        sweep.space = dataclasses.replace(sweep.space, known_points=())
     inputs = preflight.check_inputs(sweep)
     init_ray(sweep.options)
     try:

@@ -16,7 +16,7 @@ def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, 
     s, o, space = sweep.settings, sweep.options, sweep.space
     where = ("this machine, Ray not started" if not o.address else f"the cluster at {o.address}")
     lines = [f"dry run of {sweep.recipe.name} (preset {sweep.preset}) on {where}: nothing is trained or written",
-             f"sweep: {o.name} -> {sweep.sweep_dir}; {o.num_samples} trials, {len(space.seeds)} known point(s) first, "
+             f"sweep: {o.name} -> {sweep.sweep_dir}; {o.num_samples} trials, {len(space.known_points)} known point(s) first, "
              f"{o.searcher}{' + ASHA' if o.scheduler == 'asha' else ''} on {', '.join(sweep.objectives)} "
              f"({space.mode})" + (f", ASHA pruning on {o.prune_metric}" if o.scheduler == "asha"
                                   and o.prune_metric != space.metric else "")

@@ -78,8 +78,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
             preflight.remove_created(inputs.created)
 
     try:
-        for seed in sweep.space.seeds:
-            label = sweep.space.seed_label(seed)
+        for seed in sweep.space.known_points:
+            label = sweep.space.known_point_label(seed)
             if "moved" in label:  # a narrowed --space changed what the recipe knew worked: say so
                 log.say(f"{label}")
         baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None

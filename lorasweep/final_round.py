@@ -78,7 +78,7 @@ def candidates(rows: list[dict], metric: str, k: int) -> list[dict]:
     healthy = [r for r in rows if r["status"] != "failed" and r.get(best_key(metric)) is not None
                and r.get("checkpoint")]
     top = healthy[:k]
-    known = [r for r in healthy[k:] if r.get("seed")][:1]
+    known = [r for r in healthy[k:] if r.get("known_point")][:1]
     return top + known
 
 
@@ -121,7 +121,7 @@ def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str)
     ranked = [r for r in rows if r["trial_id"] in scored]
     for r in ranked:
         m = models[r["trial_id"]]
-        tag = f" ({_short(r['seed'])})" if r.get("seed") else ""
+        tag = f" ({_short(r['known_point'])})" if r.get("known_point") else ""
         lines.append(f"  {r['trial_id']}{tag}: {m['value']:.4f} (95% CI {m['low']:.4f}..{m['high']:.4f})")
     if BASE in models:
         m = models[BASE]
@@ -131,11 +131,11 @@ def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str)
         best = ranked[0]
         others = []
         if len(ranked) > 1:
-            tag = f", {_short(ranked[1]['seed'])}" if ranked[1].get("seed") else ""
+            tag = f", {_short(ranked[1]['known_point'])}" if ranked[1].get("known_point") else ""
             others.append((f"best ({best['trial_id']}) vs runner-up ({ranked[1]['trial_id']}{tag})", ranked[1]["trial_id"]))
-        known = next((r for r in ranked[1:] if r.get("seed")), None)
+        known = next((r for r in ranked[1:] if r.get("known_point")), None)
         if known is not None and known is not ranked[1]:  # the runner-up's line already says it
-            others.append((f"best vs {_short(known['seed'])} ({known['trial_id']})", known["trial_id"]))
+            others.append((f"best vs {_short(known['known_point'])} ({known['trial_id']})", known["trial_id"]))
         if BASE in scored:
             others.append(("best vs the untrained model", BASE))
         for what, other in others:
@@ -143,8 +143,8 @@ def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str)
             comparisons.append({"what": what, "a": best["trial_id"], "b": other, "diff": c.diff, "low": c.low,
                                 "high": c.high, "p": c.p, "n": c.n, "distinguishable": c.distinguishable})
             lines.append(selection.verdict(what, c, metric, mode))
-        if best.get("seed"):
-            lines.append(f"the winner is {_short(best['seed'])}: the search found nothing better")
+        if best.get("known_point"):
+            lines.append(f"the winner is {_short(best['known_point'])}: the search found nothing better")
         if BASE in models:
             b, w = models[BASE]["value"], models[best["trial_id"]]["value"]
             worse = w > b if mode == "min" else w < b

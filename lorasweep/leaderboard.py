@@ -14,7 +14,7 @@ from lorasweep import storage
 from lorasweep.tables import aligned
 from common.errors import root_cause_line
 
-LEADERBOARD_FIELDS = ("rank", "trial_id", "seed", "status", "pareto", "device_hours", "best_step", "best_tokens_seen", "steps", "tokens_seen",
+LEADERBOARD_FIELDS = ("rank", "trial_id", "known_point", "status", "pareto", "device_hours", "best_step", "best_tokens_seen", "steps", "tokens_seen",
                       "tokens_per_s", "wall_time_s", "peak_mem_gb", "checkpoint", "error")
 
 
@@ -28,7 +28,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
     last (``final_<metric>``), the task's other metrics at that best report, cost and status.
     ``storage_path``: the sweep's --storage-path; on s3:// or gs:// Ray reports checkpoint paths without
     the scheme ('bucket/...'), which is put back here so they can be read. ``space``: the sweep's
-    SearchSpace, whose ``seed_label`` marks the trials at the recipe's known points (``seed``)."""
+    SearchSpace, whose ``known_point_label`` marks the trials at the recipe's known points (``seed``)."""
     best_col, final_col = best_key(metric), f"final_{metric}"
     scheme = storage.scheme(storage_path)
     rows = []
@@ -49,7 +49,7 @@ def leaderboard_rows(grid, knobs: list[str], metric: str = "eval_loss", mode: st
 
             row["lora_alpha"] = TrialConfig.from_tune(config).effective.lora_alpha
         if space is not None:
-            row["seed"] = space.seed_label(config)
+            row["known_point"] = space.known_point_label(config)
         if df is not None and metric in df and df[metric].notna().any():
             best = _best_report(df, metric, mode)
             last = df.iloc[-1]
@@ -186,6 +186,6 @@ def write_leaderboard(rows: list[dict], knobs: list[str], sweep_dir: str, metric
 
 def format_table(rows: list[dict], knobs: list[str], limit: int = 20, metric: str = "eval_loss") -> str:
     cols = ["rank", "trial_id", *knobs, best_key(metric), "tokens_seen", "wall_time_s", "status"]
-    cols += [c for c in ("pareto", "seed") if any(r.get(c) for r in rows)]
+    cols += [c for c in ("pareto", "known_point") if any(r.get(c) for r in rows)]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     return "\n".join(aligned([cols] + [[fmt(r.get(c)) for c in cols] for r in rows[:limit]]))

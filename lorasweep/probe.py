@@ -155,7 +155,7 @@ def measure(sweep, res, steps: int = 3) -> Probe:
     if steps < 1:
         raise ValueError(f"`steps` is {steps}; time at least 1 step")
     threads = max(1, int(res.cpus))
-    seed = dict(sweep.space.seeds[0]) if sweep.space.seeds else {}
+    seed = dict(sweep.space.known_points[0]) if sweep.space.known_points else {}
     t0 = time.time()
     rates, report_s, setup_s, timed = {}, [], None, steps
     try:

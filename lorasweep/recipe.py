@@ -177,6 +177,6 @@ class ResolvedSweep:
             "space": self.space.to_json(),
             "metric": self.space.metric,
             "mode": self.space.mode,
-            "seeds": list(self.space.seeds),
-            "seeds_moved": [self.space.seed_label(seed) for seed in self.space.seeds],
+            "seeds": list(self.space.known_points),
+            "seeds_moved": [self.space.known_point_label(seed) for seed in self.space.known_points],
         }

@@ -58,9 +58,9 @@ def selection_table(data: SweepData) -> tuple[list[str], list[list]] | None:
     sel = data.selection
     if not sel.get("models"):
         return None
-    seeds = {r["trial_id"]: r.get("seed") or "" for r in data.ranked}
+    known = {r["trial_id"]: r.get("known_point") or "" for r in data.ranked}
     names = [*sel.get("order", []), *(["base"] if "base" in sel["models"] else [])]
-    rows = [[("untrained model" if n == "base" else n), ("" if n == "base" else seeds.get(n, "")),
+    rows = [[("untrained model" if n == "base" else n), ("" if n == "base" else known.get(n, "")),
              sel["models"][n]["value"], sel["models"][n]["low"], sel["models"][n]["high"]] for n in names]
     return ["model", "known point", sel["metric"], "95% CI low", "95% CI high"], rows
 

@@ -142,10 +142,10 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
     # setting or the library's default), then moved into the space like every other knob.
     from search_spaces.knobs import current
 
-    seeds = [{**{k: current(k, settings) for k in space.params if k not in seed}, **seed} for seed in space.seeds]
+    seeds = [{**{k: current(k, settings) for k in space.params if k not in seed}, **seed} for seed in space.known_points]
     projected = [project(space, s) for s in seeds]
     moved = tuple({k: v for k, v in s.items() if k in space.params and p[k] != v} for s, p in zip(seeds, projected))
-    space = dataclasses.replace(space, seeds=tuple(projected), moved=moved).validate()
+    space = dataclasses.replace(space, known_points=tuple(projected), moved=moved).validate()
     with problems.collecting():
         check_with_libraries(space, settings)
     if options.searcher == "grid":
@@ -169,9 +169,9 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
         from lorasweep import warm_start
 
         sweep.warm = warm_start.load(options.warm_start_from, sweep)
-        left = warm_start.remaining_seeds(space.seeds, sweep.warm)
-        keep = [i for i, seed in enumerate(space.seeds) if seed in left]
-        sweep.space = dataclasses.replace(space, seeds=tuple(space.seeds[i] for i in keep),
+        left = warm_start.remaining_known_points(space.known_points, sweep.warm)
+        keep = [i for i, seed in enumerate(space.known_points) if seed in left]
+        sweep.space = dataclasses.replace(space, known_points=tuple(space.known_points[i] for i in keep),
                                           moved=tuple(space.moved[i] for i in keep))
     return sweep
 
@@ -190,12 +190,12 @@ def alpha_as_ratio(space: SearchSpace) -> SearchSpace:
     params = {("alpha_ratio" if k == "lora_alpha" else k): (LogUniform(0.25, 8.0) if k == "lora_alpha" else d)
               for k, d in space.params.items()}
     seeds = []
-    for seed in space.seeds:
+    for seed in space.known_points:
         seed = dict(seed)
         alpha, r = seed.pop("lora_alpha"), seed["r"]
         seed["alpha_ratio"] = alpha / (math.sqrt(r) if seed.get("use_rslora") else r)
         seeds.append(seed)
-    return dataclasses.replace(space, params=params, seeds=tuple(seeds))
+    return dataclasses.replace(space, params=params, known_points=tuple(seeds))
 
 
 def check_with_libraries(space: SearchSpace, settings: TrainSettings) -> None:
@@ -208,7 +208,7 @@ def check_with_libraries(space: SearchSpace, settings: TrainSettings) -> None:
     check_fixed(settings)
     for name, dist in space.params.items():
         values = list(dist.values) if isinstance(dist, Choice) else [dist.low, dist.high]
-        for value in dict.fromkeys([*values, *(seed[name] for seed in space.seeds if name in seed)]):
+        for value in dict.fromkeys([*values, *(seed[name] for seed in space.known_points if name in seed)]):
             check_value(name, value, settings)
 
 

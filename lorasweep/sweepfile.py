@@ -307,7 +307,7 @@ def dump(sweep) -> str:
         else:
             lines.append(f"  {f.name}: {_flow(value)}")
     lines.append("space:  # the searched knobs; the trials start from the recipe's known points:")
-    for seed in sweep.space.seeds:
+    for seed in sweep.space.known_points:
         lines.append("  #   " + ", ".join(f"{k}={v}" for k, v in seed.items()))
     for knob, spec in sweep.space.to_json().items():
         lines.append(f"  {knob}: {_flow(spec['choice'] if 'choice' in spec else spec)}")

@@ -133,7 +133,7 @@ def sampler(name: str, space: SearchSpace, seed: int, trials: int = 0):
     import optuna
 
     if name == "tpe":
-        startup = tpe_startup(trials, len(space.seeds)) if trials else 10
+        startup = tpe_startup(trials, len(space.known_points)) if trials else 10
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -189,7 +189,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
             param_space[key] = tune.choice(sorted({p[key] for p in repeat_points}))
         searcher = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in repeat_points])
     else:
-        searcher = search_cls(**goal, points_to_evaluate=[dict(p) for p in space.seeds],
+        searcher = search_cls(**goal, points_to_evaluate=[dict(p) for p in space.known_points],
                                 **({"storage": study_storage, "study_name": o.name} if study_storage is not None else {}),
                                 sampler=optuna_sampler)
     rungs = []

@@ -92,7 +92,7 @@ def _value(row: dict, metric: str, primary: bool):
     return None
 
 
-def remaining_seeds(seeds: tuple[dict, ...], warm: WarmStart) -> tuple[dict, ...]:
+def remaining_known_points(seeds: tuple[dict, ...], warm: WarmStart) -> tuple[dict, ...]:
     """The known points the warm start did not already measure."""
     measured = [p for p, _ in warm.points]
     return tuple(s for s in seeds if not any(all(p.get(k) == v for k, v in s.items()) for p in measured))

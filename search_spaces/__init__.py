@@ -55,14 +55,14 @@ class SearchSpace:
     metric: str = "eval_loss"
     mode: str = "min"
     # Known-good points evaluated before the searcher proposes anything (Optuna enqueues them).
-    seeds: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    # Per seed: the knobs ``--space`` moved it on, with the value the recipe gave (``seed_label``).
+    known_points: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # Per seed: the knobs ``--space`` moved it on, with the value the recipe gave (``known_point_label``).
     moved: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
-    def seed_label(self, point: dict) -> str:
+    def known_point_label(self, point: dict) -> str:
         """"known point 2" for a trial at the second seed, "known point 2 (moved: learning_rate
         0.001 -> 0.0005)" when a narrowed space moved it; "" for a point the searcher proposed."""
-        for i, seed in enumerate(self.seeds, 1):
+        for i, seed in enumerate(self.known_points, 1):
             if all(point.get(k) == v for k, v in seed.items() if k in self.params):
                 moved = self.moved[i - 1] if i <= len(self.moved) else {}
                 shifts = ", ".join(f"{k} {v:g} -> {seed[k]:g}" if isinstance(v, float) else f"{k} {v} -> {seed[k]}"
@@ -75,7 +75,7 @@ class SearchSpace:
             raise ConfigError(f"search space `mode` is {self.mode!r}; choose min or max")
         for name, dist in self.params.items():
             _check_dist(name, dist, self.bounds)
-        for i, seed in enumerate(self.seeds):
+        for i, seed in enumerate(self.known_points):
             missing = set(self.params) - set(seed)
             if missing:
                 raise ConfigError(f"seed point {i} lacks {sorted(missing)}; give every searched knob a value")

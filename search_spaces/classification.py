@@ -24,7 +24,7 @@ ENCODER_CLASSIFICATION = SearchSpace(
     bounds=CLASSIFICATION_BOUNDS,
     metric="f1",
     mode="max",
-    seeds=(
+    known_points=(
         # The usual DistilBERT-on-IMDB LoRA notebook: r=16, alpha=32 (2x r), lr 5e-4 with a warmup.
         {"method": "lora", "r": 16, "lora_alpha": 32, "use_rslora": False, "warmup_ratio": 0.1, "learning_rate": 5e-4},
         # The classic full fine-tune: lr 2e-5 (BERT paper's range), no LoRA knobs in play.
@@ -45,7 +45,7 @@ INSTRUCT_CLASSIFICATION = SearchSpace(
     bounds=LORA_BOUNDS,
     metric="f1",
     mode="max",
-    seeds=(
+    known_points=(
         # The Mistral-7B IMDB QLoRA project's run: r=8, alpha=16, lr 2e-4, 3% warmup, no packing.
         {"r": 8, "lora_alpha": 16, "use_rslora": False, "packing": False, "warmup_ratio": 0.03, "learning_rate": 2e-4},
     ),

@@ -17,7 +17,7 @@ EXTRACTIVE_QA = replace(
     LORA_SFT,
     metric="f1",
     mode="max",
-    seeds=(
+    known_points=(
         # The usual QLoRA SQuAD starting point: r=16, alpha=32 (2x r), lr 2e-4, 3% warmup, unpacked.
         {"r": 16, "lora_alpha": 32, "use_rslora": False, "packing": False, "warmup_ratio": 0.03, "learning_rate": 2e-4},
     ),
@@ -31,7 +31,7 @@ SUMMARIZATION = replace(
             "r": Choice((4, 8, 16, 32)), "learning_rate": LogUniform(1e-4, 5e-3)},
     metric="rougeL",
     mode="max",
-    seeds=(
+    known_points=(
         # That recipe: r=16, alpha=32, lr 1e-3, no warmup.
         {"r": 16, "lora_alpha": 32, "use_rslora": False, "warmup_ratio": 0.0, "learning_rate": 1e-3},
     ),
@@ -42,7 +42,7 @@ INSTRUCTION_SFT = replace(
     LORA_SFT,
     params={**LORA_SFT.params, "r": Choice((4, 8, 16, 32)), "lora_alpha": Choice((4, 8, 16, 32)),
             "learning_rate": LogUniform(1e-5, 1e-3)},
-    seeds=(
+    known_points=(
         # The Gemma LoRA tutorial's run: rank 4 (Keras scales the update by 1: alpha = r), AdamW at
         # 5e-5 with weight decay 0.01 (the recipe's weight_decay setting), no warmup, unpacked.
         {"r": 4, "lora_alpha": 4, "use_rslora": False, "packing": False, "warmup_ratio": 0.0, "learning_rate": 5e-5},

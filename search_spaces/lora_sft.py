@@ -27,7 +27,7 @@ LORA_SFT = SearchSpace(
     bounds=LORA_BOUNDS,
     metric="eval_loss",
     mode="min",
-    seeds=(
+    known_points=(
         # The notebook default the FineTome project started from: r=16, alpha=16, no rsLoRA, no
         # packing, 5 warmup steps of its 60 max_steps (5/60 = 0.083), lr 1e-4.
         {"r": 16, "lora_alpha": 16, "use_rslora": False, "packing": False,

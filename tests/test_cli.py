@@ -149,7 +149,7 @@ def test_resolve_layers_recipe_preset_and_flags():
     assert sweep.settings.task == "chat_sft" and sweep.settings.quantization == "4bit"  # recipe
     assert sweep.options.num_samples == 6 and sweep.options.name == "llama_finetome-smoke"
     assert sweep.space.params["r"].values == (8, 16)
-    assert [s["r"] for s in sweep.space.seeds] == [16, 8]
+    assert [s["r"] for s in sweep.space.known_points] == [16, 8]
     real = resolve(RECIPE, ["--storage-path", "/tmp/x"])
     assert real.settings.model == "unsloth/Llama-3.2-1B-Instruct" and real.settings.dataset == "mlabonne/FineTome-100k"
     assert real.settings.zero_stage == 2 and real.options.num_samples == 16

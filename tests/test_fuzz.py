@@ -97,7 +97,7 @@ def _override(space: SearchSpace, spec: str) -> SearchSpace | None:
 
 def _engine_path(space: SearchSpace) -> SearchSpace:
     """What ``lorasweep.engine.resolve`` does after the overrides: clip the seeds into the space."""
-    return replace(space, seeds=tuple(project(space, s) for s in space.seeds)).validate()
+    return replace(space, known_points=tuple(project(space, s) for s in space.known_points)).validate()
 
 
 @FUZZ
@@ -107,7 +107,7 @@ def test_override_accepts_or_refuses_in_one_line(spec):
     out = _override(LORA_SFT, spec)
     if out is not None:
         projected = _engine_path(out)
-        for seed in projected.seeds:
+        for seed in projected.known_points:
             assert all(_in_dist(dist, seed[k]) for k, dist in projected.params.items()), (spec, seed)
 
 
@@ -119,7 +119,7 @@ def test_chained_overrides_then_projected_seeds_are_valid(specs):
     for spec in specs:
         space = _override(space, spec) or space
     projected = _engine_path(space)
-    for seed in projected.seeds:
+    for seed in projected.known_points:
         assert all(_in_dist(dist, seed[k]) for k, dist in projected.params.items())
 
 
@@ -157,7 +157,7 @@ def _plausible(space: SearchSpace) -> bool:
                 return False
             if name not in BOOL_KNOBS and not (isinstance(v, int) or isinstance(v, float) and math.isfinite(v)):
                 return False
-    return all(set(space.params) <= set(seed) for seed in space.seeds)
+    return all(set(space.params) <= set(seed) for seed in space.known_points)
 
 
 @FUZZ
@@ -166,7 +166,7 @@ def _plausible(space: SearchSpace) -> bool:
        st.one_of(st.sampled_from(["min", "max"]), st.text(max_size=4)))
 def test_validate_accepts_only_sane_spaces_and_refuses_in_one_line(params, seeds, mode):
     """SearchSpace(...).validate() with random distributions and seeds: valid or one-line ConfigError."""
-    space = SearchSpace(params, LORA_SFT.bounds, mode=mode, seeds=tuple(seeds))
+    space = SearchSpace(params, LORA_SFT.bounds, mode=mode, known_points=tuple(seeds))
     try:
         assert space.validate() is space
     except ConfigError as e:
@@ -203,9 +203,9 @@ def test_project_moves_valid_seeds_into_any_valid_space(data, seeds):
     """project() puts every valid seed inside the space, leaves seeds already inside unchanged,
     and the projected space validates."""
     params = {k: data.draw(_valid_dist(k), label=k) for k in KNOBS}
-    space = SearchSpace(params, LORA_SFT.bounds, seeds=tuple(seeds))
+    space = SearchSpace(params, LORA_SFT.bounds, known_points=tuple(seeds))
     projected = _engine_path(space)
-    for before, after in zip(seeds, projected.seeds):
+    for before, after in zip(seeds, projected.known_points):
         for k, dist in params.items():
             assert _in_dist(dist, after[k]), (k, dist, after[k])
             if _in_dist(dist, before[k]):
@@ -220,7 +220,7 @@ def test_a_knob_added_by_override_to_seeded_space_is_refused_or_accepted_cleanly
     path gives a valid space or a one-line ConfigError, not a KeyError."""
     added = data.draw(st.sampled_from(sorted(set(KNOBS) - kept)), label="added")
     space = SearchSpace({k: LORA_SFT.params[k] for k in kept}, LORA_SFT.bounds,
-                        seeds=tuple({k: s[k] for k in kept} for s in LORA_SFT.seeds)).validate()
+                        known_points=tuple({k: s[k] for k in kept} for s in LORA_SFT.known_points)).validate()
     spec = f"{added}=true" if added in BOOL_KNOBS else f"{added}=1"
     if added == "warmup_ratio":
         spec = "warmup_ratio=0.05"

@@ -41,7 +41,7 @@ def test_any_library_field_is_a_knob_and_the_seed_points_keep_their_unsearched_v
     space = sweep.space
     assert {"use_dora", "target_modules", "lora_dropout", "adam_beta2", "weight_decay"} <= set(space.params)
     # the recipe's known points trained with the values these knobs have when unsearched
-    for seed in space.seeds:
+    for seed in space.known_points:
         assert seed["use_dora"] is False and seed["target_modules"] == "all-linear"
         assert seed["lora_dropout"] == 0.0 and seed["adam_beta2"] == 0.999 and seed["weight_decay"] == 0.0
     # Tune's param space carries them at the top level, where Optuna samples them
@@ -138,11 +138,11 @@ def test_tpe_models_from_a_third_of_a_small_sweep_not_after_ten_random_trials():
 
 def test_a_seed_moved_by_a_narrowed_space_is_labelled_with_what_moved():
     space = _sweep("--space", "learning_rate=1e-4:5e-4").space
-    first, second = space.seeds
+    first, second = space.known_points
     assert second["learning_rate"] == 5e-4  # the recipe's 1e-3, clipped into the range
-    assert space.seed_label(first) == "known point 1"
-    assert space.seed_label(second) == "known point 2 (moved: learning_rate 0.001 -> 0.0005)"
-    assert space.seed_label({**second, "r": 64}) == ""  # a point the searcher proposed
+    assert space.known_point_label(first) == "known point 1"
+    assert space.known_point_label(second) == "known point 2 (moved: learning_rate 0.001 -> 0.0005)"
+    assert space.known_point_label({**second, "r": 64}) == ""  # a point the searcher proposed
 
 
 # ----------------------------------------------------------------------------- quality against cost
@@ -237,7 +237,7 @@ def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_n
     assert sorted(t.value for t in warm) == sorted(row["final_eval_loss"] for row in fits)
     assert len(study.trials) == len(fits) + 2  # and only two trials ran
     board = json.loads((tmp_path / "warm" / "leaderboard.json").read_text())
-    assert sorted(row["seed"] for row in board) == ["known point 1", "known point 2"]
+    assert sorted(row["known_point"] for row in board) == ["known point 1", "known point 2"]
 
 
 # ----------------------------------------------------------------------------- spaces that know LoRA
@@ -251,7 +251,7 @@ def test_alpha_mode_ratio_searches_the_updates_scale_and_alpha_follows():
     space = _sweep("--alpha-mode", "ratio").space
     assert "lora_alpha" not in space.params and space.params["alpha_ratio"] == LogUniform(0.25, 8.0)
     # the known points keep their scale: 16/16, and 16/sqrt(8) with rsLoRA
-    assert [s["alpha_ratio"] for s in space.seeds] == [1.0, 16 / math.sqrt(8)]
+    assert [s["alpha_ratio"] for s in space.known_points] == [1.0, 16 / math.sqrt(8)]
     settings = _sweep("--alpha-mode", "ratio").settings
     assert TrialConfig(settings, knobs={"r": 8, "alpha_ratio": 2.0, "use_rslora": False}).effective.lora_alpha == 16
     assert TrialConfig(settings, knobs={"r": 16, "alpha_ratio": 2.0, "use_rslora": True}).effective.lora_alpha == 8

@@ -12,7 +12,7 @@ def test_flagship_space_has_the_six_knobs_and_valid_seeds():
     assert set(LORA_SFT.params) == {"r", "lora_alpha", "use_rslora", "packing", "warmup_ratio", "learning_rate"}
     assert LORA_SFT.params["r"] == Choice((8, 16, 32, 64))
     assert LORA_SFT.params["learning_rate"] == LogUniform(1e-5, 2e-3)
-    notebook, tuned = LORA_SFT.seeds
+    notebook, tuned = LORA_SFT.known_points
     assert (notebook["r"], notebook["lora_alpha"], notebook["use_rslora"], notebook["packing"]) == (16, 16, False, False)
     assert math.isclose(notebook["warmup_ratio"], 5 / 60, rel_tol=0.01)
     assert (tuned["r"], tuned["use_rslora"], tuned["packing"], tuned["learning_rate"]) == (8, True, True, 1e-3)
@@ -64,12 +64,12 @@ def test_bad_overrides_name_the_knob(spec, needle):
 
 def test_seeds_are_projected_into_a_narrowed_space():
     narrowed = LORA_SFT.override("r=32,64").override("learning_rate=1e-5:5e-4")
-    seeds = [project(narrowed, s) for s in narrowed.seeds]
+    seeds = [project(narrowed, s) for s in narrowed.known_points]
     assert [s["r"] for s in seeds] == [32, 32]
     assert seeds[1]["learning_rate"] == 5e-4
-    SearchSpace(narrowed.params, narrowed.bounds, seeds=tuple(seeds)).validate()
+    SearchSpace(narrowed.params, narrowed.bounds, known_points=tuple(seeds)).validate()
 
 
 def test_seed_missing_a_knob_is_refused():
     with pytest.raises(ConfigError, match="lacks"):
-        SearchSpace({"r": Choice((8,))}, LORA_SFT.bounds, seeds=({},)).validate()
+        SearchSpace({"r": Choice((8,))}, LORA_SFT.bounds, known_points=({},)).validate()

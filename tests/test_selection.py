@@ -99,7 +99,7 @@ def test_interval_covers_the_value():
 
 def _row(tid, best, loss, seed=""):
     return {"trial_id": tid, "status": "completed", "best_f1": best, "eval_loss": loss, "checkpoint": f"/x/{tid}",
-            "seed": seed}
+            "known_point": seed}
 
 
 def _scored(truth, pred, n_eval=None):

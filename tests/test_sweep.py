@@ -47,8 +47,8 @@ def test_leaderboard_ranks_every_trial_and_puts_failures_last(shared_sweep):
     nan = by_lr["0.001"]
     assert (oom["r"], oom["lora_alpha"], oom["packing"]) == ("16", "16", "False")
     assert (nan["r"], nan["use_rslora"], nan["packing"]) == ("8", "True", "True")
-    assert (oom["seed"], nan["seed"]) == ("known point 1", "known point 2")  # marked as the recipe's points
-    assert not [r for r in rows if r["seed"] and r not in (oom, nan)]
+    assert (oom["known_point"], nan["known_point"]) == ("known point 1", "known point 2")  # marked as the recipe's points
+    assert not [r for r in rows if r["known_point"] and r not in (oom, nan)]
     assert oom["status"] == "failed" and oom["error"].startswith("out of memory at step 2 on cpu"), oom
     assert "per_device_batch_size" in oom["error"]
     assert nan["status"] == "failed" and nan["error"].startswith("non-finite loss at step 3"), nan
