@@ -32,19 +32,10 @@ def init_ray(options: SweepOptions) -> None:
     if options.address:
         ray.init(address=options.address, runtime_env={"env_vars": env_vars()}, **quiet)
     else:
-        # The dashboard (and its HTTP API) listens on loopback unless --dashboard-host says
-        # otherwise; a cluster's head decides its own (cluster.yaml keeps it on loopback too).
-        # Ray's gRPC ports bind every interface whatever is asked, and Ray 2.60 guards them with
-        # its cluster auth token.
-        #
-        # Two local sweeps on one machine (two Ray instances) must not see each other. Ray Train's
-        # PlacementGroupCleaner asks the state API whether its trial's controller is alive, finding
-        # the API by auto-detection; with two instances that fails or asks the other one, and the
-        # cleaner removes a live trial's placement group: its workers die and the sweep hangs
-        # (seen here, Ray 2.60). Every process of this instance is pointed at its own dashboard.
-        # address="local": a new instance even when a `ray start` cluster (or a test's) runs on this
-        # machine; plain ray.init() would join that one, and die with it (seen here). Join one with
-        # --address auto.
+        # A new instance of our own (address="local": never a `ray start` cluster on this machine;
+        # --address auto joins one), its dashboard on loopback unless --dashboard-host, and every
+        # process pointed at that dashboard: Ray Train asks the state API whether a trial is alive,
+        # and asking another local Ray's gets the trial's workers removed.
         port = free_port()
         api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
         ray.init(address="local", dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None,

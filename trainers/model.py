@@ -78,25 +78,10 @@ def load_base_model(settings, family, task, precision: str, device: torch.device
 
 
 def keep_quantized_bases_out_of_cpu_inference_paths(model) -> int:
-    """Switch off bitsandbytes' AVX512-BF16 CPU inference path on every ``Linear4bit``.
-
-    bitsandbytes 0.50 sets ``support_avx512bf16_for_cpu`` on CPUs with AVX512-BF16. The first
-    eval-mode, no-grad forward (every eval of a trial) then repacks the 4-bit weight in place
-    (``functional._convert_weight_packed_for_cpu``), and from then on every CPU matmul, in
-    training too, goes to ``F.gemv_4bit`` (``autograd/_functions.py``), which has no autograd
-    formula. Two failures follow from that one switch:
-      * a layer with a bias (Qwen2's q/k/v, Llama with attention_bias) fails at the next training
-        step: ``result += bias`` on a view of the kernel's output buffer, "a view of a leaf
-        Variable that requires grad is being used in an in-place operation"; layers without a
-        bias train on, but gradients through the frozen base are dropped silently;
-      * every ``state_dict()`` (each checkpoint) converts the weights back, re-quantising the
-        bf16-rounded absmax: the base drifts within a trial, and a reloaded adapter scores
-        differently from what the trial recorded.
-    Nothing is reported upstream for either (bitsandbytes PR #1804 added the path; #2078 is a
-    neighbouring bug in its inverse). The flag is read only for CPU inputs, so CUDA is untouched;
-    on such CPUs eval loses the fused bf16 kernel and dequantises to the compute dtype instead.
-    Returns how many layers had the flag on.
-    """
+    """Switch off bitsandbytes' AVX512-BF16 CPU inference path on every ``Linear4bit``: once an
+    eval repacks a 4-bit weight for it, training matmuls go through a kernel without autograd
+    (layers with a bias fail, gradients through the base are lost) and every checkpoint
+    re-quantises the base. CUDA never reads the flag. Returns how many layers had it on."""
     try:
         import bitsandbytes as bnb
         from bitsandbytes import functional as bnb_f
