@@ -24,21 +24,12 @@ import sys
 import torch
 
 from common.errors import ConfigError
-from trainers.chat import Collator, pack_examples, tokenize_rows
 from trainers.config import prompt_fields
 from trainers.data import SkipRow, Tokenized
 from trainers.evaluation import (EVAL_BATCH_SIZE, all_gather_lists, all_reduce_sum, eval_batches, eval_mode,
                                  evaluate_loss, generate_answers, model_device, shard_calls)
+from trainers.prompted import PromptedAnswer
 from trainers.tasks import Task
-
-PLAIN_TEMPLATE = (  # a base model's layout (Llama-3.2-1B, gemma-2b ship without a chat template)
-    "{{ bos_token or '' }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ 'Answer: ' + message['content'] + eos_token + '\n\n' }}"
-    "{% else %}{{ message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Answer:' }}{% endif %}"
-)
 
 
 def fill_prompt(prompt: str, row: dict) -> str:
@@ -184,37 +175,14 @@ class GenerationTask(Task):
 # ----------------------------------------------------------------------------- causal LMs
 
 
-class DecoderGeneration(GenerationTask):
+class DecoderGeneration(PromptedAnswer, GenerationTask):
     kinds = ("decoder",)
-    can_pack = True
-    takes_shots = True
 
-    def load_tokenizer(self, settings):
-        tok = super().load_tokenizer(settings)
-        if not tok.chat_template:
-            tok.chat_template = PLAIN_TEMPLATE
-        return tok
+    def user_turn(self, row, settings):
+        return self.prompt_text(row, settings)
 
-    def messages(self, row, settings, shots=(), answer=True) -> list[dict]:
-        turns = []
-        for shot in shots:
-            turns += [{"role": "user", "content": self.prompt_text(shot, settings)},
-                      {"role": "assistant", "content": self.target(shot, settings)}]
-        turns.append({"role": "user", "content": self.prompt_text(row, settings)})
-        if answer:
-            turns.append({"role": "assistant", "content": self.target(row, settings)})
-        return turns
-
-    def tokenize(self, settings, tokenizer, rows):
-        return tokenize_rows(tokenizer, rows, settings.max_seq_length,
-                             to_messages=lambda row: self.messages(row, settings))
-
-    def train_examples(self, settings, prepared):
-        ex = prepared.train.examples
-        return pack_examples(ex, settings.max_seq_length) if settings.packing else ex
-
-    def collator(self, settings, tokenizer):
-        return Collator(tokenizer.pad_token_id, packed=settings.packing)
+    def assistant_turn(self, row, settings):
+        return self.target(row, settings)
 
     def stop_ids(self, tokenizer):
         return end_of_turn_ids(tokenizer)

@@ -14,20 +14,17 @@ from __future__ import annotations
 import random
 
 from common.errors import ConfigError
-from trainers.chat import Collator, pack_examples, tokenize_rows
 from trainers.data import SkipRow
 from trainers.evaluation import (all_gather_lists, classification_metrics, eval_batches, evaluate_loss,
                                  generate_answers, label_logprobs, valid_label)
-from trainers.generation import PLAIN_TEMPLATE
-from trainers.tasks import Task, register
+from trainers.prompted import PromptedAnswer
+from trainers.tasks import register
 from trainers.tasks.classification import LabelledTask, label_id, row_text
 
 
-class InstructClassification(LabelledTask):
+class InstructClassification(PromptedAnswer, LabelledTask):
     name = "instruct_classification"
     kinds = ("decoder",)
-    can_pack = True
-    takes_shots = True
 
     def metric_names(self, settings):
         return (*super().metric_names(settings), "valid_label_rate")
@@ -37,35 +34,12 @@ class InstructClassification(LabelledTask):
         if "{text}" not in settings.prompt:
             raise ConfigError(f"`prompt` is {settings.prompt!r}; it must contain {{text}} where the input goes")
 
-    def load_tokenizer(self, settings):
-        tok = Task.load_tokenizer(self, settings)
-        if not tok.chat_template:
-            # A base model (Llama-3.2-1B, gemma-2b): a plain "prompt, then answer" layout, the answer
-            # closed by eos so the model learns to stop after the label.
-            tok.chat_template = PLAIN_TEMPLATE
-        return tok
-
     # ------------------------------------------------------------------ formatting
-    def messages(self, row, settings, shots: list = (), answer: bool = True) -> list[dict]:
-        turns = []
-        for shot in shots:
-            turns += [{"role": "user", "content": settings.prompt.format(text=row_text(shot, settings))},
-                      {"role": "assistant", "content": settings.labels[label_id(shot, settings)]}]
-        turns.append({"role": "user", "content": settings.prompt.format(text=row_text(row, settings))})
-        if answer:
-            turns.append({"role": "assistant", "content": settings.labels[label_id(row, settings)]})
-        return turns
+    def user_turn(self, row, settings):
+        return settings.prompt.format(text=row_text(row, settings))
 
-    def tokenize(self, settings, tokenizer, rows):
-        return tokenize_rows(tokenizer, rows, settings.max_seq_length,
-                             to_messages=lambda row: self.messages(row, settings))
-
-    def train_examples(self, settings, prepared):
-        ex = prepared.train.examples
-        return pack_examples(ex, settings.max_seq_length) if settings.packing else ex
-
-    def collator(self, settings, tokenizer):
-        return Collator(tokenizer.pad_token_id, packed=settings.packing)
+    def assistant_turn(self, row, settings):
+        return settings.labels[label_id(row, settings)]
 
     def prompts_and_options(self, tokenizer, settings, rows, shots_from=(), shots=0):
         """Token ids of every row's prompt (up to the assistant header) and of every label's answer
