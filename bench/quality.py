@@ -425,7 +425,7 @@ def score_arm(spec: TaskSpec, runs: Path, arm: str, cache: ScoreCache) -> list[d
         print(f"  scoring {arm}/rank_{rank} on the test split ...", flush=True)
         test = cache.get(f"{arm}/rank_{rank}", lambda p=path: score_one(spec, settings, p))
         row = board.get(meta.get("trial_id"), {})
-        out.append({"rank": rank, "trial_id": meta.get("trial_id"), "seed": row.get("known_point", ""),
+        out.append({"rank": rank, "trial_id": meta.get("trial_id"), "seed": row.get("known_point", row.get("seed", "")),
                     "status": row.get("status"), "tokens": int(float(row.get("tokens_seen") or 0)),
                     "hyper": meta.get("hyperparameters", {}), "eval": (meta.get("metrics") or {}), "test": test})
     return out

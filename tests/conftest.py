@@ -11,6 +11,7 @@ HEAVY_FIRST = ("test_real", "test_deepspeed", "test_knobs", "test_cluster", "tes
                "test_interrupt", "test_s3", "test_dashboard", "test_sweepfile", "test_families", "test_chat_recipe")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups given here
 def pytest_collection_modifyitems(config, items):
     """Benchmarks are run, not tested: tests marked ``bench`` run only when -m names them. Each test
     joins an xdist group (``--dist loadgroup``): its module, so a module-scoped sweep runs once, or
