@@ -6,32 +6,29 @@ import pytest
 
 
 # The slowest files first (minutes each on 2 cores, from --durations), so that the two pytest-xdist
-# workers (pyproject's addopts) do not end on one long file; the others keep their order.
-HEAVY_FIRST = ("test_real", "test_deepspeed", "test_knobs", "test_cluster", "test_generation_recipes",
-               "test_interrupt", "test_s3", "test_dashboard", "test_sweepfile", "test_families", "test_chat_recipe")
+# workers (pyproject's addopts: --dist loadfile, a file's tests on one worker, so its module-scoped
+# sweeps run once) do not end on one long file; the others keep their order. (xdist 3.8's
+# loadgroup cannot group under pytest 9: it renames a node id through an attribute pytest 9 no
+# longer reads.)
+HEAVY_FIRST = ("test_real", "test_sweep", "test_deepspeed", "test_knobs", "test_cluster", "test_generation_recipes",
+               "test_interrupt", "test_s3", "test_dashboard", "test_sweepfile", "test_families", "test_chat_recipe",
+               "test_tracking", "test_report")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups given here
 def pytest_collection_modifyitems(config, items):
-    """Benchmarks are run, not tested: tests marked ``bench`` run only when -m names them. Each test
-    joins an xdist group (``--dist loadgroup``): its module, so a module-scoped sweep runs once, or
-    ``shared_sweep`` for every test that reads the one shared sweep, wherever its module is."""
+    """Benchmarks are run, not tested: tests marked ``bench`` run only when -m names them."""
     if "bench" not in (config.option.markexpr or ""):
         bench = [item for item in items if item.get_closest_marker("bench")]
         if bench:
             config.hook.pytest_deselected(items=bench)
             items[:] = [item for item in items if not item.get_closest_marker("bench")]
-    for item in items:
-        group = "shared_sweep" if "shared_sweep" in getattr(item, "fixturenames", ()) else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
 
     def rank(item) -> int:
         name = item.module.__name__.rsplit(".", 1)[-1]
-        if "shared_sweep" in getattr(item, "fixturenames", ()):
-            return 1  # the shared sweep's readers: ~5 minutes together
         return HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST)
 
     items.sort(key=rank)  # stable: the same order in every worker, as xdist requires
+
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,8 +89,25 @@ def shared_sweep(tiny_assets, tmp_path_factory):
       * bad rows (skipped and counted by reason) and emoji rows (trained) in the data;
       * W&B logging on, offline, with fake HF_TOKEN and WANDB_API_KEY in the environment.
     """
+    import fcntl
     import json
-    import shutil
+
+    # One sweep for the whole run: under pytest-xdist both workers' sessions ask for it; the first
+    # runs it under a lock in the run's shared temp folder, the other waits and reads what it left.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    record = shared / "shared_sweep.json"
+    with open(shared / "shared_sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            record.write_text(json.dumps(_run_shared_sweep(tiny_assets, tmp_path_factory)))
+    info = json.loads(record.read_text())
+    yield {**info, **{k: Path(info[k]) for k in ("dir", "storage", "ray_session", "data")}}
+
+
+def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
+    import json
     import subprocess
     import sys
     import tempfile
@@ -118,6 +132,6 @@ def shared_sweep(tiny_assets, tmp_path_factory):
     print(f"\n[shared_sweep] {time.time() - t0:.0f}s")
     sessions = [d for d in ray_tmp.rglob("session_2*") if d.is_dir() and not d.is_symlink()]
     assert len(sessions) == 1, sessions
-    yield {"dir": storage / "shared", "storage": storage, "stdout": r.stdout, "stderr": r.stderr,
-           "wall_s": time.time() - t0, "ray_session": sessions[0], "data": data}
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    # ray_tmp stays (the other worker's tests may still read its session); it is under /tmp
+    return {"dir": str(storage / "shared"), "storage": str(storage), "stdout": r.stdout, "stderr": r.stderr,
+            "wall_s": time.time() - t0, "ray_session": str(sessions[0]), "data": str(data)}
