@@ -23,7 +23,6 @@ model fits whole); packing searched; budget and ASHA rungs in training tokens; t
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe
 from search_spaces.lora_sft import LORA_SFT
 from sweeps.llama_finetome import RECIPE as FLAGSHIP
@@ -81,4 +80,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

@@ -16,7 +16,6 @@ LoRA trains the adapters and the head (pre_classifier + classifier), a full fine
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.classification import ENCODER_CLASSIFICATION
 
@@ -69,4 +68,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

@@ -19,7 +19,6 @@ BERTScore F1 (roberta-large, layer 17: bert-score's default for English).
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.generation import SUMMARIZATION
 
@@ -80,4 +79,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

@@ -16,7 +16,6 @@ test split's losses (base against tuned) and sample generations are kept (baseli
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.generation import INSTRUCTION_SFT
 
@@ -67,4 +66,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

@@ -21,7 +21,6 @@ other), budget and ASHA rungs in training tokens so packed and unpacked trials c
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.lora_sft import LORA_SFT
 
@@ -73,4 +72,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

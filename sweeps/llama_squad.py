@@ -18,7 +18,6 @@ and 1-shot) and once by the best adapter (baseline.json, samples.jsonl).
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.generation import EXTRACTIVE_QA
 
@@ -77,4 +76,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

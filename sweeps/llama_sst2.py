@@ -15,7 +15,6 @@ As a head classifier the decoder reads the last token of each sentence (``LlamaF
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.classification import INSTRUCT_CLASSIFICATION
 
@@ -72,4 +71,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

@@ -17,7 +17,6 @@ how often free generation gives a valid label is reported too (`valid_label_rate
 
 from pathlib import Path
 
-from lorasweep.engine import main
 from lorasweep.recipe import Preset, Recipe, smoke_preset
 from search_spaces.classification import INSTRUCT_CLASSIFICATION
 
@@ -78,4 +77,6 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
+    from lorasweep.engine import main  # the driver; importing the recipe needs only declarations
+
     raise SystemExit(main(RECIPE))

@@ -83,3 +83,14 @@ def test_only_the_storage_module_tells_local_paths_from_uris():
     found = [f"{f.relative_to(ROOT)}:{i}" for f in _modules().values() if f.name != "storage.py"
              for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if '"://"' in line]
     assert not found, found
+
+
+def test_recipes_import_only_declarations_at_module_level():
+    """A recipe module is data (its Recipe); the driver is imported only when it runs as a script."""
+    found = []
+    for f in (ROOT / "sweeps").glob("*.py"):
+        for node in ast.parse(f.read_text(encoding="utf-8")).body:  # module level only
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            found += [f"{f.name}: {n}" for n in names if n.startswith("lorasweep") and n != "lorasweep.recipe"]
+    assert not found, found
