@@ -35,7 +35,7 @@ class ResumeFromNewest:
             newest = newest_checkpoint(ckpt.filesystem, os.path.dirname(ckpt.path.rstrip("/")))
             if newest is not None:
                 log.say(f"{os.path.basename(ckpt.path)} was pruned after Tune last saved its state; "
-                      f"resuming from {os.path.basename(newest)}", file=sys.stderr)
+                        f"resuming from {os.path.basename(newest)}")
                 checkpoint_path = type(checkpoint_path)(checkpoint=type(ckpt)(newest, filesystem=ckpt.filesystem),
                                                         metrics=checkpoint_path.metrics)
         return super().restore(checkpoint_path)

@@ -10,8 +10,8 @@ import pytest
 # sweeps run once) do not end on one long file; the others keep their order. (xdist 3.8's
 # loadgroup cannot group under pytest 9: it renames a node id through an attribute pytest 9 no
 # longer reads.)
-HEAVY_FIRST = ("test_real", "test_sweep", "test_deepspeed", "test_knobs", "test_cluster", "test_generation_recipes",
-               "test_interrupt", "test_s3", "test_dashboard", "test_sweepfile", "test_families", "test_chat_recipe",
+HEAVY_FIRST = ("test_real", "test_real_qa", "test_generation_recipes", "test_knobs", "test_cluster", "test_deepspeed",
+               "test_sweepfile", "test_sweep", "test_interrupt", "test_s3", "test_dashboard", "test_families", "test_chat_recipe",
                "test_tracking", "test_report")
 
 

@@ -119,7 +119,7 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
     rows = _leaderboard(sweep_dir)
-    assert len(rows) == 3 and all(row["status"] == "completed" for row in rows), rows
+    assert len(rows) == 3 and all(row["status"] == "completed" for row in rows), ([row["status"] for row in rows], r.stdout[-3000:])
     after = _finished_trials(sweep_dir)
     for trial, n_reports in finished_before.items():  # not run again: no report added
         assert after[trial] == n_reports, (trial, n_reports, after[trial])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_material import (minilm_dir, smollm2_dir, write_movie_qa_sample, write_sentiment_chat_sample,
+from tests.real_material import (minilm_dir, smollm2_dir, write_sentiment_chat_sample,
                                  write_sentiment_sample)
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
@@ -36,30 +36,21 @@ SAMPLE_ROWS = 400  # smoke preset splits: 20% test (80 sentences), 10% eval (40)
 SWEEP_TIMEOUT_S = 900
 REPLY_END = "<|im_end|>"
 
-# Sized for 2 CPU cores: one trial, the recipe's known point, on both cores (Ray gives a 2-CPU worker
-# OMP_NUM_THREADS=2); ranking several trials is tests/test_sweep.py's. The base model is scored
-# zero-shot. No final round (tests/test_sweep.py checks it; here it re-scores with generation).
+# Sized for 2 CPU cores shared with another test worker: one trial, the recipe's known point, one
+# torch thread (two threads per trial beside another worker's sweep oversubscribe the cores and
+# OpenMP's spinning stalled the trial: no step in 12 minutes); ranking several trials is
+# tests/test_sweep.py's. The base model is scored zero-shot. No final round (tests/test_sweep.py
+# checks it; here it re-scores with generation).
 INSTRUCT_ARGS = [
     "--preset", "smoke", "--quantization", "4bit", "--num-samples", "1", "--scheduler", "none", "--shots", "0",
     "--max-seq-length", "160", "--max-tokens", "12000", "--eval-every", "25", "--per-device-batch-size", "4",
-    "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "2", "--max-concurrent", "1",
+    "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "1", "--max-concurrent", "1",
     "--final-round", "0",
 ]
 ENCODER_ARGS = [
     "--preset", "smoke", "--num-samples", "2", "--scheduler", "none", "--max-seq-length", "96",
     "--max-tokens", "20000", "--eval-every", "10", "--per-device-batch-size", "16", "--cpus-per-worker", "1",
     "--max-concurrent", "2", "--final-round", "0",
-]
-
-
-# Extractive QA over real review sentences (``sweeps/llama_squad.py --model``): full precision (the
-# 4-bit path on this model is the instruction recipe's), the recipe's known point (lr 2e-4), one trial.
-QA_ROWS = 200  # smoke splits: 10% test (20 questions), 5% eval (10), 170 to train on (16k tokens: ~90 seen)
-QA_ARGS = [
-    "--preset", "smoke", "--quantization", "none", "--num-samples", "1", "--scheduler", "none", "--shots", "0",
-    "--space", "learning_rate=1e-4:1e-3", "--max-seq-length", "256", "--max-new-tokens", "48",
-    "--max-tokens", "16000", "--eval-every", "25", "--per-device-batch-size", "4", "--gradient-accumulation-steps", "1",
-    "--gen-eval-rows", "5", "--cpus-per-worker", "2", "--max-concurrent", "1", "--samples", "4", "--final-round", "0",
 ]
 
 
@@ -134,12 +125,6 @@ def instruct_sweep(tmp_path_factory, smollm2, movie_jsonl) -> dict:
 def encoder_sweep(tmp_path_factory, movie_jsonl) -> dict:
     return _run_recipe("distilbert_imdb.py", ENCODER_ARGS, minilm_dir(), movie_jsonl, tmp_path_factory.mktemp("encoder"),
                        "minilm-movies")
-
-
-@pytest.fixture(scope="module")
-def qa_sweep(tmp_path_factory, smollm2) -> dict:
-    data = write_movie_qa_sample(tmp_path_factory.mktemp("data") / "movie_qa.jsonl", QA_ROWS, seed=0)
-    return _run_recipe("llama_squad.py", QA_ARGS, smollm2, data, tmp_path_factory.mktemp("qa"), "smollm2-qa")
 
 
 # ----------------------------------------------------------------------------- 2. loss mask on ChatML
@@ -262,24 +247,3 @@ def test_encoder_recipe_on_minilm_beats_its_untrained_head(encoder_sweep):
 
     got = evaluate_folder(TrainSettings.from_dict(meta["settings"]), str(rank_1))
     assert got["f1"] == pytest.approx(meta["metrics"]["best_f1"], abs=1e-9)
-
-
-# ----------------------------------------------------------------------------- extractive QA on SmolLM2
-
-
-def test_qa_recipe_on_smollm2_beats_the_base_models_f1_on_held_out_questions(qa_sweep):
-    """Real sentences, real model: the adapter learns to quote the asked critic's sentence, or to say
-    "unanswerable", better than the instruct model does zero-shot (SQuAD v2 F1 on the test split)."""
-    rows, meta = qa_sweep["rows"], qa_sweep["meta"]
-    assert len(rows) == 1 and rows[0]["status"] == "completed", rows
-    assert meta["settings"]["task"] == "extractive_qa" and meta["settings"]["family"] == "llama" and meta["objective"] == "f1"
-    base, tuned = qa_sweep["baseline"]["base 0-shot"], qa_sweep["baseline"]["tuned"]
-    assert base["n"] == tuned["n"] == 20
-    for name in ("f1", "exact_match", "f1_has_answer", "f1_no_answer", "bleu", "rougeL", "meteor"):
-        assert name in base and name in tuned, (name, base.get("unavailable"))
-    print(f"\n[test_real] QA f1 base {base['f1']:.3f} -> tuned {tuned['f1']:.3f}; "
-          f"EM {base['exact_match']:.3f} -> {tuned['exact_match']:.3f}")
-    assert tuned["f1"] >= base["f1"] + 0.1, (base["f1"], tuned["f1"])
-    assert len(base["per_example"]["f1"]) == len(tuned["per_example"]["f1"]) == 20
-    samples = [json.loads(line) for line in (qa_sweep["dir"] / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 4 and all({"prompt", "reference", "base 0-shot", "tuned"} <= s.keys() for s in samples)
