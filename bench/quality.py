@@ -10,7 +10,8 @@
     python bench/quality.py --resume bench/quality_runs/<stamp> --only qa   # after a kill: reuses finished work
 
 Times on the shared 2-core CPU machine (Dec 2026). Measured: encoder --quick 12 min 10 s wall; encoder
-full: plain 164 s, long_plain 313 s, random (7 trials) ~1,500 s, sweep ~600 s, test scoring ~5 min.
+full (1-epoch cap, Dec 2): plain 164 s, long_plain 313 s, random (7 trials) ~1,500 s, sweep ~600 s, test
+scoring ~5 min; (1.5-epoch cap, Dec 3, beside other work): long_plain 580 s, random 2,719 s, sweep 531 s.
 instruct_movies full: plain 809 s, long_plain 2,174 s, random (6 trials) 7,208 s, sweep 2,993 s, test
 scoring ~25 min: about 3.9 hours, the random arm half of it (exact seconds per arm:
 bench/quality_results.json, `wall_s` / `score_s`). The other SmolLM2 tasks are sized alike (~4 h each).
