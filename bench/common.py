@@ -57,6 +57,8 @@ def timed(into: dict, key: str):
 
 def bench_cache() -> Path:
     """Where figures keep what they build once (tiny models, samples): outside the repo."""
-    path = Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep")) / "bench"
+    from common.paths import cache_root
+
+    path = cache_root() / "bench"
     path.mkdir(parents=True, exist_ok=True)
     return path

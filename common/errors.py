@@ -1,6 +1,8 @@
 """The project's error types, and errors as the one line that a message, a leaderboard cell or a
 console line shows."""
 
+import contextlib
+
 
 class ConfigError(ValueError):
     """Bad input, reported as one line that names the field, the value and the fix; several problems
@@ -12,6 +14,17 @@ class ConfigError(ValueError):
     @property
     def problems(self) -> list[str]:
         return str(self).splitlines() or [""]
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot go on (out of memory, non-finite loss). Raised inside a Ray Train worker:
+    that trial is marked failed with this message on the leaderboard, and the sweep goes on."""
+
+
+class StorageError(ConfigError):
+    """A write under ``--storage-path`` that failed (no space, no permission, a bad mount): one line
+    naming the path and the fix, exit 2. Every write is a temp file renamed into place, so what was
+    written before stays as it was."""
 
 
 class Problems:
@@ -26,38 +39,19 @@ class Problems:
         if message not in self.found:
             self.found.append(message)
 
+    @contextlib.contextmanager
     def collecting(self):
-        return _Collecting(self)
+        try:
+            yield self
+        except StorageError:  # a failed write is not a problem of the flags
+            raise
+        except ConfigError as e:
+            for line in e.problems:
+                self.add(line)
 
     def raise_any(self) -> None:
         if self.found:
             raise ConfigError("\n".join(self.found))
-
-
-class _Collecting:
-    def __init__(self, problems: Problems) -> None:
-        self.problems = problems
-
-    def __enter__(self) -> Problems:
-        return self.problems
-
-    def __exit__(self, kind, value, tb) -> bool:
-        if isinstance(value, ConfigError) and not isinstance(value, StorageError):
-            for line in value.problems:
-                self.problems.add(line)
-            return True
-        return False
-
-
-class TrialError(RuntimeError):
-    """A trial that cannot go on (out of memory, non-finite loss). Raised inside a Ray Train worker:
-    that trial is marked failed with this message on the leaderboard, and the sweep goes on."""
-
-
-class StorageError(ConfigError):
-    """A write under ``--storage-path`` that failed (no space, no permission, a bad mount): one line
-    naming the path and the fix, exit 2. Every write is a temp file renamed into place, so what was
-    written before stays as it was."""
 
 
 def os_reason(e: OSError) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lorasweep import storage
 from common.errors import ConfigError, Problems
+from common.paths import cache_root
 from lorasweep.recipe import Recipe, ResolvedSweep, SweepOptions
 from search_spaces import SearchSpace, project
 from trainers.config import TrainSettings, check_keys
@@ -213,4 +214,4 @@ def check_with_libraries(space: SearchSpace, settings: TrainSettings) -> None:
 
 
 def assets_cache() -> Path:
-    return Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep")) / "assets"
+    return cache_root() / "assets"

@@ -261,8 +261,9 @@ def _wandb_root(sweep_dir: str, sweep_name: str) -> str:
     """wandb.init's ``dir``: W&B writes into ``<dir>/wandb/``."""
     if not storage.is_remote(sweep_dir):
         return sweep_dir
-    cache = Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep"))
-    return str(cache / "wandb" / sweep_name)
+    from common.paths import cache_root
+
+    return str(cache_root() / "wandb" / sweep_name)
 
 
 def _cell(value):

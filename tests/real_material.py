@@ -23,6 +23,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from common.paths import cache_root as common_cache_root
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = ".lorasweep-complete"  # written last inside the temp dir, so present => folder complete
 VADER_SPEC = "vaderSentiment==3.3.2"
@@ -31,7 +33,7 @@ SENTIMENT_PROMPT = "Classify the sentiment of this movie review as positive or n
 
 def cache_root() -> Path:
     """``$LORASWEEP_CACHE`` or ``~/.cache/lorasweep`` (created on demand)."""
-    root = Path(os.environ.get("LORASWEEP_CACHE") or Path.home() / ".cache" / "lorasweep").expanduser()
+    root = common_cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

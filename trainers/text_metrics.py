@@ -37,6 +37,7 @@ import os
 from dataclasses import dataclass, field
 
 from common.errors import first_line
+from common.paths import cache_root
 from trainers import wordnet_data
 from trainers.squad import squad_exact, squad_f1
 
@@ -151,7 +152,7 @@ def _load_bert_scorer(model: str, layers: int | None, device: str):
         import hashlib
 
         target = os.path.abspath(model)
-        alias = wordnet_data.cache_dir() / "bertscore-models" / hashlib.sha1(target.encode()).hexdigest()[:16]
+        alias = cache_root() / "bertscore-models" / hashlib.sha1(target.encode()).hexdigest()[:16]
         alias.parent.mkdir(parents=True, exist_ok=True)
         if not alias.is_symlink():
             alias.symlink_to(target, target_is_directory=True)

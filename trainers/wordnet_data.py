@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from common.errors import first_line
+from common.paths import cache_root
 
 _LEXNAMES = (  # WordNet 3.0 `lexnames` (lexnames(5WN)): number, name, syntactic category 1-4 (n, v, adj, adv)
     "adj.all 3", "adj.pert 3", "adv.all 4", "noun.Tops 1", "noun.act 1", "noun.animal 1", "noun.artifact 1",
@@ -29,11 +30,6 @@ _POS = ("noun", "verb", "adj", "adv")
 _WORDNET_FILES = tuple(f"{kind}.{pos}" for kind in ("data", "index") for pos in _POS) + tuple(f"{p}.exc" for p in _POS)
 WORDNET_MISSING = ("NLTK's WordNet data is not installed: run `python -m nltk.downloader wordnet` "
                    "or `apt-get install wordnet-base`")
-
-
-def cache_dir() -> Path:
-    """lorasweep's cache folder: ``$LORASWEEP_CACHE``, else ``~/.cache/lorasweep``."""
-    return Path(os.environ.get("LORASWEEP_CACHE") or Path.home() / ".cache" / "lorasweep").expanduser()
 
 
 def _default_wordnet_dirs() -> list[str]:
@@ -172,7 +168,7 @@ def find_wordnet(nltk_data: list[str] | None = None, wordnet_dirs: list[str] | N
             return found
     except Exception as e:  # a corrupt download: say so, and still try the system copy
         problems.append(f"NLTK's WordNet is unreadable ({first_line(e)})")
-    cache = Path(cache) if cache is not None else cache_dir()
+    cache = Path(cache) if cache is not None else cache_root()
     for folder in (Path(d) for d in (_default_wordnet_dirs() if wordnet_dirs is None else wordnet_dirs)):
         if not all((folder / name).is_file() for name in _WORDNET_FILES):
             continue
