@@ -40,9 +40,9 @@ Arms of each task (<runs>/<task>/<arm>/, logs in <runs>/<task>/<arm>.log):
   long_plain  the same config trained as long as a sweep trial may (the sweep's max_tokens), reporting
               as often as a sweep trial; its exported adapter is its best report by eval
   random      --random-n configs drawn at random from the recipe's own space (--searcher random
-              --scheduler none --seed 1), each as long as a sweep trial, best report by eval; every
-              searcher enqueues the recipe's known points first, so they run too but are left out
-              of the random statistics (median, 75th percentile; for a loss its 25th percentile)
+              --scheduler none --seed 1 --no-known-points), each as long as a sweep trial, best report
+              by eval; median and 75th percentile (for a loss its 25th percentile). (Runs before
+              Dec 3 also trained the known points there, left out of these statistics.)
   sweep       the recipe's own space (the smoke preset's narrowed learning-rate range put back), TPE
               from the recipe's known points, ASHA on training tokens, the final round as the
               script defaults; --top-k = trials, so every trial's adapter is exported and scored.
@@ -77,7 +77,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -511,19 +511,22 @@ def arm_args(spec: TaskSpec, common: list[str], audit: dict, plan: dict, trials:
     no_final = if_supported(script, "--final-round", "0")
     no_base = ["--no-baseline"]
     epoch, steps = audit["train_tokens"], audit["steps_per_epoch"]
-    n_seeds = len(recipe_of(spec).search_space.known_points)
+    # The random arm: the searcher's draws alone where the script can leave the known points out.
+    no_known = if_supported(script, "--no-known-points")
+    n_seeds = 0 if no_known else len(recipe_of(spec).search_space.known_points)
     long_ = ["--max-tokens", str(plan["max_tokens"]), "--eval-every", str(plan["eval_every"])]
     return {
         "plain": [*common, "--max-tokens", str(epoch), *plain_space(spec), "--num-samples", "1", "--scheduler", "none",
                   "--max-concurrent", "1", "--top-k", "1", "--eval-every", str(10 * steps), *no_final],
-        "long_plain": [*common, *long_, *plain_space(spec), "--num-samples", "1", "--scheduler", "none",
-                       "--max-concurrent", "1", "--top-k", "1", *no_final, *no_base],
-        "random": [*common, *long_, *recipe_lr(spec), "--searcher", "random", "--scheduler", "none", "--seed", "1",
-                   "--num-samples", str(random_n + n_seeds), "--max-concurrent", "2",
-                   "--top-k", str(random_n + n_seeds), *no_final, *no_base],
         "sweep": [*common, *long_, *recipe_lr(spec), "--searcher", "tpe", "--scheduler", "asha",
                   "--grace-tokens", str(plan["grace_tokens"]), "--reduction-factor", str(plan["reduction_factor"]),
                   "--num-samples", str(trials), "--max-concurrent", "2", "--top-k", str(trials), *no_base],
+        "long_plain": [*common, *long_, *plain_space(spec), "--num-samples", "1", "--scheduler", "none",
+                       "--max-concurrent", "1", "--top-k", "1", *no_final, *no_base],
+        "random": [*common, *long_, *recipe_lr(spec), *no_known, "--searcher", "random", "--scheduler", "none",
+                   "--seed", "1",
+                   "--num-samples", str(random_n + n_seeds), "--max-concurrent", "2",
+                   "--top-k", str(random_n + n_seeds), *no_final, *no_base],
     }
 
 
@@ -538,10 +541,13 @@ def run_task(spec: TaskSpec, root: Path, quick: bool, trials: int | None, random
           f"sweep: {trials} trials, cap {plan['cap_epochs']} epochs, ASHA factor {plan['reduction_factor']}, "
           f"first rung {plan['grace_tokens']:,} tokens, report every {plan['eval_every']} steps "
           f"(simulated: {plan['expected_epochs']} epochs of tokens)", flush=True)
-    arms = {name: run_arm(spec.script, name, args, runs)
-            for name, args in arm_args(spec, common, audit, plan, trials, random_n).items()}
     cache = ScoreCache(runs / "scores.json")
-    scored = {name: score_arm(spec, runs, name, cache) for name in arms}
+    arms, scored = {}, {}
+    for name, args in arm_args(spec, common, audit, plan, trials, random_n).items():  # each scored as it ends,
+        arms[name] = run_arm(spec.script, name, args, runs)                          # so a cut run still says
+        scored[name] = score_arm(spec, runs, name, cache)                            # plain vs sweep
+        best = next(t for t in scored[name] if t["rank"] == 1)["test"][spec.metric]
+        print(f"   {name}: test {spec.metric} {best:.4f} (rank 1 of {len(scored[name])})", flush=True)
     base = base_score(spec, runs, cache)
     return summarize(spec, audit, plan, trials, arms, scored, base)
 

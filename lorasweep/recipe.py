@@ -104,6 +104,7 @@ class SweepOptions:
                                                      "from trial to trial; trials of several workers always use Ray Train)"})
     autoscale: bool = field(default=False, metadata={"help": "the cluster adds nodes on demand (ray up, min_workers 0): skip the check that a node fits a worker"})
     dashboard_host: str = field(default="127.0.0.1", metadata={"help": "where a local Ray's dashboard listens (127.0.0.1: this machine only)"})
+    known_points: bool = field(default=True, metadata={"help": "start the search at the recipe's known-good points (--no-known-points: the searcher's own draws only, e.g. to see what guessing gets)"})
     warm_start_from: str = field(default="", metadata={"help": "a finished sweep's folder: its finished trials that fit this space seed the study (not run again); the space, model or data may differ"})
     optuna_storage: str = field(default="", metadata={"help": "the Optuna study's database, any SQLAlchemy URL (postgresql://... for several drivers); default: sqlite in the sweep's folder (local storage), in memory on s3:// or gs://"})
     wandb_project: str | None = field(default=None, metadata={"help": "log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)"})

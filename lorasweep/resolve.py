@@ -107,6 +107,8 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
     task = get_task(settings.task)
 
     space = recipe.search_space
+    if not options.known_points:
+        space = dataclasses.replace(space, known_points=(), moved=())
     if options.alpha_mode not in ("free", "ratio"):
         problems.add(f"`--alpha-mode` is {options.alpha_mode!r}; choose free or ratio")
     if options.alpha_mode == "ratio":

@@ -136,6 +136,16 @@ def test_tpe_models_from_a_third_of_a_small_sweep_not_after_ten_random_trials():
     assert tpe[:2] == rand[:2] and tpe[2] != rand[2]
 
 
+def test_no_known_points_leaves_the_search_to_the_searcher():
+    from lorasweep.tuner import tpe_startup
+
+    assert len(_sweep().space.known_points) == 2
+    sweep = _sweep("--no-known-points", "--space", "learning_rate=1e-4:5e-4")
+    assert sweep.space.known_points == () and sweep.space.moved == ()
+    assert sweep.space.known_point_label({"learning_rate": 2e-4}) == ""
+    assert tpe_startup(6, len(sweep.space.known_points)) == 2  # a third of the trials, none of them given
+
+
 def test_a_seed_moved_by_a_narrowed_space_is_labelled_with_what_moved():
     space = _sweep("--space", "learning_rate=1e-4:5e-4").space
     first, second = space.known_points
