@@ -43,7 +43,7 @@ REPLY_END = "<|im_end|>"
 # checks it; here it re-scores with generation).
 INSTRUCT_ARGS = [
     "--preset", "smoke", "--quantization", "4bit", "--num-samples", "1", "--scheduler", "none", "--shots", "0",
-    "--max-seq-length", "160", "--max-tokens", "12000", "--eval-every", "25", "--per-device-batch-size", "4",
+    "--max-seq-length", "160", "--max-tokens", "6000", "--eval-every", "25", "--per-device-batch-size", "4",
     "--gradient-accumulation-steps", "1", "--gen-eval-rows", "8", "--cpus-per-worker", "1", "--max-concurrent", "1",
     "--final-round", "0",
 ]
@@ -192,7 +192,7 @@ def test_real_chatml_labels_are_exactly_reply_plus_im_end(tokenizer, sentiment_j
 def test_instruction_recipe_on_smollm2_in_4bit(instruct_sweep, smollm2):
     rows, meta = instruct_sweep["rows"], instruct_sweep["meta"]
     assert len(rows) == 1 and rows[0]["status"] == "completed", rows
-    assert int(rows[0]["tokens_seen"]) >= 12000  # the trial spent its token budget
+    assert int(rows[0]["tokens_seen"]) >= 6000  # the trial spent its token budget
     assert meta["settings"]["family"] == "llama" and meta["settings"]["task"] == "instruct_classification"
     assert meta["settings"]["quantization"] == "4bit" and meta["objective"] == "f1"
     cfg = json.loads((instruct_sweep["rank_1"] / "adapter_config.json").read_text())

@@ -16,11 +16,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 # Extractive QA over real review sentences (``sweeps/llama_squad.py --model``): full precision (the
 # 4-bit path on this model is the instruction recipe's), the recipe's known point (lr 2e-4), one trial.
-QA_ROWS = 200  # smoke splits: 10% test (20 questions), 5% eval (10), 170 to train on (16k tokens: ~90 seen)
+QA_ROWS = 200  # smoke splits: 10% test (20 questions), 5% eval (10), 170 to train on (16k tokens: ~half seen)
 QA_ARGS = [
     "--preset", "smoke", "--quantization", "none", "--num-samples", "1", "--scheduler", "none", "--shots", "0",
     "--space", "learning_rate=1e-4:1e-3", "--max-seq-length", "256", "--max-new-tokens", "48",
-    "--max-tokens", "16000", "--eval-every", "25", "--per-device-batch-size", "4", "--gradient-accumulation-steps", "1",
+    "--max-tokens", "8000", "--eval-every", "25", "--per-device-batch-size", "4", "--gradient-accumulation-steps", "1",
     "--gen-eval-rows", "5", "--cpus-per-worker", "1", "--max-concurrent", "1", "--samples", "4", "--final-round", "0",
 ]
 
