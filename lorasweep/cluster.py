@@ -121,6 +121,7 @@ def concurrency(options: SweepOptions, res: Resources, cluster: dict) -> int:
     node, which would cap the sweep at one trial at a time)."""
     from lorasweep.preflight import worker_slots
 
+    wanted = min(options.max_concurrent, options.num_samples)
     if options.autoscale:
-        return options.max_concurrent
-    return max(1, min(options.max_concurrent, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))
+        return wanted
+    return max(1, min(wanted, sum(worker_slots(n, res) for n in cluster["nodes"]) // res.workers))

@@ -67,6 +67,8 @@ def test_concurrency_counts_worker_slots_node_by_node():
     assert concurrency(SweepOptions(name="x", max_concurrent=8), two_gpu_workers, cluster(gpu_node(3), gpu_node(3))) == 2
     assert concurrency(SweepOptions(name="x", max_concurrent=8), res(2, 1), cluster(gpu_node(4), gpu_node(4))) == 4
     assert concurrency(SweepOptions(name="x", max_concurrent=3), res(1, 1), cluster(gpu_node(4), gpu_node(4))) == 3
+    # never more at once than there are trials (the start line, the cost estimate)
+    assert concurrency(SweepOptions(name="x", max_concurrent=8, num_samples=1), res(1, 1), cluster(gpu_node(4))) == 1
 
 
 # ----------------------------------------------------------------------------- an autoscaling cluster
