@@ -55,16 +55,17 @@ def estimate(sweep, inputs, res, cluster: dict, at_once: int) -> list[str]:
     """What the dry run prints about cost: tokens, steps, GPU-hours (a FLOP count at an assumed
     MFU, plus start-up per trial) and wall time at the cluster's concurrency. ``inputs`` is
     ``preflight.check_inputs``'s: the data audit and the model's parameter count."""
-    s, o = sweep.settings, sweep.options
-    n = o.num_samples
-    per_trial = expected_tokens(s, o)
-    lines = [f"budget: {n} trials x {s.max_tokens:,} training tokens = {n * s.max_tokens:,} tokens at most; "
-             f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if o.scheduler == "asha" else "")]
+    settings, options = sweep.settings, sweep.options
+    n = options.num_samples
+    per_trial = expected_tokens(settings, options)
+    cap = settings.max_tokens
+    lines = [f"budget: {n} trials x {cap:,} training tokens = {n * cap:,} tokens at most; "
+             f"~{n * per_trial:,.0f} expected" + (" with ASHA's early stops" if options.scheduler == "asha" else "")]
     data = inputs.data or {}
-    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res.workers
+    rows_per_step = settings.per_device_batch_size * settings.gradient_accumulation_steps * res.workers
     if data.get("tokens_per_example"):
-        unpacked = s.max_tokens / (data["tokens_per_example"] * rows_per_step)
-        packed = s.max_tokens / (0.95 * s.max_seq_length * rows_per_step)  # best-fit fills rows ~95%
+        unpacked = settings.max_tokens / (data["tokens_per_example"] * rows_per_step)
+        packed = settings.max_tokens / (0.95 * settings.max_seq_length * rows_per_step)  # best-fit fills rows ~95%
         lines.append(f"steps per trial: ~{math.ceil(unpacked)} unpacked, ~{math.ceil(packed)} packed "
                      f"({rows_per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
     if res.gpus <= 0:
@@ -78,14 +79,15 @@ def estimate(sweep, inputs, res, cluster: dict, at_once: int) -> list[str]:
     # Per token: forward 2N, backward through the frozen base for activation gradients 2N (LoRA's
     # own weight gradients are negligible), recomputed forward 2N with gradient checkpointing.
     n_params = inputs.num_parameters
-    flops_per_token = (6 if s.gradient_checkpointing else 4) * n_params
-    evals = per_trial / (data.get("tokens_per_example") or s.max_seq_length) / rows_per_step / s.eval_every
+    flops_per_token = (6 if settings.gradient_checkpointing else 4) * n_params
+    evals = per_trial / (data.get("tokens_per_example") or settings.max_seq_length) / rows_per_step / settings.eval_every
     trial_flops = per_trial * flops_per_token + evals * data.get("eval_tokens", 0) * 2 * n_params
-    gpu_s_compute = trial_flops / (PEAK_TFLOPS[gpu] * 1e12 * MFU[s.quantization])  # on one whole GPU
+    gpu_s_compute = trial_flops / (PEAK_TFLOPS[gpu] * 1e12 * MFU[settings.quantization])  # on one whole GPU
     gpus_per_trial = res.workers * res.gpus
     gpu_h = n * (gpu_s_compute + TRIAL_OVERHEAD_S * gpus_per_trial) / 3600
     wall_h = math.ceil(n / max(1, at_once)) * (gpu_s_compute / gpus_per_trial + TRIAL_OVERHEAD_S) / 3600
     lines.append(f"GPU-hours: ~{gpu_h:.2f} ({n_params / 1e9:.2f}B params x {flops_per_token // n_params} FLOP/token, "
-                 f"{gpu} at {MFU[s.quantization]:.0%} of {PEAK_TFLOPS[gpu]} TFLOP/s, +{TRIAL_OVERHEAD_S}s start-up "
+                 f"{gpu} at {MFU[settings.quantization]:.0%} of {PEAK_TFLOPS[gpu]} TFLOP/s, "
+                 f"+{TRIAL_OVERHEAD_S}s start-up "
                  f"per trial); wall time ~{wall_h:.1f} h at {at_once} trial(s) at once")
     return lines

@@ -93,11 +93,11 @@ def trains_in_trial_process(sweep: "ResolvedSweep", res: Resources) -> bool:
 
     if res.workers != 1 or sweep.options.ray_train:
         return False
-    s = sweep.settings
+    settings = sweep.settings
     # what pick_precision gives a worker: a GPU's half precision (bf16 or fp16: the same to for_workers)
-    precision = s.precision if s.precision != "auto" else ("bf16" if res.gpus > 0 else "fp32")
-    methods = {s.method, *getattr(sweep.space.params.get("method"), "values", ())}
-    return all(for_workers(dataclasses.replace(s, method=m), 1, precision)[0].zero_stage == 0 for m in methods)
+    precision = settings.precision if settings.precision != "auto" else ("bf16" if res.gpus > 0 else "fp32")
+    methods = {settings.method, *getattr(sweep.space.params.get("method"), "values", ())}
+    return all(for_workers(dataclasses.replace(settings, method=m), 1, precision)[0].zero_stage == 0 for m in methods)
 
 
 def _gpus_from_node_types(node_types: dict[str, dict] | None) -> float:

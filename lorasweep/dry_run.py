@@ -13,28 +13,29 @@ def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, 
     the full resolved config (JSON) only with --verbose."""
     from lorasweep.budget import estimate
 
-    s, o, space = sweep.settings, sweep.options, sweep.space
-    where = ("this machine, Ray not started" if not o.address else f"the cluster at {o.address}")
+    settings, options, space = sweep.settings, sweep.options, sweep.space
+    where = ("this machine, Ray not started" if not options.address else f"the cluster at {options.address}")
     lines = [f"dry run of {sweep.recipe.name} (preset {sweep.preset}) on {where}: nothing is trained or written",
-             f"sweep: {o.name} -> {sweep.sweep_dir}; {o.num_samples} trials, {len(space.known_points)} known point(s) first, "
-             f"{o.searcher}{' + ASHA' if o.scheduler == 'asha' else ''} on {', '.join(sweep.objectives)} "
-             f"({space.mode})" + (f", ASHA pruning on {o.prune_metric}" if o.scheduler == "asha"
-                                  and o.prune_metric != space.metric else "")
-             + (f"; final round: top {o.final_round} on eval + validation rows" if o.final_round else ""),
+             f"sweep: {options.name} -> {sweep.sweep_dir}; {options.num_samples} trials, "
+             f"{len(space.known_points)} known point(s) first, "
+             f"{options.searcher}{' + ASHA' if options.scheduler == 'asha' else ''} on {', '.join(sweep.objectives)} "
+             f"({space.mode})" + (f", ASHA pruning on {options.prune_metric}" if options.scheduler == "asha"
+                                  and options.prune_metric != space.metric else "")
+             + (f"; final round: top {options.final_round} on eval + validation rows" if options.final_round else ""),
              "space: " + "; ".join(space.describe()),
-             f"model: {s.model} ({model_line(sweep, inputs, res)})"]
+             f"model: {settings.model} ({model_line(sweep, inputs, res)})"]
     if inputs.data:
         from lorasweep.selection import sweep_noise_lines
 
         lines.append(data_line(inputs.data))
         lines += sweep_noise_lines(sweep, inputs.data)
     lines.append(f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
-                 f"{at_once} trial(s) at once on {'this machine' if not o.address else 'this cluster'} "
+                 f"{at_once} trial(s) at once on {'this machine' if not options.address else 'this cluster'} "
                  f"({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, {len(cluster['nodes'])} node(s))")
     lines += estimate(sweep, inputs, res, cluster, at_once)
     if res.gpus <= 0:
         lines += cpu_wall_time(sweep, inputs, res, at_once)
-    if o.verbose:
+    if options.verbose:
         lines += ["resolved config:", json.dumps(sweep.summary(), indent=2, default=str)]
     else:
         lines.append("(--verbose adds the full resolved config; a sweep writes it to sweep.yaml, a sweep file that reruns it)")
@@ -64,19 +65,21 @@ def cpu_wall_time(sweep: ResolvedSweep, inputs, res: Resources, at_once: int) ->
 
 def model_line(sweep: ResolvedSweep, inputs, res: Resources) -> str:
     """``llama, 0.13M params, 4-bit QLoRA (...) on the CPU, fp32``: what each trial loads, and how."""
-    s = sweep.settings
+    settings = sweep.settings
     params = inputs.parameters()
-    parts = [s.family or "family from its config"]
+    parts = [settings.family or "family from its config"]
     if params:
         parts.append(f"{params / 1e9:.2f}B params" if params >= 1e8 else f"{params / 1e6:.2f}M params")
     bits = {"4bit": "4-bit QLoRA (bitsandbytes NF4, double quant)", "8bit": "8-bit (bitsandbytes LLM.int8)"}
-    if s.quantization in bits:
+    if settings.quantization in bits:
         # bitsandbytes >= 0.49 quantises and trains on the CPU too (tests/test_families.py does, on 2 cores)
-        parts.append(bits[s.quantization] + (" on the CPU: bitsandbytes runs it without CUDA" if res.gpus <= 0 else ""))
-    elif s.method == "full":
+        cpu = " on the CPU: bitsandbytes runs it without CUDA" if res.gpus <= 0 else ""
+        parts.append(bits[settings.quantization] + cpu)
+    elif settings.method == "full":
         parts.append("full fine-tune")
-    precision = s.precision if s.precision != "auto" else ("bf16 (fp16 on GPUs without it)" if res.gpus > 0 else "fp32")
-    parts.append(f"{s.method}, {precision}")
+    auto = "bf16 (fp16 on GPUs without it)" if res.gpus > 0 else "fp32"
+    precision = settings.precision if settings.precision != "auto" else auto
+    parts.append(f"{settings.method}, {precision}")
     return ", ".join(parts)
 
 

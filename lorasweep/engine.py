@@ -41,31 +41,31 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    o = sweep.options
-    if inputs.data and not o.dry_run:
+    options = sweep.options
+    if inputs.data and not options.dry_run:
         log.say(f"{data_line(inputs.data)}")
         for line in selection.sweep_noise_lines(sweep, inputs.data):
             log.say(f"{line}")
     started = False
     try:
-        if o.dry_run and not o.address:
+        if options.dry_run and not options.address:
             # Nothing to ask a cluster: this machine's CPUs and GPUs are what a local Ray would offer.
             cluster = preflight.local_cluster()
         else:
-            init_ray(o)
-            if not o.dry_run:
-                log.say(dashboard.line(o.address))
+            init_ray(options)
+            if not options.dry_run:
+                log.say(dashboard.line(options.address))
             cluster = cluster_resources()
-        if o.autoscale:
+        if options.autoscale:
             cluster = preflight.with_addable_node_types(cluster)
-        res = trial_resources(o, cluster, sweep)
-        preflight.check_cluster(o, res, cluster)
+        res = trial_resources(options, cluster, sweep)
+        preflight.check_cluster(options, res, cluster)
         preflight.check_paths_on_nodes(sweep, res)
-        n = concurrency(o, res, cluster)
-        if o.dry_run:
+        n = concurrency(options, res, cluster)
+        if options.dry_run:
             print(dry_run_report(sweep, inputs, res, cluster, n))
             return 0
-        if o.optuna_storage:  # a URL the user gave: refused here, before any trial
+        if options.optuna_storage:  # a URL the user gave: refused here, before any trial
             optuna_storage(sweep)
         write_start(sweep, inputs)
         started = True

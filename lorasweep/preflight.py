@@ -130,12 +130,12 @@ def check_inputs(sweep) -> Inputs:
     from trainers.families import get_family
     from trainers.tasks import get_task
 
-    s, o = sweep.settings, sweep.options
-    task = get_task(s.task)
-    if s.family:
-        get_family(s.family)  # a typo is refused before anything is read
-    s.dataset = check_dataset_path(s.dataset)
-    inputs = Inputs(created=_check_storage(o))
+    settings, options = sweep.settings, sweep.options
+    task = get_task(settings.task)
+    if settings.family:
+        get_family(settings.family)  # a typo is refused before anything is read
+    settings.dataset = check_dataset_path(settings.dataset)
+    inputs = Inputs(created=_check_storage(options))
     try:
         _check_trial_inputs(sweep, inputs, task)
     except BaseException:
@@ -147,22 +147,23 @@ def check_inputs(sweep) -> Inputs:
 def _check_trial_inputs(sweep, inputs: Inputs, task) -> None:
     from trainers.families import resolve_family
 
-    s = sweep.settings
-    check_pairings(s)  # cheap: before reading the model and the data
-    inputs.model_config = read_model_config(s.model)
-    if _is_local(s.model):
-        s.model = str(Path(os.path.expanduser(s.model)).resolve())
+    settings = sweep.settings
+    check_pairings(settings)  # cheap: before reading the model and the data
+    inputs.model_config = read_model_config(settings.model)
+    if _is_local(settings.model):
+        settings.model = str(Path(os.path.expanduser(settings.model)).resolve())
     if inputs.model_config is None:  # only a Hub id out of reach gets here (a bad folder raised)
         log.warn("the data is not audited either (the tokenizer comes from the model)")
         return
-    family = resolve_family(s, inputs.model_config)
-    task.check(s, family)
-    s.family = family.name if not family.generic else ""
+    family = resolve_family(settings, inputs.model_config)
+    task.check(settings, family)
+    settings.family = family.name if not family.generic else ""
     limit = max_positions(inputs.model_config)
-    if limit is not None and s.max_seq_length > limit:
-        raise ConfigError(f"`max_seq_length` is {s.max_seq_length} but `model` {s.model!r} takes at most {limit} "
+    if limit is not None and settings.max_seq_length > limit:
+        raise ConfigError(f"`max_seq_length` is {settings.max_seq_length} but `model` {settings.model!r} "
+                          f"takes at most {limit} "
                           f"positions; pass --max-seq-length {limit} or less")
-    inputs.data = task.audit(s)
+    inputs.data = task.audit(settings)
 
 
 # QLoRA under ZeRO-3 needs 4-bit weights stored as the compute dtype so ZeRO can partition them
@@ -203,20 +204,20 @@ def check_pairings(settings) -> None:
                           "upgrade them or use --zero-stage 2")
 
 
-def _check_storage(o) -> list[str]:
+def _check_storage(options) -> list[str]:
     """A local ``--storage-path`` is checked by writing to it: the sweep folder is made here (a
     permission bit says nothing about /proc, a read-only mount or a full disk). Returns the folders
     made, outermost first, for ``remove_created``. A URI is left to its filesystem."""
-    if storage.is_remote(o.storage_path):
+    if storage.is_remote(options.storage_path):
         return []
-    root = Path(o.storage_path)
-    sweep_dir = root / o.name
+    root = Path(options.storage_path)
+    sweep_dir = root / options.name
     exists = sweep_dir.is_dir() and any(sweep_dir.iterdir())  # an empty folder holds nothing to lose
-    if exists and not o.resume and not o.dry_run:
-        raise ConfigError(f"sweep `--name {o.name}` already exists in {root}; pass --resume to continue it "
+    if exists and not options.resume and not options.dry_run:
+        raise ConfigError(f"sweep `--name {options.name}` already exists in {root}; pass --resume to continue it "
                           "or a new --name (nothing was changed)")
-    if o.resume and not (sweep_dir / "tuner.pkl").exists():
-        raise ConfigError(f"`--resume`: no sweep named {o.name!r} in {root} (no tuner.pkl); check --name and --storage-path")
+    if options.resume and not (sweep_dir / "tuner.pkl").exists():
+        raise ConfigError(f"`--resume`: no sweep named {options.name!r} in {root} (no tuner.pkl); check --name and --storage-path")
     made = [str(p) for p in (sweep_dir, *sweep_dir.parents) if not os.path.lexists(p)][::-1]
     try:
         os.makedirs(sweep_dir, exist_ok=True)
@@ -224,7 +225,7 @@ def _check_storage(o) -> list[str]:
             pass
     except OSError as e:
         remove_created(made)
-        raise ConfigError(f"`--storage-path` {o.storage_path!r} is not writable ({os_reason(e)}); pick a folder "
+        raise ConfigError(f"`--storage-path` {options.storage_path!r} is not writable ({os_reason(e)}); pick a folder "
                           "you can write") from None
     return made
 
@@ -389,12 +390,13 @@ def check_paths_on_nodes(sweep, res) -> None:
     for a Hub id. Nodes the autoscaler has yet to add cannot be asked: a warning says so."""
     import ray
 
-    s, o = sweep.settings, sweep.options
-    fields = {name: path for name, path in (("dataset", s.dataset), ("model", s.model)) if os.path.isabs(path)}
-    if not o.address or not fields:
+    settings, options = sweep.settings, sweep.options
+    fields = {name: path for name, path in (("dataset", settings.dataset), ("model", settings.model))
+              if os.path.isabs(path)}
+    if not options.address or not fields:
         return
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    if o.autoscale:
+    if options.autoscale:
         log.warn(f"{' and '.join(f'`{k}` {p!r}' for k, p in fields.items())}: a local path, which the nodes --autoscale "
               "adds must see at the same path (a shared filesystem, or cluster.yaml file_mounts); or upload it "
               "(s3://, gs:// or the Hub)")

@@ -189,10 +189,10 @@ def wall_time_s(sweep, inputs, res, at_once: int, probe: Probe) -> dict[str, flo
     from lorasweep.extra_runs import wants_baseline
     from lorasweep.budget import expected_tokens
 
-    s, o = sweep.settings, sweep.options
-    n = o.num_samples
+    settings, options = sweep.settings, sweep.options
+    n = options.num_samples
     slots = max(1, min(at_once, n))
-    per_trial = expected_tokens(s, o)
+    per_trial = expected_tokens(settings, options)
     # Training: the expected tokens at each packing's rate; a searched packing is drawn half the time,
     # so the seconds (not the rates) average: 30k tokens at 15k and 20k tokens/s = (2.0 + 1.5) / 2 = 1.75 s.
     train_s = sum(per_trial / rate for rate in probe.tokens_per_s.values()) / len(probe.tokens_per_s)
@@ -201,9 +201,9 @@ def wall_time_s(sweep, inputs, res, at_once: int, probe: Probe) -> dict[str, flo
     # tokens per example: 10 x 8 x 46 = 3,680 tokens -> 30k expected tokens = 9 reports (the last at
     # the budget's end or at the ASHA rung the trial stops at).
     data = inputs.data or {}
-    tokens_per_example = data.get("tokens_per_example") or s.max_seq_length
-    rows_per_step = s.per_device_batch_size * s.gradient_accumulation_steps * res.workers
-    reports = math.ceil(per_trial / (s.eval_every * rows_per_step * tokens_per_example))
+    tokens_per_example = data.get("tokens_per_example") or settings.max_seq_length
+    rows_per_step = settings.per_device_batch_size * settings.gradient_accumulation_steps * res.workers
+    reports = math.ceil(per_trial / (settings.eval_every * rows_per_step * tokens_per_example))
     trial_s = train_s + reports * probe.eval_s
     # Start-up: the `slots` first trials each start a process and load cold, all at once (so it counts
     # once in wall time); a later one reuses its slot's process (~0.5 s), or through Ray Train starts
@@ -234,8 +234,8 @@ def wall_time_lines(sweep, inputs, res, at_once: int, probe: Probe) -> list[str]
     threads = f"{probe.threads} thread{'s' if probe.threads > 1 else ''}"
     mixed = " (half packed)" if len(probe.tokens_per_s) > 1 else ""
     baseline = f" + {w['baseline_s']:.0f} s baseline scoring" if w["baseline_s"] else ""
-    o = sweep.options
-    skipped = [flag for flag, on in (("--repeats", o.repeats), ("--finalize", o.finalize)) if on]
+    options = sweep.options
+    skipped = [flag for flag, on in (("--repeats", options.repeats), ("--finalize", options.finalize)) if on]
     return [
         f"wall time on this machine: ~{_fmt_time(w['total'])} (probe: {probe.steps} steps each, {rates} per trial "
         f"at {threads}; one eval {probe.eval_s:.1f} s; start-up {probe.setup_s:.1f} s)",

@@ -137,8 +137,9 @@ def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = Tr
               f"retry with: python -m lorasweep.report {sweep.sweep_dir}")
     if not summary_run:
         return
-    o = sweep.options
-    log_summary(o.wandb_project, o.name, sweep.sweep_dir, rows, list(sweep.space.params), exported, sweep.summary(),
-                o.wandb_entity, metric=sweep.space.metric, figures=figs,
+    options = sweep.options
+    log_summary(options.wandb_project, options.name, sweep.sweep_dir, rows, list(sweep.space.params), exported,
+                sweep.summary(),
+                options.wandb_entity, metric=sweep.space.metric, figures=figs,
                 report_html=html_path if html_path and not storage.is_remote(html_path) else None,
                 baseline=data.baseline if data is not None else None)

@@ -284,24 +284,25 @@ def dump(sweep) -> str:
 
     from lorasweep.versions import versions
 
-    o, s = sweep.options, sweep.settings
+    options, settings = sweep.options, sweep.settings
     ref = sweep.recipe_ref or sweep.recipe.name
     folder = sweep.sweep_dir
     lines = [
-        f"# lorasweep sweep file, written by the sweep {o.name!r} on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"# rerun it:   lorasweep run --config {folder}/sweep.yaml --name {o.name}-2",
+        f"# lorasweep sweep file, written by the sweep {options.name!r} on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"# rerun it:   lorasweep run --config {folder}/sweep.yaml --name {options.name}-2",
         f"# resume it:  lorasweep run --config {folder}/sweep.yaml --resume",
         "# " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         f"recipe: {_flow(ref)}",
         f"preset: {_flow(sweep.preset)}",
         f"sweep:  # the driver's options (--num-samples, ...; `lorasweep run {sweep.recipe.name} --help`)",
     ]
-    for f in dataclasses.fields(o):
+    for f in dataclasses.fields(options):
         if f.name not in NOT_WRITTEN:
-            lines.append(f"  {f.name}: {_flow(getattr(o, f.name))}")
+            lines.append(f"  {f.name}: {_flow(getattr(options, f.name))}")
     lines.append("train:  # what each trial trains with (TrainSettings: --max-tokens, ...)")
-    for f in dataclasses.fields(s):
-        value = getattr(s, f.name)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
         if f.name in sweep.from_assets:
             lines.append(f"  # {f.name}: {_flow(value)}  (built offline by the {sweep.preset} preset; uncomment to pin it)")
         else:

@@ -96,9 +96,9 @@ def optuna_url(sweep: ResolvedSweep) -> str:
     """Where the Optuna study lives: ``--optuna-storage``, else SQLite in a local sweep's folder
     (``optuna-dashboard sqlite:///runs/<name>/optuna.db`` shows it), else "" (in memory: SQLite
     cannot live in a bucket; Tune's searcher checkpoint still keeps the study for --resume)."""
-    o = sweep.options
-    if o.optuna_storage:
-        return o.optuna_storage
+    options = sweep.options
+    if options.optuna_storage:
+        return options.optuna_storage
     if storage.is_remote(sweep.sweep_dir):
         return ""
     return f"sqlite:///{os.path.abspath(storage.join(sweep.sweep_dir, 'optuna.db'))}"
@@ -167,10 +167,10 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     from lorasweep.tracking import tune_callbacks
     from trainers.tasks import metric_mode
 
-    o, s, space = sweep.options, sweep.settings, sweep.space
-    param_space = TrialConfig(s, resources=res, train_storage=storage.join(sweep.sweep_dir, "train_runs"),
+    options, settings, space = sweep.options, sweep.settings, sweep.space
+    param_space = TrialConfig(settings, resources=res, train_storage=storage.join(sweep.sweep_dir, "train_runs"),
                               objective=space.metric).to_tune(space.to_tune())
-    optuna_sampler = sampler(o.searcher, space, o.seed, o.num_samples)
+    optuna_sampler = sampler(options.searcher, space, options.seed, options.num_samples)
     study_storage = optuna_storage(sweep)
     # Two objectives: Optuna's multi-objective study (TPE/NSGA-style samplers see both), while ASHA
     # and the checkpoints Tune keeps go by the first, the quality one.
@@ -190,19 +190,21 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
         searcher = BasicVariantGenerator(points_to_evaluate=[dict(p) for p in repeat_points])
     else:
         searcher = search_cls(**goal, points_to_evaluate=[dict(p) for p in space.known_points],
-                                **({"storage": study_storage, "study_name": o.name} if study_storage is not None else {}),
+                                **({"storage": study_storage, "study_name": options.name}
+                                   if study_storage is not None else {}),
                                 sampler=optuna_sampler)
     rungs = []
-    if o.scheduler == "asha" and repeat_points is None:
+    if options.scheduler == "asha" and repeat_points is None:
         # Rungs on training tokens: e.g. max 2M tokens, grace 250k, factor 3 -> rungs at
         # 250k and 750k; a trial continues past a rung only in the top third of its peers.
         # It prunes on --prune-metric (eval loss by default: smooth, where F1 on the eval rows moves
         # in one-row steps) and judges a rung only once enough trials reached it (scheduling.py).
-        grace = asha_grace(s.max_tokens, o.grace_tokens)
-        scheduler = JudgedASHA(time_attr="tokens_seen", metric=o.prune_metric, mode=metric_mode(o.prune_metric),
-                               max_t=s.max_tokens, grace_period=grace, reduction_factor=o.reduction_factor,
-                               min_results=o.rung_min_results)
-        rungs = asha_rungs(s.max_tokens, grace, o.reduction_factor)
+        grace = asha_grace(settings.max_tokens, options.grace_tokens)
+        scheduler = JudgedASHA(time_attr="tokens_seen", metric=options.prune_metric,
+                               mode=metric_mode(options.prune_metric),
+                               max_t=settings.max_tokens, grace_period=grace, reduction_factor=options.reduction_factor,
+                               min_results=options.rung_min_results)
+        rungs = asha_rungs(settings.max_tokens, grace, options.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     # A trial that trains in its own process asks for what its one worker would have.
@@ -220,7 +222,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     own = multi or isinstance(scheduler, JudgedASHA)
     tune_config = tune.TuneConfig(metric=None if own else space.metric, mode=None if own else space.mode,
                                   search_alg=searcher, scheduler=scheduler,
-                                  num_samples=o.num_samples if repeat_points is None else len(repeat_points),
+                                  num_samples=options.num_samples if repeat_points is None else len(repeat_points),
                                   max_concurrent_trials=max_concurrent,
                                   # the next trial starts in a finished one's process: torch, Transformers,
                                   # the CUDA context and the data cache are already there
@@ -230,35 +232,37 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     # trial's stdout/stderr in its folder. Tune snapshots its state at every checkpoint (num_to_keep
     # is set) and warns about it each time: that is the cost of resuming exactly, not news.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not o.verbose:
+    if not options.verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new one prints its boxes even at verbose=0
         os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the console's failure line names error.txt
         # "The `on_trial_result` operation took 0.6 s" (W&B's queue on a busy driver) and "Trials did
         # not complete: [...]" (the failure lines said it, with the reasons)
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
         logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
-    console = [] if o.verbose else [Console(list(space.params), space.metric, space.mode, rungs,
-                                            prune_metric=o.prune_metric if rungs else "")]
-    name = o.name if repeat_points is None else f"{o.name}-{suffix}"
-    run_config = tune.RunConfig(name=name, storage_path=o.storage_path, verbose=1 if o.verbose else 0, stop=stop,
+    console = [] if options.verbose else [Console(list(space.params), space.metric, space.mode, rungs,
+                                                  prune_metric=options.prune_metric if rungs else "")]
+    name = options.name if repeat_points is None else f"{options.name}-{suffix}"
+    run_config = tune.RunConfig(name=name, storage_path=options.storage_path, verbose=1 if options.verbose else 0,
+                                stop=stop,
                                 # a trial's stdout/stderr: written in its working dir on its node, then
                                 # synced into its folder under --storage-path with its checkpoints
-                                log_to_file=not o.verbose, sync_config=tune.SyncConfig(sync_artifacts=True),
+                                log_to_file=not options.verbose, sync_config=tune.SyncConfig(sync_artifacts=True),
                                 # The trial function itself may sit on a node that goes: Tune then runs it
                                 # again, and its TorchTrainer (same name and storage) resumes from the
                                 # trial's last checkpoint, as a worker-group restart does. A trial in its
                                 # own process resumes from its last Tune checkpoint the same way. Like Ray
                                 # Train, Tune does not count a preempted node against max_failures.
-                                failure_config=tune.FailureConfig(max_failures=o.trial_retries),
+                                failure_config=tune.FailureConfig(max_failures=options.trial_retries),
                                 # Used by trials in their own process (Ray Train keeps its own): the best
                                 # two by the objective, and always the latest (what a restart resumes).
                                 checkpoint_config=tune.CheckpointConfig(
                                     num_to_keep=2, checkpoint_score_attribute=space.metric,
                                     checkpoint_score_order=space.mode),
-                                callbacks=[*console, *tune_callbacks(o.wandb_project, o.name, sweep.sweep_dir, o.wandb_entity),
+                                callbacks=[*console, *tune_callbacks(options.wandb_project, options.name,
+                                                                     sweep.sweep_dir, options.wandb_entity),
                                            *callbacks])
-    experiment = storage.join(o.storage_path, name)
-    if o.resume and (repeat_points is None or results_exist(experiment)):
+    experiment = storage.join(options.storage_path, name)
+    if options.resume and (repeat_points is None or results_exist(experiment)):
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False,
                                   param_space=param_space)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
