@@ -33,3 +33,18 @@ class Fault(TrainerCallback):
 def seed_faults(trial):
     fault = FAULTS.get(trial.knobs.get("learning_rate"))
     return Fault(*fault) if fault else None
+
+
+class ThreadTimeout(TrainerCallback):
+    """Writes, from inside the trial, the process id and the TUNE_FUNCTION_THREAD_TIMEOUT_S that Tune
+    reads in this process when it reuses it for the next trial (to $LORASWEEP_TEST_PROBE)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        import os
+
+        with open(os.environ["LORASWEEP_TEST_PROBE"], "a") as f:
+            f.write(f"{os.getpid()} {os.environ.get('TUNE_FUNCTION_THREAD_TIMEOUT_S')}\n")
+
+
+def thread_timeout(trial):
+    return ThreadTimeout()
