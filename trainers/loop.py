@@ -211,8 +211,8 @@ def training_arguments(s: TrainSettings, precision: str, device: torch.device, m
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
-        gradient_checkpointing=s.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=s.gradient_checkpointing,  # transformers 5's name (the old one warns)
+        activation_checkpointing_kwargs={"use_reentrant": False},
         deepspeed=deepspeed_config(s.zero_stage, s.offload),
         # On a GPU: the fused AdamW kernel (one launch for every parameter instead of several per
         # tensor) and TF32 matmuls where the GPU has them (Ampere on; bf16 training is unaffected,
