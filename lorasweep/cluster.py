@@ -27,10 +27,8 @@ def init_ray(options: SweepOptions) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
-    from lorasweep.dashboard import env_vars
-
     if options.address:
-        ray.init(address=options.address, runtime_env={"env_vars": env_vars()}, **quiet)
+        ray.init(address=options.address, runtime_env={"env_vars": job_env()}, **quiet)
     else:
         # A new instance of our own (address="local": never a `ray start` cluster on this machine;
         # --address auto joins one), its dashboard on loopback unless --dashboard-host, and every
@@ -39,8 +37,19 @@ def init_ray(options: SweepOptions) -> None:
         port = free_port()
         api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
         ray.init(address="local", dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None,
-                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **env_vars()}}, **quiet)
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **job_env()}}, **quiet)
         os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
+
+
+def job_env() -> dict[str, str]:
+    """The environment every Ray process of the sweep gets (``ray.init``'s runtime env): the
+    dashboard's Train page (``dashboard.env_vars``), and TUNE_FUNCTION_THREAD_TIMEOUT_S: before Tune
+    reuses a trial's process for the next trial it waits this long for the stopped trial's thread
+    (Ray's default 2 s), then fails the NEXT trial ("Trainable runner reuse requires reset_config()";
+    bench/quality.py's chat sweep on a loaded 2-core machine lost one so, Dec 3). A user's value wins."""
+    from lorasweep.dashboard import env_vars
+
+    return {**env_vars(), "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")}
 
 
 def free_port(preferred: int = 8265) -> int:

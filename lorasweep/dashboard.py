@@ -115,14 +115,8 @@ def env_vars() -> dict[str, str]:
     (``/api/train/v2/runs/v1``) answers 500 "Train state data is not available". It is read where
     the TorchTrainer is built, in the Tune trial actor, and Tune does not pass it on to that actor
     (it is not in ``ray/tune/execution/class_cache.py``'s list), hence the job's runtime env. The
-    cost: one detached 0-CPU ``TrainStateActor`` on the head, from the first Train run on.
-
-    ``TUNE_FUNCTION_THREAD_TIMEOUT_S``: before Tune reuses a trial's process for the next trial it
-    waits this long for the stopped trial's thread (2 s by default), then fails the NEXT trial
-    ("Trainable runner reuse requires reset_config()"): seen on a loaded 2-core machine, where a
-    stopped SmolLM2 trial took longer than that to unwind (bench/quality.py's chat sweep, Dec 3)."""
-    return {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
-            "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")}
+    cost: one detached 0-CPU ``TrainStateActor`` on the head, from the first Train run on."""
+    return {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
 
 
 _marked: str | None = None  # the trial this process named last (Tune reuses the process)

@@ -83,8 +83,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
             if "moved" in label:  # a narrowed --space changed what the recipe knew worked: say so
                 log.say(f"{label}")
         baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
-        trials = sweep.options.num_samples
-        log.say(f"{sweep.options.name}: {trials} trial{'s' * (trials != 1)}, {n} at once, "
+        trials = options.num_samples
+        log.say(f"{options.name}: {trials} trial{'s' * (trials != 1)}, {n} at once, "
               f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
         if sweep.warm is not None:
             for line in sweep.warm.lines():

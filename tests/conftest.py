@@ -103,7 +103,7 @@ def shared_sweep(tiny_assets, tmp_path_factory):
         if not record.exists():
             record.write_text(json.dumps(_run_shared_sweep(tiny_assets, tmp_path_factory)))
     info = json.loads(record.read_text())
-    yield {**info, **{k: Path(info[k]) for k in ("dir", "storage", "ray_session", "data")}}
+    yield {**info, **{k: Path(info[k]) for k in ("dir", "storage", "ray_session", "data", "probe")}}
 
 
 def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
@@ -120,12 +120,14 @@ def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
     storage = tmp_path_factory.mktemp("runs")
     cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--dataset", str(data),
            "--num-samples", "5", "--max-tokens", "30000", "--grace-tokens", "8000",
-           "--callbacks", "tests.faults:seed_faults", "--wandb-project", "lorasweep-tests",
+           "--callbacks", "tests.faults:seed_faults,tests.faults:thread_timeout", "--wandb-project", "lorasweep-tests",
            "--storage-path", str(storage), "--name", "shared"]
     # A Ray temp dir of its own (short: Unix socket paths), so the session scanned for secrets is this
     # sweep's and not whatever /tmp/ray/session_latest another Ray on the machine points to.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
-    env = sweep_env(HF_TOKEN=FAKE_HF, WANDB_API_KEY=FAKE_WANDB, WANDB_MODE="offline", RAY_TMPDIR=str(ray_tmp))
+    probe = storage / "thread_timeout.txt"  # tests.faults:thread_timeout: what each trial's process saw
+    env = sweep_env(HF_TOKEN=FAKE_HF, WANDB_API_KEY=FAKE_WANDB, WANDB_MODE="offline", RAY_TMPDIR=str(ray_tmp),
+                    LORASWEEP_TEST_PROBE=str(probe))
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
@@ -133,5 +135,5 @@ def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
     sessions = [d for d in ray_tmp.rglob("session_2*") if d.is_dir() and not d.is_symlink()]
     assert len(sessions) == 1, sessions
     # ray_tmp stays (the other worker's tests may still read its session); it is under /tmp
-    return {"dir": str(storage / "shared"), "storage": str(storage), "stdout": r.stdout, "stderr": r.stderr,
+    return {"dir": str(storage / "shared"), "storage": str(storage), "probe": str(probe), "stdout": r.stdout, "stderr": r.stderr,
             "wall_s": time.time() - t0, "ray_session": str(sessions[0]), "data": str(data)}

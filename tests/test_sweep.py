@@ -75,6 +75,12 @@ def test_one_worker_trials_train_in_the_trial_process_and_reuse_it(shared_sweep)
     pids = [r[0]["pid"] for r in healthy]
     assert len(healthy) == 3 and len(set(pids)) < len(pids), pids
     assert all(0 < r[0]["setup_s"] < 60 and r[0]["first_step_at"] < r[0]["timestamp"] + 1 for r in healthy)  # Tune: whole seconds
+    # Before reusing a process Tune waits TUNE_FUNCTION_THREAD_TIMEOUT_S for the stopped trial's thread
+    # (Ray's default 2 s), then fails the NEXT trial ("Trainable runner reuse requires reset_config()";
+    # bench/quality.py's chat sweep lost one so, Dec 3). The sweep's runtime env raises it, and each
+    # trial finds it in its own process, where Tune reads it (tests.faults:thread_timeout).
+    seen = [line.split() for line in shared_sweep["probe"].read_text().splitlines()]
+    assert len(seen) == len(list(sweep_dir.glob("trial_*"))) and all(wait != "None" and float(wait) >= 60 for _, wait in seen), seen
 
 
 def test_only_healthy_trials_are_exported_as_plain_peft_folders(shared_sweep):
