@@ -44,14 +44,26 @@ def _start(tmp_path: Path, name: str, **popen):
     return args, proc, storage / name, time.time() + 600
 
 
-def _checkpoints(sweep_dir: Path) -> list[tuple[str, Path]]:
-    """(trial id, folder) of every checkpoint: a one-worker trial keeps them in its Tune folder
-    (trial_<id>/checkpoint_<n>), a Ray Train trial under train_runs/<id>/."""
-    own = [(p.parent.name.removeprefix("trial_"), p) for p in sweep_dir.glob("trial_*/checkpoint_*")]
-    return sorted(own + [(p.parent.name, p) for p in sweep_dir.glob("train_runs/*/checkpoint_*")])
-
-
 # ----------------------------------------------------------------------------- driver loss
+
+
+def _recorded_unfinished(sweep_dir: Path, finished: dict) -> list[tuple[str, str, list[str]]]:
+    """(trial id, checkpoint named by Tune's newest state snapshot, checkpoints on disk) of each
+    unfinished trial whose named checkpoint is on disk. Empty while the snapshot (written every few
+    seconds, atomically or not at all) has not caught up with the files."""
+    states = sorted(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (OSError, ValueError, KeyError):
+        return []
+    out = []
+    for trial_json, runtime_json in trial_data:
+        trial_id = json.loads(trial_json)["trial_id"]
+        named = (json.loads(runtime_json).get("last_result") or {}).get("checkpoint_dir_name")
+        on_disk = sorted(p.name for p in (sweep_dir / f"trial_{trial_id}").glob("checkpoint_*"))
+        if trial_id not in finished and named and named in on_disk:
+            out.append((trial_id, named, on_disk))
+    return out
 
 
 def _prune_recorded_checkpoints(sweep_dir: Path, finished: dict) -> list[str]:
@@ -62,15 +74,9 @@ def _prune_recorded_checkpoints(sweep_dir: Path, finished: dict) -> list[str]:
     snapshot names it; an older named one is deleted. Returns the trials changed."""
     import shutil
 
-    newest_state = max(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
     changed = []
-    for trial_json, runtime_json in json.loads(newest_state.read_text())["trial_data"]:
-        trial_id = json.loads(trial_json)["trial_id"]
-        named = (json.loads(runtime_json).get("last_result") or {}).get("checkpoint_dir_name")
+    for trial_id, named, on_disk in _recorded_unfinished(sweep_dir, finished):
         folder = sweep_dir / f"trial_{trial_id}"
-        on_disk = sorted(p.name for p in folder.glob("checkpoint_*"))
-        if trial_id in finished or not named or named not in on_disk:
-            continue
         if named == on_disk[-1]:
             number = int(named.removeprefix("checkpoint_"))
             (folder / named).rename(folder / f"checkpoint_{number + 1:06d}")
@@ -99,14 +105,15 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
     args, proc, sweep_dir, deadline = _start(tmp_path, "dk", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                              start_new_session=True)
     try:
-        while not (_finished_trials(sweep_dir) and len({t for t, _ in _checkpoints(sweep_dir)}) >= 2):
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended before the second trial's checkpoint"
+        # killed once a trial has finished and Tune's state snapshot names a checkpoint of one that has not
+        # (the files alone run ahead of the snapshot, and a kill in between leaves nothing to resume from)
+        while not ((done := _finished_trials(sweep_dir)) and _recorded_unfinished(sweep_dir, done)):
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended before Tune recorded the second trial's checkpoint"
             time.sleep(0.5)
         proc.kill()  # SIGKILL to the driver alone
         proc.wait(timeout=60)
     finally:
-        time.sleep(2)
-        try:  # its local Ray (started by the dead driver) goes too, as it would with the driver's machine
+        try:  # its local Ray (started by the dead driver) goes at once too, as it would with the driver's machine
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
