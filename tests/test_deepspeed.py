@@ -33,14 +33,27 @@ WORKERS = 2
 
 @pytest.fixture(scope="module")
 def local_ray():
+    """A Ray of this module's own, with its own dashboard that its processes are pointed at: Ray
+    Train's placement-group cleaner asks the state API whether the run's job is alive, and without
+    one it asks 127.0.0.1:8265, which under pytest-xdist is another worker's sweep's Ray; that one
+    knows no such job and the run's workers were destroyed mid-training ("Destroying worker since
+    its placement group was removed", Dec 3). lorasweep.cluster.init_ray does the same for a sweep."""
     import ray
+
+    from lorasweep.cluster import free_port
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=True)
-    yield
-    if started:
-        ray.shutdown()
+        port = free_port(0)
+        api = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_API_SERVER_ADDRESS", api["RAY_API_SERVER_ADDRESS"])  # the driver's own calls
+            ray.init(num_cpus=WORKERS, dashboard_host="127.0.0.1", dashboard_port=port, include_dashboard=True,
+                     log_to_driver=True, runtime_env={"env_vars": api})
+            yield
+            ray.shutdown()
+    else:
+        yield
 
 
 def _settings(assets, quantization: str, zero_stage: int):
