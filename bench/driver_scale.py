@@ -16,7 +16,7 @@ import resource
 import tempfile
 import time
 
-from bench.common import Figure
+from bench.figure import Figure
 
 TITLE = "driver scale"
 TARGET = ("<=", 1.0)

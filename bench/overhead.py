@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-from bench.common import Figure
+from bench.figure import Figure
 from bench.sweep_util import KNOBS, fixed_space, run_sweep, standalone, steady, trial_config
 
 TITLE = "framework overhead"

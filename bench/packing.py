@@ -30,7 +30,7 @@ import random
 import time
 from statistics import NormalDist
 
-from bench.common import Figure, timed
+from bench.figure import Figure, timed
 
 TITLE = "packing"
 HOW = "non-padding tokens/s, packed vs padded to the longest (LoRA steps, FineTome-like lengths)"

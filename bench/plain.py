@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Figure
+from bench.figure import ROOT, Figure
 
 TITLE = "sweep vs plain HF search"
 TARGET = ("<=", 1.0)

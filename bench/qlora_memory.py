@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.common import Figure, bench_cache, timed
+from bench.figure import Figure, bench_cache, timed
 
 TITLE = "qlora_memory"
 HOW = "weight bytes of the quantised linear layers, NF4 + double quant vs bf16 (~110M Llama)"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT  # noqa: E402
+from bench.figure import ROOT  # noqa: E402
 
 # In the order of the table. Module name -> what the row is called.
 FIGURES = {

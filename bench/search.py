@@ -23,7 +23,7 @@ import tempfile
 
 from ray.tune.stopper import Stopper
 
-from bench.common import Figure
+from bench.figure import Figure
 from bench.sweep_util import run_sweep
 
 TITLE = "search efficiency"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-from bench.common import Figure
+from bench.figure import Figure
 from bench.sweep_util import KNOBS, fixed_space, run_sweep, standalone, trial_config
 
 TITLE = "trial start-up"

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import ROOT
+from bench.figure import ROOT
 
 
 # The knobs of the trials that the start-up and overhead figures time: one unpacked trial shape.

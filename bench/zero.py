@@ -53,7 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Figure, bench_cache
+from bench.figure import ROOT, Figure, bench_cache
 
 TITLE = "ZeRO optimizer state"
 HOW = "per-rank optimizer-state bytes (Adam moments + fp32 master), full fine-tune, 2 workers, ZeRO-2 / ZeRO-0"

@@ -94,3 +94,14 @@ def test_recipes_import_only_declarations_at_module_level():
                      else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
             found += [f"{f.name}: {n}" for n in names if n.startswith("lorasweep") and n != "lorasweep.recipe"]
     assert not found, found
+
+
+def test_no_script_folder_shadows_a_project_package():
+    """`python bench/quality.py` puts bench/ first on sys.path, so a bench/common.py was imported
+    for the `common` package and every bench script died at its first lorasweep import (Dec 3).
+    The folders whose files are run by path hold no module or folder named like a top package."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert {"common", "lorasweep", "trainers"} <= packages
+    for folder in ("bench", "sweeps"):
+        names = {p.stem if p.suffix == ".py" else p.name for p in (ROOT / folder).iterdir()}
+        assert not names & packages, f"{folder}/ shadows {sorted(names & packages)} for the scripts run from it"
