@@ -40,9 +40,15 @@ def _reader(root):
     """A WordNet reader on ``root``, proven to work by one look-up (a broken copy fails here, not in METEOR)."""
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+    class EnglishWordNet(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):
+            # NLTK 3.10's reader maps every synset to "wordnet" (for Open Multilingual Wordnet) when it
+            # opens, reading index.sense twice: over half of its ~10 s. METEOR reads English only.
+            return None
+
     with warnings.catch_warnings():  # "multilingual functions are not available": English is all METEOR uses
         warnings.simplefilter("ignore")
-        reader = WordNetCorpusReader(root, None)
+        reader = EnglishWordNet(root, None)
     if not reader.synsets("dog"):
         raise LookupError(f"WordNet at {root} has no synsets for 'dog'")
     return reader
@@ -89,7 +95,7 @@ def _data_synsets(path: Path):
 
 def _sense_index(source: Path) -> str:
     """WordNet's ``index.sense`` (sense key, synset offset, sense number, tag count; sorted), rebuilt
-    from the database. NLTK 3.10's reader reads it at start-up; wordnet-base does not ship it. Its
+    from the database. NLTK 3.10's reader reads it for sense keys; wordnet-base does not ship it. Its
     keys equal NLTK's own ``Lemma.key()`` for all 206,949 senses of WordNet 3.0 (checked once)."""
     order = {}  # (lemma, pos letter, offset) -> sense number: the synset's place in index.<pos>
     for pos in _POS:
@@ -124,7 +130,8 @@ def _build_nltk_copy(source: Path, cache: Path) -> Path:
     reader also opens ``lexnames`` and ``index.sense``, which Debian's wordnet-base does not ship:
     lexnames is the same for every WordNet 3.x, the sense index is rebuilt (~2 s). Written to a temp
     folder and renamed, so a half copy is never used. The folder must be ``corpora/wordnet`` on
-    ``nltk.data.path``: NLTK 3.10's reader maps sense keys against that corpus at start-up."""
+    ``nltk.data.path``: NLTK 3.10's reader maps sense keys against that corpus (a start-up mapping
+    that ``_reader`` skips, and sense-key look-ups)."""
     target = cache / "nltk_data" / "corpora" / "wordnet"
     if _complete(target):
         return target
