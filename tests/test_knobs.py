@@ -197,8 +197,7 @@ def test_a_two_objective_sweep_reports_a_pareto_front_and_a_two_direction_study(
 
     import optuna
 
-
-    r = _run("llama_finetome.py", tmp_path, "par", "--num-samples", "5", "--max-tokens", "8000", "--scheduler", "none",
+    r = _run("llama_finetome.py", tmp_path, "par", "--num-samples", "4", "--max-tokens", "6000", "--scheduler", "none",
              "--objective", "eval_loss,device_hours")
     with open(tmp_path / "par" / "leaderboard.csv", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["status"] != "failed"]
@@ -215,15 +214,25 @@ def test_a_two_objective_sweep_reports_a_pareto_front_and_a_two_direction_study(
         assert any(dominates(points[o], points[t]) for o in front), t
     assert "Pareto front, eval_loss against device_hours" in r.stdout
     study = optuna.load_study(study_name="par", storage=f"sqlite:///{tmp_path / 'par' / 'optuna.db'}")
-    assert len(study.directions) == 2 and len(study.trials) == 5 and study.best_trials
+    assert len(study.directions) == 2 and len(study.trials) == 4 and study.best_trials
     print("\n[pareto] " + "; ".join(f"{t} eval_loss {points[t][0]:.4f} at {points[t][1]:.5f} device-hours" for t in front))
 
 
 # ----------------------------------------------------------------------------- warm start
 
 
+@pytest.fixture(scope="module")
+def warm_sweep(shared_sweep, tmp_path_factory):
+    """ONE sweep for two phases: warm-started from the shared sweep on a narrowed space, and its top
+    configurations trained once more (--repeats 1). Returns (completed process, storage folder)."""
+    tmp_path = tmp_path_factory.mktemp("warm")
+    r = _run("llama_finetome.py", tmp_path, "warm", "--num-samples", "2", "--max-tokens", "6000", "--scheduler", "none",
+             "--space", "r=8,16,32", "--warm-start-from", str(shared_sweep["dir"]), "--repeats", "1")
+    return r, tmp_path
+
+
 @pytest.mark.slow
-def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_new_points(shared_sweep, tmp_path):
+def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_new_points(shared_sweep, warm_sweep):
     """From the shared sweep (3 finished trials; its 2 known points failed there, by injected faults):
     a new sweep on a narrowed space gets the fitting finished trials in its study, with their values,
     lists the others as skipped, and runs the known points again (not measured, only failed)."""
@@ -231,12 +240,10 @@ def test_a_warm_started_sweep_loads_the_finished_trials_that_fit_and_runs_only_n
 
     import optuna
 
-
     source = shared_sweep["dir"]
     finished = [r for r in json.loads((source / "leaderboard.json").read_text()) if r["status"] != "failed"]
     fits = [r for r in finished if r["r"] in (8, 16, 32)]
-    r = _run("llama_finetome.py", tmp_path, "warm", "--num-samples", "2", "--max-tokens", "8000", "--scheduler", "none",
-             "--space", "r=8,16,32", "--warm-start-from", str(source))
+    r, tmp_path = warm_sweep
     assert (f"warm start from {source}: {len(fits)} finished trial(s) loaded into the study, "
             f"{len(finished) - len(fits)} skipped") in r.stdout
     for row in finished:
@@ -301,16 +308,16 @@ def test_a_repeat_changes_the_training_seed_not_the_data_split():
 
 
 @pytest.mark.slow
-def test_repeats_give_the_top_configurations_a_mean_and_a_spread(tiny_assets, tmp_path):
+def test_repeats_give_the_top_configurations_a_mean_and_a_spread(warm_sweep):
+    """The warm-started sweep's two trials (its known points), each trained once more with another
+    training seed: the leaderboard gives each configuration a mean and a spread over its two runs."""
     import json
     import statistics
 
-
-    r = _run("llama_finetome.py", tmp_path, "rep", "--num-samples", "2", "--max-tokens", "6000", "--scheduler", "none",
-             "--repeats", "1")
-    rows = json.loads((tmp_path / "rep" / "leaderboard.json").read_text())
+    r, tmp_path = warm_sweep
+    rows = json.loads((tmp_path / "warm" / "leaderboard.json").read_text())
     again = {}  # the repeats' own results: knobs -> best eval loss
-    for result in (tmp_path / "rep-repeats").glob("trial_*/result.json"):
+    for result in (tmp_path / "warm-repeats").glob("trial_*/result.json"):
         reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         config = reports[-1]["config"]
         assert config["repeat"] == 1
@@ -322,7 +329,7 @@ def test_repeats_give_the_top_configurations_a_mean_and_a_spread(tiny_assets, tm
         assert row["mean_eval_loss"] == pytest.approx(statistics.fmean(values))
         assert row["std_eval_loss"] == pytest.approx(statistics.stdev(values))
         assert values[0] != values[1]  # another training seed: another result
-    assert "over repeats: " in r.stdout and "mean_eval_loss" in (tmp_path / "rep" / "leaderboard.csv").read_text()
+    assert "over repeats: " in r.stdout and "mean_eval_loss" in (tmp_path / "warm" / "leaderboard.csv").read_text()
 
 
 @pytest.mark.slow
@@ -331,7 +338,6 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
     exported apart (final_adapter/) and scored on the same test rows as the base and the tuned one."""
     import json
     import re
-
 
     r = _run("distilbert_imdb.py", tmp_path, "fin", "--num-samples", "2", "--max-tokens", "8000", "--scheduler", "none",
              "--finalize")
