@@ -102,6 +102,19 @@ def _short(label: str) -> str:
     return label.split(" (", 1)[0]
 
 
+def _uneven_lengths(ranked: list[dict]) -> str:
+    """A note when the scored trials trained to very different lengths (the longest at least twice the
+    shortest: ASHA stopped some early): the round then weighs a full-length adapter against ones judged
+    at their stop. Empty otherwise."""
+    tokens = {r["trial_id"]: int(r.get("tokens_seen") or 0) for r in ranked}
+    if len(tokens) < 2 or max(tokens.values()) < 2 * max(min(tokens.values()), 1):
+        return ""
+    each = ", ".join(f"{r['trial_id']} {tokens[r['trial_id']] / 1000:.1f}k"
+                     + (" stopped early" if r.get("status") == "stopped early" else "") for r in ranked)
+    return (f"note: the final round compares trials trained to different lengths (tokens: {each}); "
+            "a stopped trial is scored as it was when stopped")
+
+
 def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str) -> tuple[dict, list[str]]:
     """``selection.json``'s content and the console's lines: each scored model's value with its 95%
     interval (also put on its leaderboard row as ``final_round_<metric>``, ``_low``, ``_high``), the
@@ -145,6 +158,9 @@ def summarise(rows: list[dict], scored: dict[str, dict], metric: str, mode: str)
             lines.append(selection.verdict(what, c, metric, mode))
         if best.get("known_point"):
             lines.append(f"the winner is {_short(best['known_point'])}: the search found nothing better")
+        uneven = _uneven_lengths(ranked)
+        if uneven:
+            lines.append(uneven)
         if BASE in models:
             b, w = models[BASE]["value"], models[best["trial_id"]]["value"]
             worse = w > b if mode == "min" else w < b

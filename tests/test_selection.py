@@ -201,3 +201,21 @@ def test_by_default_one_peer_is_enough_to_judge_the_first_trial():
     assert bracket.on_result(first, 10, -3.0) == TrialScheduler.CONTINUE  # alone at the rung
     assert bracket.on_result(second, 10, -1.0) == TrialScheduler.CONTINUE  # the better of two
     assert bracket.on_result(first, 12, -2.9) == TrialScheduler.STOP  # judged now that a peer is there
+
+
+def test_final_round_says_when_its_trials_trained_to_different_lengths():
+    """ASHA stopped the runner-ups early: the round weighs a full-length adapter against short ones,
+    and says so; trials of like length get no such line."""
+    rng = random.Random(4)
+    truth = [rng.randrange(2) for _ in range(200)]
+    rows = [{**_row("a", 0.9, 0.3), "tokens_seen": 36_311},
+            {**_row("b", 0.8, 0.4), "tokens_seen": 5_044, "status": "stopped early"},
+            {**_row("c", 0.7, 0.5), "tokens_seen": 1_923, "status": "stopped early"}]
+    scored = {t: _scored(truth, truth) for t in "abc"}
+    _, lines = final_round.summarise(rows, scored, "f1", "max")
+    assert ("note: the final round compares trials trained to different lengths (tokens: a 36.3k, b 5.0k stopped "
+            "early, c 1.9k stopped early); a stopped trial is scored as it was when stopped") in lines
+    for r in rows:
+        r["tokens_seen"] = 36_000 + len(r["trial_id"])
+    _, lines = final_round.summarise(rows, scored, "f1", "max")
+    assert not [ln for ln in lines if "different lengths" in ln]
