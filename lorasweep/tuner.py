@@ -41,6 +41,45 @@ class ResumeFromNewest:
         return super().restore(checkpoint_path)
 
 
+def oom_kill_fails_the_trial() -> None:
+    """Ray's memory monitor kills the newest worker when a node runs short of memory, and the trial's
+    next call then raises ``ray.exceptions.OutOfMemoryError``. Tune 2.60's actor manager knows only
+    ``RayActorError`` and ``RayTaskError`` there and raises anything else out of ``Tuner.fit``: one
+    trial's kill ended the whole sweep (bench/quality.py, qa: two 4-bit SmolLM2 trials on a 23.5 GB
+    node). Here that kill is what it is, the trial's actor dying: the trial fails with one line
+    (retried per ``--trial-retries``) and the sweep goes on. Applied once, on the driver."""
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    task_failed = RayActorManager._actor_task_failed
+    if getattr(task_failed, "lorasweep_oom", False):
+        return
+
+    class TrialOutOfMemoryError(RayActorError):
+        pass
+
+    def patched(self, tracked_actor_task, exception):
+        if isinstance(exception, OutOfMemoryError) and not isinstance(exception, RayActorError):
+            exception = TrialOutOfMemoryError(error_msg=oom_line(str(exception)))
+        return task_failed(self, tracked_actor_task, exception)
+
+    patched.lorasweep_oom = True
+    RayActorManager._actor_task_failed = patched
+
+
+def oom_line(ray_message: str) -> str:
+    """Ray's several-paragraph kill notice as one line with the node's figures and what to change."""
+    import re
+
+    # Ray 2.60: "... was 4.25GB used / 23.54GB limit (0.18) ... exceeded threshold of 4552244224B (18.0% of ..."
+    usage = re.search(r"was ([\d.]+\s*GB)(?: used)?\s*/\s*([\d.]+\s*GB)", ray_message)
+    cut = re.search(r"threshold of \d+B \(([\d.]+%)", ray_message)
+    node = (f" (node memory {usage.group(1)} of {usage.group(2)}" + (f", Ray kills above {cut.group(1)}" if cut else "")
+            + ")") if usage else ""
+    return (f"killed by Ray's memory monitor: the node ran out of memory{node}; run fewer trials at once "
+            f"(`--max-concurrent`) or use a smaller `--per-device-batch-size`")
+
+
 def lora_trial(config: dict, secrets: list | None = None) -> None:
     """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run, or for a one-worker
     trial that needs no DeepSpeed (``Resources.in_trial_process``) the same loop in this process.
@@ -167,6 +206,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     from lorasweep.tracking import tune_callbacks
     from trainers.tasks import metric_mode
 
+    oom_kill_fails_the_trial()
     options, settings, space = sweep.options, sweep.settings, sweep.space
     param_space = TrialConfig(settings, resources=res, train_storage=storage.join(sweep.sweep_dir, "train_runs"),
                               objective=space.metric).to_tune(space.to_tune())
