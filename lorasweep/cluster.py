@@ -30,15 +30,24 @@ def init_ray(options: SweepOptions) -> None:
     if options.address:
         ray.init(address=options.address, runtime_env={"env_vars": job_env()}, **quiet)
     else:
-        # A new instance of our own (address="local": never a `ray start` cluster on this machine;
-        # --address auto joins one), its dashboard on loopback unless --dashboard-host, and every
-        # process pointed at that dashboard: Ray Train asks the state API whether a trial is alive,
-        # and asking another local Ray's gets the trial's workers removed.
-        port = free_port()
-        api = f"http://{'127.0.0.1' if options.dashboard_host in ('0.0.0.0', '::') else options.dashboard_host}:{port}"
-        ray.init(address="local", dashboard_host=options.dashboard_host, dashboard_port=port, include_dashboard=None,
-                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **job_env()}}, **quiet)
-        os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
+        start_local_ray(options.dashboard_host, job_env(), **quiet)
+
+
+def start_local_ray(dashboard_host: str = "127.0.0.1", env: dict | None = None, port: int | None = None,
+                    **init_kwargs) -> str:
+    """A new Ray instance of our own (address="local": never a `ray start` cluster on this machine;
+    --address auto joins one), its dashboard on ``dashboard_host`` and every process pointed at that
+    dashboard, this driver too: Ray Train asks the state API whether a trial is alive, and asking
+    another local Ray's gets the trial's workers removed. ``env``: more of the processes'
+    environment. Returns the state API's address."""
+    import ray
+
+    port = port or free_port()
+    api = f"http://{'127.0.0.1' if dashboard_host in ('0.0.0.0', '::') else dashboard_host}:{port}"
+    ray.init(address="local", dashboard_host=dashboard_host, dashboard_port=port, include_dashboard=None,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **(env or {})}}, **init_kwargs)
+    os.environ["RAY_API_SERVER_ADDRESS"] = api  # the driver's own state-API calls, likewise
+    return api
 
 
 def job_env() -> dict[str, str]:

@@ -33,27 +33,23 @@ WORKERS = 2
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray of this module's own, with its own dashboard that its processes are pointed at: Ray
-    Train's placement-group cleaner asks the state API whether the run's job is alive, and without
-    one it asks 127.0.0.1:8265, which under pytest-xdist is another worker's sweep's Ray; that one
-    knows no such job and the run's workers were destroyed mid-training ("Destroying worker since
-    its placement group was removed", Dec 3). lorasweep.cluster.init_ray does the same for a sweep."""
+    """A Ray of this module's own, started as a sweep starts its (``start_local_ray``): with its own
+    dashboard, which its processes are pointed at. Ray Train's placement-group cleaner asks the state
+    API whether the run's job is alive; asking 127.0.0.1:8265, under pytest-xdist another worker's
+    sweep's Ray, got the run's workers destroyed mid-training ("Destroying worker since its
+    placement group was removed", Dec 3)."""
     import ray
 
-    from lorasweep.cluster import free_port
+    from lorasweep.cluster import free_port, start_local_ray
 
-    started = not ray.is_initialized()
-    if started:
-        port = free_port(0)
-        api = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("RAY_API_SERVER_ADDRESS", api["RAY_API_SERVER_ADDRESS"])  # the driver's own calls
-            ray.init(num_cpus=WORKERS, dashboard_host="127.0.0.1", dashboard_port=port, include_dashboard=True,
-                     log_to_driver=True, runtime_env={"env_vars": api})
-            yield
-            ray.shutdown()
-    else:
+    if ray.is_initialized():
         yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_API_SERVER_ADDRESS", raising=False)  # put back as it was afterwards
+        start_local_ray(port=free_port(0), num_cpus=WORKERS, log_to_driver=True)
+        yield
+        ray.shutdown()
 
 
 def _settings(assets, quantization: str, zero_stage: int):
