@@ -97,6 +97,30 @@ def test_trials_run_on_worker_nodes_as_one_placement_group_packed_or_spread(clus
               "; ".join(f"{t}: {sorted(n[:8] for n in _nodes(reps[-1]))}" for t, reps in reports.items()))
 
 
+def test_a_gpu_node_whose_torch_sees_no_cuda_refuses_the_sweep_in_seconds(cluster, tiny_assets, tmp_path):
+    """A node that offers Ray a GPU (on a real node Ray counts them by NVML) where torch sees no CUDA
+    (here: this machine's CPU build of torch). --gpus-per-worker 1 trained the trial on the CPU and
+    exited 0; now a 1-GPU task asks the node first and the sweep is refused with one line."""
+    node = cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    try:
+        t0 = time.time()
+        r = _sweep([*SMALL, "--address", cluster.address, "--gpus-per-worker", "1", "--num-samples", "1",
+                    "--storage-path", str(tmp_path), "--name", "nocuda"])
+        took = time.time() - t0
+    finally:
+        cluster.remove_node(node)
+    assert r.returncode == 2, (r.stdout[-3000:], r.stderr[-3000:])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert f"1 of 1 GPU node(s) ({node.address.rsplit(':', 1)[0]} ({node.node_id[:8]})): " in errors[0], errors
+    assert "torch sees no CUDA device: torch 2.13" in errors[0], errors
+    assert "CUDA_VISIBLE_DEVICES='0'" in errors[0] and "--gpus-per-worker 0" in errors[0], errors
+    assert took < 60, took
+    assert not (tmp_path / "nocuda").exists()  # refused before anything was written
+    print(f"\n[no CUDA] refused in {took:.0f}s: {errors[0]}")
+
+
 def test_node_loss_restarts_the_trial_on_another_node_from_its_checkpoint(cluster, tiny_assets, tmp_path):
     nodes = {n.node_id: n for n in cluster.worker_nodes}
     proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *SMALL, "--address", cluster.address,

@@ -30,6 +30,7 @@ from common.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
 from common.errors import first_line
 from trainers.data import example_tokens
+from trainers.devices import cuda_report, no_cuda_line, trial_device
 from trainers.evaluation import world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
@@ -267,9 +268,7 @@ def train_in_trial_process(config: dict) -> None:
     Reports and checkpoints go straight to Tune; a restarted trial resumes from its last one."""
     import gc
 
-    gpus = config["trial"]["resources"]["gpus"]
-    # Ray gives the process its GPU(s) through CUDA_VISIBLE_DEVICES: the first visible one is ours.
-    device = torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+    device = trial_device(config["trial"]["resources"]["gpus"])  # a GPU trial without CUDA stops here
     resume = tune_resume()  # its last report made again if the driver missed it; _train then trains nothing
     try:
         _train(config, device, tune_report, resume)
@@ -286,6 +285,8 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
 
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
     trial = TrialConfig.from_tune(config)
+    if trial.resources.gpus > 0 and device.type != "cuda":  # Ray Train gave a GPU that torch cannot use
+        raise TrialError(no_cuda_line(cuda_report()))
     if resume is not None and checkpoint_finished(resume):
         # Its budget was spent before the driver went: nothing to train, nothing new to report.
         print(f"[lorasweep] the trial finished at its last checkpoint ({os.path.basename(resume.path)}): nothing to resume")

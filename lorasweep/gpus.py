@@ -1,0 +1,43 @@
+"""Before a GPU sweep: does torch see CUDA where the trials will run?
+
+Ray offers a node's GPUs by NVML; a trial there can still find no CUDA (a CPU build of torch, a
+driver older than the wheel's CUDA). Each trial refuses to train so (trainers/devices.py); this
+asks every GPU node once, up front, so that the sweep is refused in seconds with one line instead
+of each trial failing after its start-up.
+"""
+
+from __future__ import annotations
+
+from common.errors import ConfigError
+from lorasweep import log
+from lorasweep.preflight import node_label
+
+
+def check_cuda_on_gpu_nodes(res, timeout_s: float = 180) -> None:
+    """For a GPU sweep (``res.gpus`` > 0): a 1-GPU task on each live GPU node runs
+    ``trainers.devices.cuda_report`` as a trial would see it (Ray sets its CUDA_VISIBLE_DEVICES);
+    any node without CUDA refuses the sweep. Nodes an autoscaler has yet to add are left to their
+    trials' own check."""
+    if res.gpus <= 0:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from trainers.devices import cuda_report, no_cuda_line
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1]
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(cuda_report)
+    refs = {node_label(n): probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote() for n in nodes}
+    lacking = {}
+    for label, ref in refs.items():
+        try:
+            report = ray.get(ref, timeout=timeout_s)
+        except (ray.exceptions.RayError, TimeoutError) as e:  # busy or going away: its trials check for themselves
+            log.warn(f"could not check CUDA on GPU node {label} ({type(e).__name__})")
+            continue
+        if not report["available"]:
+            lacking[label] = report
+    if lacking:
+        first = next(iter(lacking.values()))
+        raise ConfigError(f"{len(lacking)} of {len(nodes)} GPU node(s) ({', '.join(lacking)}): {no_cuda_line(first)}")

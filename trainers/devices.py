@@ -1,0 +1,62 @@
+"""Which device a trial trains on, and the one line that says why a GPU trial cannot have CUDA.
+
+Ray counts a node's GPUs through NVML, torch finds CUDA through its own build and the driver: a
+trial Ray gave a GPU can still see none (a CPU build of torch, a driver older than the wheel's CUDA).
+Falling back to the CPU then trains for hours on one core while the GPU is billed, so such a trial
+stops at once; the driver asks the same question on each GPU node before the sweep (lorasweep/gpus.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import torch
+
+from common.errors import TrialError
+
+
+def nvidia_driver() -> str:
+    """The NVIDIA driver's version as the kernel module or nvidia-smi gives it, or why there is none."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", f.read())
+            if m:
+                return f"NVIDIA driver {m.group(1)}"
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        text = (out.stdout or out.stderr).strip()
+        if out.returncode == 0 and text:
+            return f"NVIDIA driver {text.split()[0]}"
+        return f"nvidia-smi failed ({text.splitlines()[0][:80] if text else f'exit {out.returncode}'})"
+    except (OSError, subprocess.TimeoutExpired):
+        return "no NVIDIA driver found (no /proc/driver/nvidia/version, no nvidia-smi)"
+
+
+def cuda_report() -> dict:
+    """What this process's torch makes of CUDA (run where a trial runs: Ray sets CUDA_VISIBLE_DEVICES)."""
+    available = torch.cuda.is_available()
+    return {"available": available, "devices": torch.cuda.device_count() if available else 0,
+            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "driver": nvidia_driver(),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def no_cuda_line(report: dict) -> str:
+    build = f"CUDA {report['torch_cuda']} build" if report["torch_cuda"] else "a CPU-only build"
+    return (f"a GPU trial but torch sees no CUDA device: torch {report['torch']} is {build}, {report['driver']}, "
+            f"CUDA_VISIBLE_DEVICES={report['visible']!r}; install a torch whose CUDA the driver supports "
+            f"(./install.sh picks one where nvidia-smi runs) or pass --gpus-per-worker 0 to train on CPUs")
+
+
+def trial_device(gpus: float) -> torch.device:
+    """The device of a trial process that Ray gave ``gpus`` GPUs: its first visible CUDA device
+    (Ray sets CUDA_VISIBLE_DEVICES), or the CPU for a CPU trial. A GPU trial without CUDA raises."""
+    if gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrialError(no_cuda_line(cuda_report()))
+    return torch.device("cuda", 0)
