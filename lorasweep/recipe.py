@@ -125,6 +125,12 @@ class SweepOptions:
                 problems.add(f"`--{name.replace('_', '-')}` is {getattr(self, name)}; it must be at least 1")
         if self.cpus_per_worker <= 0:
             problems.add(f"`--cpus-per-worker` is {self.cpus_per_worker}; it must be > 0")
+        if self.gpus_per_worker > 1:  # a Ray Train worker (or a trial's own process) trains on one device
+            problems.add(f"`--gpus-per-worker` is {self.gpus_per_worker:g}, but a worker trains on one GPU and the "
+                         f"others would idle; pass at most 1 (a fraction shares one GPU between trials) and "
+                         f"--workers-per-trial N for N GPUs per trial")
+        elif self.gpus_per_worker < 0 and self.gpus_per_worker != -1:
+            problems.add(f"`--gpus-per-worker` is {self.gpus_per_worker:g}; pass -1 (auto), 0 (CPUs), a fraction or 1")
         if self.placement not in ("pack", "spread"):
             problems.add(f"`--placement` is {self.placement!r}; choose pack or spread")
         if self.reduction_factor <= 1:

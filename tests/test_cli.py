@@ -85,6 +85,9 @@ BAD_INPUTS = [
     (["--method", "full"], "`method` full trains every weight, which a 4bit base cannot hold"),
     (["--shots", "0,-1"], "`--shots` is 0,-1"),
     (["--family", "gpt5"], "`family` is 'gpt5'; known families:"),
+    # a worker trains on one device: the second GPU idled; DeepSpeed's offload without ZeRO did nothing
+    (["--gpus-per-worker", "2"], "`--gpus-per-worker` is 2, but a worker trains on one GPU and the others would idle"),
+    (["--offload", "--zero-stage", "0"], "`offload` is on but `zero_stage` is 0 (no DeepSpeed), which offloads nothing"),
 ]
 
 

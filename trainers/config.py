@@ -158,6 +158,9 @@ class TrainSettings:
                               "pass --quantization none (or search method only with quantization none)")
         if self.zero_stage not in (0, 1, 2, 3):
             problems.add(f"`zero_stage` is {self.zero_stage!r}; choose 0 (DDP), 1, 2 or 3")
+        elif self.offload and self.zero_stage == 0:  # DeepSpeed's offload: without ZeRO nothing moves
+            problems.add("`offload` is on but `zero_stage` is 0 (no DeepSpeed), which offloads nothing; pass "
+                         "--zero-stage 2 (optimizer state in CPU memory) or 3 (weights too), or drop --offload")
         if not 0 <= self.lora_dropout < 1:
             problems.add(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
