@@ -61,8 +61,9 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         res = trial_resources(options, cluster, sweep)
         preflight.check_cluster(options, res, cluster)
         preflight.check_paths_on_nodes(sweep, res)
+        gpus.check_attention(sweep.settings, res)
         if not (options.dry_run and not options.address):  # a local dry run starts no Ray to ask
-            gpus.check_cuda_on_gpu_nodes(res)
+            gpus.check_gpu_nodes(sweep.settings, res)
         n = concurrency(options, res, cluster)
         if options.dry_run:
             print(dry_run_report(sweep, inputs, res, cluster, n))

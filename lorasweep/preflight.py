@@ -157,6 +157,7 @@ def _check_trial_inputs(sweep, inputs: Inputs, task) -> None:
         return
     family = resolve_family(settings, inputs.model_config)
     task.check(settings, family)
+    check_attention_support(settings, task, inputs.model_config)
     settings.family = family.name if not family.generic else ""
     limit = max_positions(inputs.model_config)
     if limit is not None and settings.max_seq_length > limit:
@@ -164,6 +165,23 @@ def _check_trial_inputs(sweep, inputs: Inputs, task) -> None:
                           f"takes at most {limit} "
                           f"positions; pass --max-seq-length {limit} or less")
     inputs.data = task.audit(settings)
+
+
+def check_attention_support(settings, task, config) -> None:
+    """An ``--attn-implementation`` that the architecture's model class lacks (Gemma-2 has no sdpa in
+    Transformers 5.23) is refused here, not by each trial's ``from_pretrained``."""
+    wanted = settings.attn_implementation
+    if wanted in ("auto", "eager"):  # eager: every architecture has it
+        return
+    try:
+        cls = task.auto_class()._model_mapping[type(config)]
+    except (KeyError, AttributeError):  # a remote-code or unmapped architecture: its load says
+        return
+    if not getattr(cls, {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}[wanted], True):
+        import transformers
+
+        raise ConfigError(f"`attn_implementation` {wanted}: {cls.__name__} ({config.model_type}) does not have it in "
+                          f"Transformers {transformers.__version__}; pass --attn-implementation eager (or auto)")
 
 
 # QLoRA under ZeRO-3 needs 4-bit weights stored as the compute dtype so ZeRO can partition them

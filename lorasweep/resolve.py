@@ -140,6 +140,9 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
         problems.add("`--searcher cmaes` optimises one objective; with two in --objective use tpe, random, grid or gp")
     if options.export_max_cost < 0:
         problems.add(f"`--export-max-cost` is {options.export_max_cost}; give device-hours > 0, or 0 for no cap")
+    if settings.attn_implementation == "flash_attention_2" and options.gpus_per_worker == 0:
+        problems.add("`attn_implementation` flash_attention_2 runs on CUDA GPUs only and `--gpus-per-worker` is 0; "
+                     "pass --attn-implementation sdpa (or auto), or --gpus-per-worker 1")
     problems.raise_any()
     # A knob added with --space: the seed points trained with its unsearched value (the recipe's
     # setting or the library's default), then moved into the space like every other knob.

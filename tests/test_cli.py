@@ -88,6 +88,9 @@ BAD_INPUTS = [
     # a worker trains on one device: the second GPU idled; DeepSpeed's offload without ZeRO did nothing
     (["--gpus-per-worker", "2"], "`--gpus-per-worker` is 2, but a worker trains on one GPU and the others would idle"),
     (["--offload", "--zero-stage", "0"], "`offload` is on but `zero_stage` is 0 (no DeepSpeed), which offloads nothing"),
+    (["--attn-implementation", "flash_attention_2"], "`attn_implementation` flash_attention_2 runs on CUDA GPUs only and `--gpus-per-worker` is 0"),
+    (["--attn-implementation", "flash_attention_2", "--precision", "fp32"], "flash_attention_2 runs in bf16 or fp16, not `precision` fp32"),
+    (["--attn-implementation", "flash"], "`attn_implementation` is 'flash'; choose auto, sdpa, flash_attention_2, eager"),
 ]
 
 

@@ -10,6 +10,8 @@ first eval, in bitsandbytes' CPU inference path (see ``keep_quantized_bases_out_
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 
@@ -210,6 +212,41 @@ def test_the_loader_keeps_4bit_layers_off_the_avx512bf16_cpu_path(assets, monkey
     n = sum(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
     assert keep_quantized_bases_out_of_cpu_inference_paths(plain) == n
     assert flags(plain) == {False}
+
+
+@pytest.mark.parametrize("family,asked,expected", [
+    ("llama", "auto", "sdpa"), ("llama", "eager", "eager"), ("gemma2", "auto", "eager"), ("gemma", "sdpa", "sdpa")])
+def test_attn_implementation_reaches_the_model_and_auto_keeps_the_familys(assets, family, asked, expected):
+    settings = dataclasses.replace(_settings(assets, family, "chat_sft", "none"), attn_implementation=asked)
+    model = load_base_model(settings, get_family(family), get_task("chat_sft"), "fp32", torch.device("cpu"))
+    assert model.config._attn_implementation == expected
+
+
+def test_an_attention_the_architecture_lacks_is_refused_before_the_sweep(assets):
+    """Gemma-2 has no sdpa in Transformers 5.23: each trial's from_pretrained raised a ValueError."""
+    from transformers import AutoConfig
+
+    from lorasweep.preflight import check_attention_support
+
+    settings = dataclasses.replace(_settings(assets, "gemma2", "chat_sft", "none"), attn_implementation="sdpa")
+    config = AutoConfig.from_pretrained(settings.model)
+    with pytest.raises(ConfigError, match=r"^`attn_implementation` sdpa: Gemma2ForCausalLM \(gemma2\) does not have it "
+                                          r"in Transformers 5\.\d+\.\d+; pass --attn-implementation eager \(or auto\)$"):
+        check_attention_support(settings, get_task("chat_sft"), config)
+    check_attention_support(dataclasses.replace(settings, attn_implementation="eager"), get_task("chat_sft"), config)
+    llama = dataclasses.replace(_settings(assets, "llama", "chat_sft", "none"), attn_implementation="sdpa")
+    check_attention_support(llama, get_task("chat_sft"), AutoConfig.from_pretrained(llama.model))
+
+
+def test_flash_attention_on_a_machine_without_cuda_stops_the_trial_with_one_line(assets):
+    from common.errors import TrialError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is visible here")
+    settings = dataclasses.replace(_settings(assets, "llama", "chat_sft", "none"), attn_implementation="flash_attention_2")
+    with pytest.raises(TrialError, match=r"^`attn_implementation` flash_attention_2: it runs on CUDA GPUs only and "
+                                         r"torch sees none here; pass --attn-implementation sdpa \(or auto\)$"):
+        load_base_model(settings, get_family("llama"), get_task("chat_sft"), "bf16", torch.device("cpu"))
 
 
 def test_packed_trials_report_at_the_same_tokens_as_unpacked():

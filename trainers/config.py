@@ -25,6 +25,7 @@ from common.errors import ConfigError, Problems
 
 Quantization = Literal["4bit", "8bit", "none"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 Method = Literal["lora", "full"]
 
 
@@ -82,6 +83,7 @@ class TrainSettings:
     method: Method = field(default="lora", metadata={"help": "lora (adapters on a frozen base) or full (every weight; no quantization)"})
     quantization: Quantization = field(default="4bit", metadata={"help": "4bit = QLoRA (NF4, double quant); 8bit; none"})
     precision: Precision = field(default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU"})
+    attn_implementation: Attention = field(default="auto", metadata={"help": "attention kernel: auto (the family's choice, else Transformers' sdpa), sdpa, eager, or flash_attention_2 (CUDA GPUs from Ampere on with the flash-attn package, in bf16/fp16; packed rows take its variable-length path)"})
     per_device_batch_size: int = field(default=2, metadata={"help": "micro-batch per worker (rows; a packed row holds several examples)"})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "trade ~30% more compute for far less activation memory"})
@@ -149,7 +151,8 @@ class TrainSettings:
             problems.add(f"`validation_fraction` is {self.validation_fraction!r}; it must be in [0, 1) and leave "
                               f"rows to train on beside eval_fraction {self.eval_fraction} and test_fraction "
                               f"{self.test_fraction}")
-        for name, allowed in (("quantization", Quantization), ("precision", Precision), ("method", Method)):
+        for name, allowed in (("quantization", Quantization), ("precision", Precision), ("method", Method),
+                              ("attn_implementation", Attention)):
             choices = typing.get_args(allowed)
             if getattr(self, name) not in choices:
                 problems.add(f"`{name}` is {getattr(self, name)!r}; choose {', '.join(choices)}")
@@ -158,7 +161,10 @@ class TrainSettings:
                               "pass --quantization none (or search method only with quantization none)")
         if self.zero_stage not in (0, 1, 2, 3):
             problems.add(f"`zero_stage` is {self.zero_stage!r}; choose 0 (DDP), 1, 2 or 3")
-        elif self.offload and self.zero_stage == 0:  # DeepSpeed's offload: without ZeRO nothing moves
+        if self.attn_implementation == "flash_attention_2" and self.precision == "fp32":
+            problems.add("`attn_implementation` flash_attention_2 runs in bf16 or fp16, not `precision` fp32; pass "
+                         "--precision auto (bf16 where the GPU has it) or --attn-implementation sdpa")
+        if self.offload and self.zero_stage == 0:  # DeepSpeed's offload: without ZeRO nothing moves
             problems.add("`offload` is on but `zero_stage` is 0 (no DeepSpeed), which offloads nothing; pass "
                          "--zero-stage 2 (optimizer state in CPU memory) or 3 (weights too), or drop --offload")
         if not 0 <= self.lora_dropout < 1:

@@ -38,11 +38,36 @@ def nvidia_driver() -> str:
 
 
 def cuda_report() -> dict:
-    """What this process's torch makes of CUDA (run where a trial runs: Ray sets CUDA_VISIBLE_DEVICES)."""
+    """What this process's torch makes of CUDA (run where a trial runs: Ray sets CUDA_VISIBLE_DEVICES),
+    and whether flash-attn is installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
     available = torch.cuda.is_available()
+    try:
+        flash = version("flash-attn")
+    except PackageNotFoundError:
+        flash = None
     return {"available": available, "devices": torch.cuda.device_count() if available else 0,
             "torch": torch.__version__, "torch_cuda": torch.version.cuda, "driver": nvidia_driver(),
-            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "flash_attn": flash,
+            "gpu": torch.cuda.get_device_name(0) if available else None,
+            "capability": list(torch.cuda.get_device_capability(0)) if available else None}
+
+
+def flash_attention_problem(report: dict) -> str | None:
+    """Why flash_attention_2 cannot run where ``report`` was made, or None."""
+    if not report["available"]:
+        return "it runs on CUDA GPUs only and torch sees none here"
+    if report["flash_attn"] is None:
+        return "the flash-attn package is not installed (pip install flash-attn --no-build-isolation, after torch)"
+    if tuple(report["capability"]) < (8, 0):
+        major, minor = report["capability"]
+        return f"it needs a GPU from Ampere on (compute capability 8.0), and the {report['gpu']} is {major}.{minor}"
+    return None
+
+
+def flash_attention_line(problem: str) -> str:
+    return f"`attn_implementation` flash_attention_2: {problem}; pass --attn-implementation sdpa (or auto)"
 
 
 def no_cuda_line(report: dict) -> str:

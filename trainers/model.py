@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from common.errors import TrialError
 from trainers.data import hf_token
+from trainers.devices import cuda_report, flash_attention_line, flash_attention_problem
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -61,6 +63,12 @@ def load_base_model(settings, family, task, precision: str, device: torch.device
     # a new classification head starts the same in every trial and the baseline (a --repeats run: its own)
     torch.manual_seed(settings.seed + settings.repeat)
     kwargs: dict = {"dtype": dtype, "token": hf_token(), **family.from_pretrained_kwargs, **task.model_kwargs(settings)}
+    if settings.attn_implementation != "auto":  # else the family's choice (Gemma: eager), or sdpa
+        if settings.attn_implementation == "flash_attention_2":
+            problem = flash_attention_problem(cuda_report())
+            if problem:
+                raise TrialError(flash_attention_line(problem))
+        kwargs["attn_implementation"] = settings.attn_implementation
     qconf = quantization_config(settings, dtype, task.head_modules(family))
     if qconf is not None:
         kwargs["quantization_config"] = qconf
