@@ -249,6 +249,25 @@ def test_flash_attention_on_a_machine_without_cuda_stops_the_trial_with_one_line
         load_base_model(settings, get_family("llama"), get_task("chat_sft"), "bf16", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_zero3_qlora_keeps_one_dtype_for_zero3_to_partition(assets, zero_stage):
+    """A bf16 4-bit base as a GPU trial builds it (outside DeepSpeed here: loaded whole). At ZeRO-3 the
+    4-bit weights are stored as bf16 and nothing is upcast beside them (TRL's sharded-QLoRA recipe);
+    at stage 2 PEFT's prepare_model_for_kbit_training puts the norms in fp32, as it should there."""
+    settings = dataclasses.replace(_settings(assets, "llama", "chat_sft", "4bit"), zero_stage=zero_stage,
+                                   gradient_checkpointing=True)
+    model = build_model(settings, get_family("llama"), get_task("chat_sft"), "bf16", torch.device("cpu"))
+    base = {n: p for n, p in model.named_parameters() if "lora_" not in n}
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values()) and not any(p.requires_grad for p in base.values())
+    norms = {p.dtype for n, p in base.items() if "norm" in n}
+    if zero_stage == 3:
+        assert {p.dtype for p in base.values()} == {torch.bfloat16}, {n: p.dtype for n, p in base.items()}
+    else:
+        assert norms == {torch.float32}
+    assert model.base_model.model.is_gradient_checkpointing
+
+
 def test_packed_trials_report_at_the_same_tokens_as_unpacked():
     from trainers.loop import report_interval
 

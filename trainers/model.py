@@ -139,7 +139,15 @@ def build_model(settings, family, task, precision: str, device=None):
     model.config.use_cache = False
     if settings.method == "full":
         return model
-    if settings.quantization != "none":
+    if settings.quantization != "none" and settings.zero_stage == 3:
+        # ZeRO-3 QLoRA as PEFT's and TRL's sharded recipes do it: the base frozen and every weight left
+        # in the one dtype ZeRO-3 partitions (4-bit weights are stored as the compute dtype here);
+        # prepare_model_for_kbit_training would put norms, embeddings and the head in fp32 beside them.
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif settings.quantization != "none":
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=settings.gradient_checkpointing,
