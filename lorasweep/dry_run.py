@@ -32,6 +32,9 @@ def dry_run_report(sweep: ResolvedSweep, inputs, res: Resources, cluster: dict, 
     lines.append(f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
                  f"{at_once} trial(s) at once on {'this machine' if not options.address else 'this cluster'} "
                  f"({cluster['cpu']:g} CPU, {cluster['gpu']:g} GPU, {len(cluster['nodes'])} node(s))")
+    from lorasweep.gpu_memory import load_line
+
+    lines += [line for line in [load_line(sweep, inputs, res, cluster)] if line]
     lines += estimate(sweep, inputs, res, cluster, at_once)
     if res.gpus <= 0:
         lines += cpu_wall_time(sweep, inputs, res, at_once)

@@ -27,7 +27,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
     """Run (or dry-run) a sweep of ``recipe`` from command-line flags. ``command`` is how the user
     called it (``lorasweep run llama_finetome``; default: ``python <this script>``): --help and the
     resume line say it."""
-    from lorasweep import dashboard, final_round, gpus, preflight, selection, sweepfile
+    from lorasweep import dashboard, final_round, gpu_memory, gpus, preflight, selection, sweepfile
     from lorasweep.results import finish, publish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
@@ -62,6 +62,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         preflight.check_cluster(options, res, cluster)
         preflight.check_paths_on_nodes(sweep, res)
         gpus.check_attention(sweep.settings, res)
+        gpu_memory.check_load(sweep, inputs, res, cluster)
         if not (options.dry_run and not options.address):  # a local dry run starts no Ray to ask
             gpus.check_gpu_nodes(sweep.settings, res)
         n = concurrency(options, res, cluster)

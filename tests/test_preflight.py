@@ -327,3 +327,45 @@ ray.shutdown()
     assert r.returncode == 0, r.stderr[-3000:]
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert seen["url"].startswith("127.0.0.1:") and seen["listen"] == ["127.0.0.1"], seen
+
+
+def _llama_config(hidden: int, layers: int, inter: int, tied: bool):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=64,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=tied)
+
+
+def test_a_base_whose_weights_cannot_fit_the_gpus_on_offer_is_refused_before_the_sweep():
+    """A 70B 4-bit base loads whole on every rank, ZeRO-3 too (~37 GB): refused for an A10G cluster
+    (24 GB), also one that only autoscales A10G/L4 nodes in; it fits an H100. A 1B fits an A10G, and
+    a CPU sweep or a GPU type we do not know is not judged."""
+    from types import SimpleNamespace
+
+    from lorasweep.gpu_memory import check_load, load_line
+    from lorasweep.preflight import Inputs
+    from trainers.config import Resources, TrainSettings
+
+    settings = TrainSettings(model="meta-llama/Llama-3.3-70B-Instruct", dataset="d.jsonl", quantization="4bit",
+                             zero_stage=3)
+    sweep, res = SimpleNamespace(settings=settings), Resources(workers=4, gpus=1)
+    big = Inputs(model_config=_llama_config(8192, 80, 28672, tied=False))
+    a10g = {"accelerators": ["accelerator_type:A10G"]}
+    with pytest.raises(ConfigError, match=r"^`model` 'meta-llama/Llama-3.3-70B-Instruct' \(70.6B params\) loads ~37 GB "
+                                          r"of weights on each GPU \(4bit bases load whole on every rank, ZeRO-3 too\), "
+                                          r"more than the A10G's 24 GB; use GPUs with more memory or a smaller --model$"):
+        check_load(sweep, big, res, a10g)
+    autoscaled = {"accelerators": [], "node_types": {"head": {"CPU": 4}, "a10g": {"GPU": 4, "accelerator_type:A10G": 1},
+                                                     "l4": {"GPU": 1, "accelerator_type:L4": 1}}}
+    with pytest.raises(ConfigError, match=r"more than the (A10G|L4)'s 24 GB"):
+        check_load(sweep, big, res, autoscaled)
+    check_load(sweep, big, res, {"accelerators": ["accelerator_type:H100"]})
+    assert load_line(sweep, big, res, {"accelerators": ["accelerator_type:H100"]}) == (
+        "GPU memory at load: ~36.8 GB of base weights on each GPU before training; the smallest GPU on offer, H100, has 80 GB")
+    # two trials sharing each H100 get half of it each
+    with pytest.raises(ConfigError, match="more than the H100's 80 GB"):
+        check_load(sweep, big, Resources(workers=4, gpus=0.5), {"accelerators": ["accelerator_type:H100"]})
+    small = Inputs(model_config=_llama_config(2048, 16, 8192, tied=True))
+    check_load(sweep, small, res, a10g)
+    check_load(sweep, big, Resources(workers=1, gpus=0), a10g)  # CPU trials: no GPU to fit
+    check_load(sweep, big, res, {"accelerators": ["accelerator_type:B300"]})  # unknown type: not judged
