@@ -97,10 +97,12 @@ def test_trials_run_on_worker_nodes_as_one_placement_group_packed_or_spread(clus
               "; ".join(f"{t}: {sorted(n[:8] for n in _nodes(reps[-1]))}" for t, reps in reports.items()))
 
 
-def test_a_gpu_node_whose_torch_sees_no_cuda_refuses_the_sweep_in_seconds(cluster, tiny_assets, tmp_path):
+def test_a_gpu_node_whose_torch_sees_no_cuda_refuses_the_sweep_in_seconds(cluster, tiny_assets, tmp_path, monkeypatch):
     """A node that offers Ray a GPU (on a real node Ray counts them by NVML) where torch sees no CUDA
     (here: this machine's CPU build of torch). --gpus-per-worker 1 trained the trial on the CPU and
     exited 0; now a 1-GPU task asks the node first and the sweep is refused with one line."""
+    # the suite hides CUDA (conftest), and Ray refuses a GPU node whose CUDA_VISIBLE_DEVICES lists none
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     node = cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
     try:
