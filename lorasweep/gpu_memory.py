@@ -3,7 +3,7 @@ dry run prints it, and a GPU sweep whose load cannot fit the GPUs on offer is re
 cluster provisions anything.
 
 A 4-bit or 8-bit base is loaded whole on every rank, ZeRO-3 included (bitsandbytes quantises while
-loading; ZeRO-3 partitions it only when the engine starts): a 70B base is ~40 GB per GPU at load,
+loading; ZeRO-3 partitions it only when the engine starts): a 70B base is ~37 GB per GPU at load,
 more than an A10G's or an L4's 24 GB, however many workers the trial has. A bf16 base under ZeRO-3
 is built partitioned (``deepspeed.zero.Init``). Embeddings and the output head stay unquantised, in
 fp32 where PEFT's ``prepare_model_for_kbit_training`` upcasts them (every stage but 3).
@@ -27,9 +27,9 @@ def embedding_params(config) -> int:
     return vocab * hidden * (1 if getattr(config, "tie_word_embeddings", True) else 2)
 
 
-def load_gb(params: int, config, settings, workers: int, gpu: bool = True) -> float:
-    """GiB of base weights per rank once loaded (see the module's docstring)."""
-    half = 4 if settings.precision == "fp32" or not gpu else 2
+def load_gb(params: int, config, settings, workers: int) -> float:
+    """GiB of base weights per rank of a GPU trial once loaded (see the module's docstring)."""
+    half = 4 if settings.precision == "fp32" else 2
     unquantised = min(embedding_params(config), params)
     rest = params - unquantised
     kept = unquantised * (half if settings.zero_stage == 3 else 4)  # fp32 after prepare_model_for_kbit_training
@@ -51,25 +51,31 @@ def smallest_gpu(cluster: dict) -> tuple[str, float] | None:
     return min(known, key=lambda kv: kv[1]) if known else None
 
 
-def load_line(sweep, inputs, res, cluster: dict) -> str | None:
-    """The dry run's line, or None when the model's size is unknown here or the trials get no GPU."""
+def _load(sweep, inputs, res, cluster: dict) -> tuple[int, float, tuple[str, float] | None] | None:
+    """(params, GiB per GPU at load, smallest known GPU on offer), or None for CPU trials or an unknown model size."""
     params = inputs.parameters() if res.gpus > 0 and inputs.model_config is not None else None
     if not params:
         return None
-    gb = load_gb(params, inputs.model_config, sweep.settings, res.workers)
-    gpu = smallest_gpu(cluster)
+    return params, load_gb(params, inputs.model_config, sweep.settings, res.workers), smallest_gpu(cluster)
+
+
+def load_line(sweep, inputs, res, cluster: dict) -> str | None:
+    """The dry run's line, or None when the model's size is unknown here or the trials get no GPU."""
+    load = _load(sweep, inputs, res, cluster)
+    if load is None:
+        return None
+    _, gb, gpu = load
     on = f"; the smallest GPU on offer, {gpu[0]}, has {gpu[1]} GB" if gpu else ""
     return f"GPU memory at load: ~{gb:.1f} GB of base weights on each GPU before training{on}"
 
 
 def check_load(sweep, inputs, res, cluster: dict) -> None:
     """Refuse a GPU sweep whose weights alone would not fit the smallest known GPU on offer."""
-    params = inputs.parameters() if res.gpus > 0 and inputs.model_config is not None else None
-    gpu = smallest_gpu(cluster) if params else None
-    if not gpu:
+    load = _load(sweep, inputs, res, cluster)
+    if load is None or load[2] is None:
         return
+    params, gb, gpu = load
     settings = sweep.settings
-    gb = load_gb(params, inputs.model_config, settings, res.workers)
     if gb > FITS * gpu[1] * res.gpus:
         whole = (f" ({settings.quantization} bases load whole on every rank, ZeRO-3 too)"
                  if settings.quantization != "none" else "")
