@@ -113,6 +113,43 @@ def test_packed_documents_do_not_see_each_other(tiny_assets, tiny_tokenizer):
     assert torch.allclose(with_b1, alone, atol=1e-4)
 
 
+def test_packed_rows_under_flash_attention_are_laid_flat_as_one_row(tiny_assets, tiny_tokenizer):
+    """FlashAttention-2 keeps packed documents apart (its variable-length path) only for a batch of
+    ONE row whose position_ids restart; with several rows Transformers runs plain causal attention
+    across each row's documents. So under flash_attention_2 the trial's collator lays the packed rows
+    end to end, and that flat row computes what the padded batch computes (checked here with SDPA,
+    which reads the restarts of either layout)."""
+    from stand_ins import finetome_rows
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence
+
+    from trainers.config import TrainSettings
+    from trainers.families import get_family
+    from trainers.model import build_model
+    from trainers.tasks import get_task
+
+    settings = TrainSettings(model=str(tiny_assets["model"]), dataset="unused", quantization="none", r=8, lora_alpha=16,
+                             packing=True)
+    rows = pack_examples(_examples(tiny_tokenizer, finetome_rows(12, seed=5)), 128)[:3]
+    assert len(rows) == 3 and all(r["position_ids"].count(0) >= 2 for r in rows)  # documents share rows
+    padded = get_task("chat_sft").collator(settings, tiny_tokenizer)(rows)
+    flash = TrainSettings.from_dict({**settings.to_dict(), "attn_implementation": "flash_attention_2", "precision": "bf16"})
+    flat = get_task("chat_sft").collator(flash, tiny_tokenizer)(rows)
+    n = sum(len(r["input_ids"]) for r in rows)
+    assert padded["input_ids"].shape[0] == 3 and flat["input_ids"].shape == (1, n)
+    assert int(flat["num_tokens"]) == int(padded["num_tokens"]) == n
+    assert not _is_packed_sequence(padded["position_ids"], 3)  # what FlashAttention-2 would have missed
+    assert _is_packed_sequence(flat["position_ids"], 1)
+
+    model = build_model(settings, get_family("llama"), get_task("chat_sft"), "fp32")
+    model.train()
+    with torch.no_grad():
+        out_padded = model(**{k: v for k, v in padded.items() if k != "num_tokens"})
+        out_flat = model(**{k: v for k, v in flat.items() if k != "num_tokens"})
+    real = torch.cat([out_padded.logits[i, : len(r["input_ids"])] for i, r in enumerate(rows)])
+    assert torch.allclose(out_flat.logits[0], real, atol=1e-4)
+    assert abs(out_flat.loss.item() - out_padded.loss.item()) < 1e-4
+
+
 def test_collator_counts_only_real_tokens(tiny_tokenizer):
     ex = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
     b = Collator(tiny_tokenizer.pad_token_id, packed=False)(ex)

@@ -87,3 +87,32 @@ def test_zero3_4bit_offload_saves_an_adapter_of_lora_keys_only(tmp_path):
     with safe_open(str(sweep / "best_adapters" / "rank_1" / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert keys and all("lora_" in k for k in keys), [k for k in keys if "lora_" not in k][:5]
+
+
+def test_flash_attention_keeps_packed_documents_apart(tiny_assets, tiny_tokenizer):
+    """Packed rows under flash_attention_2 (laid flat by the trial's collator: its variable-length
+    path) give the logits SDPA gives the padded batch, to bf16 precision."""
+    pytest.importorskip("flash_attn", reason="needs the flash-attn package")
+    from stand_ins import finetome_rows
+
+    from trainers.chat import pack_examples, tokenize_rows
+    from trainers.config import TrainSettings
+    from trainers.families import get_family
+    from trainers.model import build_model
+    from trainers.tasks import get_task
+
+    device = torch.device("cuda", 0)
+    base = dict(model=str(tiny_assets["model"]), dataset="unused", quantization="none", r=8, lora_alpha=16,
+                packing=True, precision="bf16")
+    rows = pack_examples(tokenize_rows(tiny_tokenizer, finetome_rows(12, seed=5), 256).examples, 128)[:3]
+    logits = {}
+    for attn in ("sdpa", "flash_attention_2"):
+        settings = TrainSettings(**base, attn_implementation=attn)
+        model = build_model(settings, get_family("llama"), get_task("chat_sft"), "bf16", device).to(device)
+        batch = get_task("chat_sft").collator(settings, tiny_tokenizer)(rows)
+        with torch.no_grad():
+            out = model(**{k: v.to(device) for k, v in batch.items() if k != "num_tokens"}).logits.float()
+        logits[attn] = out[0] if attn == "flash_attention_2" else torch.cat(
+            [out[i, : len(r["input_ids"])] for i, r in enumerate(rows)])
+    assert logits["flash_attention_2"].shape == logits["sdpa"].shape
+    assert (logits["flash_attention_2"] - logits["sdpa"]).abs().max().item() < 0.1

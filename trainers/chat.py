@@ -193,12 +193,24 @@ def pack_examples(examples: list[dict], max_len: int) -> list[dict]:
 class Collator:
     """Right-pads a list of examples. Packed rows carry ``position_ids`` and no attention mask;
     unpacked rows carry an attention mask. ``num_tokens`` (non-padding tokens) feeds the token
-    budget and is removed before the forward pass."""
+    budget and is removed before the forward pass.
 
-    def __init__(self, pad_id: int, packed: bool, pad_to: int | None = None):
-        self.pad_id, self.packed, self.pad_to = pad_id, packed, pad_to
+    ``flat`` (packed rows under FlashAttention-2): the batch's rows are laid end to end as ONE row,
+    unpadded. Transformers gives FlashAttention-2 its variable-length path only for a batch of one
+    row whose ``position_ids`` restart (``modeling_flash_attention_utils._is_packed_sequence``); a
+    batch of several packed rows runs plain causal attention, so each document would attend to the
+    documents before it in its row."""
+
+    def __init__(self, pad_id: int, packed: bool, pad_to: int | None = None, flat: bool = False):
+        if flat and not packed:
+            raise ValueError("Collator: flat=True lays packed rows end to end; it needs packed=True")
+        self.pad_id, self.packed, self.pad_to, self.flat = pad_id, packed, pad_to, flat
 
     def __call__(self, batch: list[dict]) -> dict:
+        if self.flat:
+            cat = lambda key: torch.tensor([[t for e in batch for t in e[key]]], dtype=torch.long)  # noqa: E731
+            return {"input_ids": cat("input_ids"), "labels": cat("labels"), "position_ids": cat("position_ids"),
+                    "num_tokens": torch.tensor(sum(len(e["input_ids"]) for e in batch))}
         width = self.pad_to or max(len(e["input_ids"]) for e in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -224,3 +236,9 @@ class Collator:
             out["attention_mask"] = mask
         out["num_tokens"] = torch.tensor(sum(lengths))
         return out
+
+
+def collator_for(settings, pad_id: int) -> Collator:
+    """The training collator of the causal-LM tasks: packed rows laid flat under FlashAttention-2."""
+    return Collator(pad_id, packed=settings.packing,
+                    flat=settings.packing and settings.attn_implementation == "flash_attention_2")

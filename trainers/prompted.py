@@ -5,7 +5,7 @@ on the answer only, few-shot examples as earlier turns, and packing."""
 
 from __future__ import annotations
 
-from trainers.chat import Collator, pack_examples, tokenize_rows
+from trainers.chat import collator_for, pack_examples, tokenize_rows
 from trainers.tasks import Task
 
 PLAIN_TEMPLATE = (  # a base model's layout (Llama-3.2-1B, gemma-2b ship without a chat template)
@@ -55,4 +55,4 @@ class PromptedAnswer:
         return pack_examples(ex, settings.max_seq_length) if settings.packing else ex
 
     def collator(self, settings, tokenizer):
-        return Collator(tokenizer.pad_token_id, packed=settings.packing)
+        return collator_for(settings, tokenizer.pad_token_id)

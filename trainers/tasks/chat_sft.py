@@ -3,7 +3,7 @@ only, optional packing; scored by the token-weighted eval loss on held-out conve
 
 from __future__ import annotations
 
-from trainers.chat import Collator, pack_examples, require_chat_columns, tokenize_rows
+from trainers.chat import collator_for, pack_examples, require_chat_columns, tokenize_rows
 from trainers.evaluation import eval_batches, evaluate_loss
 from trainers.tasks import Task, register
 
@@ -34,7 +34,7 @@ class ChatSFT(Task):
         return pack_examples(ex, settings.max_seq_length) if settings.packing else ex
 
     def collator(self, settings, tokenizer):
-        return Collator(tokenizer.pad_token_id, packed=settings.packing)
+        return collator_for(settings, tokenizer.pad_token_id)
 
     def evaluate(self, model, tokenizer, settings, prepared, shard=(0, 1)):
         if "batches" not in prepared.cache:  # built once per trial, reused at every report
