@@ -54,7 +54,7 @@ def run_remote(settings_dict: dict, resources, adapter: str | None, shots: list[
 
     from lorasweep.credentials import share
 
-    remote = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus or 0)(score)
+    remote = ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus or 0, **resources.host_options())(score)
     secrets = share()  # a reference in a list: the token itself is in no task spec
     refs = {f"{k}-shot": remote.remote(settings_dict, adapter, k, secrets) for k in shots}
     return {name: ray.get(ref) for name, ref in refs.items()}

@@ -75,16 +75,44 @@ def free_port(preferred: int = 8265) -> int:
     raise OSError("no free port for the Ray dashboard")
 
 
+# Declared by cluster.yaml's and the KubeRay manifest's worker nodes (1000 each: room for any number
+# of trials); a trial's processes ask for one unit, so they never land on the head.
+WORKER_RESOURCE = "lorasweep_worker"
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's own marker of the head node
+
+
 def cluster_resources() -> dict:
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n["Resources"] for n in alive]
     return {
         "cpu": sum(n.get("CPU", 0) for n in nodes),
         "gpu": sum(n.get("GPU", 0) for n in nodes),
         "nodes": nodes,
         "accelerators": sorted({k for n in nodes for k in n if k.startswith("accelerator_type:")}),
+        "head_id": next((n["NodeID"] for n in alive if HEAD_RESOURCE in n["Resources"]), None),
     }
+
+
+def trial_host(cluster: dict) -> tuple[dict[str, float], str]:
+    """What keeps a trial's processes off the head node, which runs the driver, Optuna and the data
+    audit: the Tune trial actor (and so its Ray Train controller, which Ray Train starts on the trial
+    actor's node), its workers and the scoring tasks. cluster.yaml's head has 0 CPUs, but a trial
+    actor asks only for 1 byte of memory (lorasweep/tuner.py says why), which the head still has.
+    Returns (resources to add to each request, the node id to keep off):
+    - worker nodes (live, or node types the autoscaler adds) declare ``lorasweep_worker``: one unit
+      of it. A resource, not a label, because Ray's v1 autoscaler scales up for resources and ignores
+      label selectors;
+    - else, when nodes other than the head are up: the head's node id (a label selector excludes it);
+    - else (a one-node Ray: the head is all there is, as on a laptop): nothing."""
+    offered = [*cluster.get("nodes", []), *(cluster.get("node_types") or {}).values()]
+    if any(WORKER_RESOURCE in r for r in offered):
+        return {WORKER_RESOURCE: 1.0}, ""
+    head = cluster.get("head_id")
+    if head and any(HEAD_RESOURCE not in r for r in cluster.get("nodes", [])):
+        return {}, head
+    return {}, ""
 
 
 def trial_resources(options: SweepOptions, cluster: dict, sweep: "ResolvedSweep | None" = None) -> Resources:
@@ -96,8 +124,10 @@ def trial_resources(options: SweepOptions, cluster: dict, sweep: "ResolvedSweep 
         gpus = 1.0 if cluster["gpu"] > 0 else 0.0
         if not gpus and options.autoscale:
             gpus = _gpus_from_node_types(cluster.get("node_types"))
+    host_resources, not_on_node = trial_host(cluster)
     res = Resources(workers=options.workers_per_trial, gpus=gpus, cpus=options.cpus_per_worker,
-                    retries=options.trial_retries, placement=options.placement.upper())
+                    retries=options.trial_retries, placement=options.placement.upper(),
+                    host_resources=host_resources, not_on_node=not_on_node)
     if sweep is not None:
         res.in_trial_process = trains_in_trial_process(sweep, res)
     return res

@@ -191,7 +191,7 @@ def run(sweep, res, rows: list[dict]) -> list[dict]:
     settings = sweep.settings.to_dict()
     log.say(f"final round: scoring the top {len(chosen)} trial(s) and the untrained model again ...")
     try:
-        remote = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus or 0)(score_rows)
+        remote = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus or 0, **res.host_options())(score_rows)
         secrets = share()
         refs = {BASE: remote.remote(settings, None, metric, secrets),
                 **{r["trial_id"]: remote.remote(settings, r["checkpoint"], metric, secrets) for r in chosen}}

@@ -264,7 +264,12 @@ def remove_created(folders: list[str]) -> None:
 
 
 def worker_slots(node: dict, res) -> int:
-    """How many of one trial's workers a node can hold (a worker never spans nodes)."""
+    """How many of one trial's workers a node can hold (a worker never spans nodes; none on the head
+    when the trial keeps off it: ``cluster.trial_host``)."""
+    from lorasweep.cluster import HEAD_RESOURCE
+
+    if any(k not in node for k in res.host_resources) or (res.not_on_node and HEAD_RESOURCE in node):
+        return 0
     by_cpu = int(node.get("CPU", 0) // res.cpus)
     return min(by_cpu, int(node.get("GPU", 0) // res.gpus)) if res.gpus > 0 else by_cpu
 

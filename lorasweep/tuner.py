@@ -115,8 +115,10 @@ def lora_trial(config: dict, secrets: list | None = None) -> None:
         scaling_config=ScalingConfig(
             num_workers=res.workers,
             use_gpu=res.gpus > 0,
-            resources_per_worker={"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})},
+            resources_per_worker={"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {}),
+                                  **res.host_resources},
             placement_strategy=res.placement,
+            label_selector=res.host_labels or None,
         ),
         run_config=RunConfig(
             name=tune.get_context().get_trial_id(),
@@ -253,11 +255,14 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     # CPU + 0.01) > 2 CPUs, and the second trial's workers wait forever for a CPU its own driver
     # holds. Tune refuses an empty request, so it asks for one byte of Ray's logical memory.
     # HF_TOKEN reaches the trials' workers by reference (lorasweep/credentials.py).
+    # Off the head node where the cluster has other nodes (cluster.trial_host): the trial's own
+    # process, and with it its Ray Train controller, which Ray Train starts beside it.
     wants = ({"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})} if res.in_trial_process
-             else {"memory": 1})
+             else {"memory": 1}) | res.host_resources
     trainable = tune.with_parameters(trainable or lora_trial, secrets=share())
     trainable.__mixins__ = (ResumeFromNewest,)
-    trainable = tune.with_resources(trainable, wants)
+    trainable = tune.with_resources(trainable, tune.PlacementGroupFactory(
+        [wants], **({"bundle_label_selector": [res.host_labels]} if res.host_labels else {})))
     # The scheduler and the searcher carry their own metrics; Tune refuses a second one here.
     own = multi or isinstance(scheduler, JudgedASHA)
     tune_config = tune.TuneConfig(metric=None if own else space.metric, mode=None if own else space.mode,

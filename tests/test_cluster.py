@@ -70,6 +70,18 @@ def _nodes(report: dict) -> list[str]:
     return report["worker_nodes"].split(",")
 
 
+def _trial_actor_nodes() -> dict[str, set[str]]:
+    """Node ids of the trial-side actors this cluster has run, by class (the state API keeps dead
+    actors): the Tune trial actor, its Ray Train controller and workers."""
+    from ray.util.state import list_actors
+
+    out: dict[str, set[str]] = {}
+    for actor in list_actors(address=os.environ["RAY_API_SERVER_ADDRESS"], limit=10_000, detail=True):
+        if actor.class_name in ("ImplicitFunc", "TrainController", "RayTrainWorker"):
+            out.setdefault(actor.class_name, set()).add(actor.node_id)
+    return out
+
+
 def _sweep(args: list[str], **kw):
     return subprocess.run([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900, **kw)
@@ -95,6 +107,11 @@ def test_trials_run_on_worker_nodes_as_one_placement_group_packed_or_spread(clus
             assert len(nodes) == (2 if placement == "spread" else 1), (placement, trial, nodes)
         print(f"\n[{placement}] {time.time() - t0:.0f}s: " +
               "; ".join(f"{t}: {sorted(n[:8] for n in _nodes(reps[-1]))}" for t, reps in reports.items()))
+    # Nothing of a trial on the head: its trial actor asks for 1 byte of memory, which the 0-CPU head
+    # has, and Ray Train starts the controller beside it (both ran on the head before Dec 3).
+    placed = _trial_actor_nodes()
+    assert set(placed) == {"ImplicitFunc", "TrainController", "RayTrainWorker"}, placed
+    assert all(nodes <= workers for nodes in placed.values()), (head, placed)
 
 
 def test_a_gpu_node_whose_torch_sees_no_cuda_refuses_the_sweep_in_seconds(cluster, tiny_assets, tmp_path, monkeypatch):

@@ -185,6 +185,20 @@ def test_the_head_offers_trials_no_cpu_or_gpu(cluster, rayjob):
     assert "nvidia.com/gpu" not in json.dumps(head(rayjob)["template"])
 
 
+def test_worker_nodes_declare_where_trials_may_run(cluster, rayjob):
+    """Every worker node type offers the resource a trial's own actor, controller and scoring tasks
+    ask for (lorasweep/cluster.py trial_host), and the head does not: nothing of a trial on the head."""
+    from lorasweep.cluster import WORKER_RESOURCE
+
+    types = cluster["available_node_types"]
+    assert WORKER_RESOURCE not in types[cluster["head_node_type"]]["resources"]
+    assert all(t["resources"].get(WORKER_RESOURCE, 0) >= 100 for name, t in types.items()
+               if name != cluster["head_node_type"])
+    assert WORKER_RESOURCE not in json.dumps(head(rayjob))
+    for group in workers(rayjob):
+        assert json.loads(json.loads(group["rayStartParams"]["resources"]))[WORKER_RESOURCE] >= 100
+
+
 def test_every_node_runs_ray_with_token_auth(cluster, rayjob):
     starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if "ray start" in cmd)

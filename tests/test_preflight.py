@@ -71,6 +71,30 @@ def test_concurrency_counts_worker_slots_node_by_node():
     assert concurrency(SweepOptions(name="x", max_concurrent=8, num_samples=1), res(1, 1), cluster(gpu_node(4))) == 1
 
 
+def test_trials_keep_off_the_head_where_the_cluster_has_other_nodes():
+    """cluster.trial_host: the head runs the driver; a trial's actor, controller, workers and scoring
+    tasks go elsewhere when there is an elsewhere (tests/test_cluster.py checks it on a real cluster)."""
+    head, opts = {"CPU": 4, "node:__internal_head__": 1}, SweepOptions(name="x", max_concurrent=8, num_samples=8)
+    marked = {"CPU": 4, "lorasweep_worker": 1000}  # cluster.yaml's and the KubeRay manifest's worker nodes
+    r = trial_resources(opts, {**cluster(head, marked), "head_id": "h"})
+    assert r.host_resources == {"lorasweep_worker": 1.0} and not r.not_on_node
+    assert r.host_options() == {"resources": {"lorasweep_worker": 1.0}}
+    assert concurrency(opts, r, cluster(head, marked)) == 4  # the head's 4 CPUs hold no trial
+    # node types the autoscaler adds declare it, before any worker node is up
+    adds = {"gpu_worker": {"CPU": 4, "GPU": 1, "lorasweep_worker": 1000}}
+    r = trial_resources(SweepOptions(name="x", autoscale=True), {**cluster({"CPU": 0, **head}), "head_id": "h",
+                                                                 "node_types": adds})
+    assert r.host_resources == {"lorasweep_worker": 1.0} and r.gpus == 1
+    # any other cluster with a node besides the head: a label selector excluding the head's node id
+    r = trial_resources(opts, {**cluster(head, {"CPU": 2}), "head_id": "h"})
+    assert r.not_on_node == "h" and r.host_options() == {"label_selector": {"ray.io/node-id": "!h"}}
+    assert concurrency(opts, r, cluster(head, {"CPU": 2})) == 2
+    # a one-node Ray (a laptop): the head is all there is
+    r = trial_resources(opts, {**cluster(head), "head_id": "h"})
+    assert not r.host_resources and not r.not_on_node and r.host_options() == {}
+    assert concurrency(opts, r, cluster(head)) == 4
+
+
 # ----------------------------------------------------------------------------- an autoscaling cluster
 
 # What `ray up cluster.yaml` leaves on the head as ~/ray_bootstrap_config.yaml (JSON, which is YAML):

@@ -239,6 +239,21 @@ class Resources:
     # One worker that needs no DeepSpeed: it trains in the Tune trial's own process (no Ray Train
     # controller and worker actors to start and import torch in), and Tune reuses that process.
     in_trial_process: bool = False
+    # What keeps the trial's processes off the head node (lorasweep/cluster.py ``trial_host``): a
+    # resource only worker nodes declare, or the head's node id for a label selector to exclude.
+    host_resources: dict[str, float] = field(default_factory=dict)
+    not_on_node: str = ""
+
+    @property
+    def host_labels(self) -> dict[str, str]:
+        """Ray's label selector for ``not_on_node`` (kept out of the trial's config: Tune flattens a
+        config on '/', which the label key has)."""
+        return {"ray.io/node-id": f"!{self.not_on_node}"} if self.not_on_node else {}
+
+    def host_options(self) -> dict:
+        """``ray.remote`` options that place a task or actor where the trial's workers may run."""
+        return {**({"resources": dict(self.host_resources)} if self.host_resources else {}),
+                **({"label_selector": self.host_labels} if self.not_on_node else {})}
 
 
 @dataclass
