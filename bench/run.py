@@ -37,6 +37,7 @@ FIGURES = {
     "zero": "ZeRO optimizer state",
     "search": "search efficiency",
     "driver_scale": "driver scale",
+    "data_setup": "data set-up per trial",
 }
 
 

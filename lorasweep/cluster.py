@@ -9,7 +9,7 @@ import os
 
 from common.errors import ConfigError
 from lorasweep.recipe import ResolvedSweep, SweepOptions
-from trainers.config import Resources
+from trainers.config import HEAD_RESOURCE, Resources
 
 
 def init_ray(options: SweepOptions) -> None:
@@ -78,7 +78,6 @@ def free_port(preferred: int = 8265) -> int:
 # Declared by cluster.yaml's and the KubeRay manifest's worker nodes (1000 each: room for any number
 # of trials); a trial's processes ask for one unit, so they never land on the head.
 WORKER_RESOURCE = "lorasweep_worker"
-HEAD_RESOURCE = "node:__internal_head__"  # Ray's own marker of the head node
 
 
 def cluster_resources() -> dict:

@@ -88,6 +88,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
                 log.say(f"{label}")
         baseline = run_baseline(sweep, res) if wants_baseline(sweep) else None
         trials = options.num_samples
+        if sweep.data is not None:
+            log.say(f"data: {sweep.data.line()}")
         log.say(f"{options.name}: {trials} trial{'s' * (trials != 1)}, {n} at once, "
               f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
         if sweep.warm is not None:

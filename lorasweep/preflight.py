@@ -164,7 +164,23 @@ def _check_trial_inputs(sweep, inputs: Inputs, task) -> None:
         raise ConfigError(f"`max_seq_length` is {settings.max_seq_length} but `model` {settings.model!r} "
                           f"takes at most {limit} "
                           f"positions; pass --max-seq-length {limit} or less")
-    inputs.data = task.audit(settings)
+    inputs.data, prepared = task.audit_prepared(settings)
+    if not sweep.options.dry_run:
+        sweep.data = shared_data(sweep, task, prepared)
+
+
+def shared_data(sweep, task, prepared):
+    """The audit's tokenisation, kept for the trials (trainers/shared_data.py): the examples a trial's
+    budget can reach, and the packed rows of every packing value the space holds."""
+    from trainers.shared_data import share
+
+    settings, space = sweep.settings, sweep.space
+    packing = space.params.get("packing")
+    packings = list(getattr(packing, "values", ())) if packing is not None else [settings.packing]
+    searched_budget = "max_tokens" in space.params  # the longest trial's budget: keep every example
+    steps = settings.per_device_batch_size * settings.gradient_accumulation_steps * sweep.options.workers_per_trial
+    return share(settings, task, prepared, packings or [settings.packing],
+                 None if searched_budget else settings.max_tokens, steps)
 
 
 def check_attention_support(settings, task, config) -> None:
@@ -266,9 +282,7 @@ def remove_created(folders: list[str]) -> None:
 def worker_slots(node: dict, res) -> int:
     """How many of one trial's workers a node can hold (a worker never spans nodes; none on the head
     when the trial keeps off it: ``cluster.trial_host``)."""
-    from lorasweep.cluster import HEAD_RESOURCE
-
-    if any(k not in node for k in res.host_resources) or (res.not_on_node and HEAD_RESOURCE in node):
+    if not res.may_use(node):
         return 0
     by_cpu = int(node.get("CPU", 0) // res.cpus)
     return min(by_cpu, int(node.get("GPU", 0) // res.gpus)) if res.gpus > 0 else by_cpu

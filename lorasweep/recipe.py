@@ -164,6 +164,7 @@ class ResolvedSweep:
     file: object = None  # lorasweep.sweepfile.SweepFile, with --config
     given: frozenset = frozenset()  # what the command line itself gave (it overrides the file)
     command: str = ""  # what ran it, for the resume line: "lorasweep run llama_finetome" (default: this script)
+    data: object = None  # trainers.shared_data.SharedData: the tokenised data every trial reads (preflight)
 
     @property
     def sweep_dir(self) -> str:

@@ -80,13 +80,14 @@ def oom_line(ray_message: str) -> str:
             f"(`--max-concurrent`) or use a smaller `--per-device-batch-size`")
 
 
-def lora_trial(config: dict, secrets: list | None = None) -> None:
+def lora_trial(config: dict, secrets: list | None = None, data: list | None = None) -> None:
     """Tune function trainable: one trial = one Ray Train ``TorchTrainer`` run, or for a one-worker
     trial that needs no DeepSpeed (``Resources.in_trial_process``) the same loop in this process.
 
     Train workers report (metrics + checkpoint) to Train; ``TuneReportCallback`` forwards each
     report to this trial, so ASHA sees ``tokens_seen`` and the objective as they come.
-    ``secrets`` is the driver's ``credentials.share()``: passed on to the workers by reference.
+    ``secrets`` is the driver's ``credentials.share()`` and ``data`` its tokenised data
+    (trainers/shared_data.py): both passed on to the workers by reference.
     """
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -104,14 +105,17 @@ def lora_trial(config: dict, secrets: list | None = None) -> None:
         # which Transformers' weight-loading report calls (every classification trial failed on it)
         if stream is not None and not hasattr(stream, "isatty"):
             stream.isatty = lambda: False
+    from trainers.shared_data import CONFIG_KEY as DATA_KEY
+
     trial = TrialConfig.from_tune(config)
     res = trial.resources
+    loop_config = {**with_secrets(config, secrets), **({DATA_KEY: data} if data else {})}
     if res.in_trial_process:
-        return train_in_trial_process(with_secrets(config, secrets))
+        return train_in_trial_process(loop_config)
     objective = trial.objective
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=with_secrets(config, secrets),
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=res.workers,
             use_gpu=res.gpus > 0,
@@ -197,6 +201,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     ``repeat_points`` (``--repeats``): exactly these configurations, each with its ``repeat``, in an
     experiment of their own (``<name>-repeats``) beside the sweep's, no searcher, no early stopping;
     everything else is what a sweep runs."""
+    import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -259,7 +264,10 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     # process, and with it its Ray Train controller, which Ray Train starts beside it.
     wants = ({"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus > 0 else {})} if res.in_trial_process
              else {"memory": 1}) | res.host_resources
-    trainable = tune.with_parameters(trainable or lora_trial, secrets=share())
+    # The sweep's tokenised data (trainers/shared_data.py) goes into Ray's object store once, here; a
+    # trial reads it through the reference, as it reads the secrets.
+    shared = {} if trainable is not None else {"data": [ray.put(sweep.data)] if sweep.data is not None else None}
+    trainable = tune.with_parameters(trainable or lora_trial, secrets=share(), **shared)
     trainable.__mixins__ = (ResumeFromNewest,)
     trainable = tune.with_resources(trainable, tune.PlacementGroupFactory(
         [wants], **({"bundle_label_selector": [res.host_labels]} if res.host_labels else {})))

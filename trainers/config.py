@@ -227,6 +227,9 @@ def check_keys(d: dict, cls, where: str) -> None:
             raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
 
 
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's own marker of the head node
+
+
 @dataclass
 class Resources:
     """One trial's Ray Train workers: ``workers`` x (``cpus`` CPU + ``gpus`` GPU)."""
@@ -249,6 +252,10 @@ class Resources:
         """Ray's label selector for ``not_on_node`` (kept out of the trial's config: Tune flattens a
         config on '/', which the label key has)."""
         return {"ray.io/node-id": f"!{self.not_on_node}"} if self.not_on_node else {}
+
+    def may_use(self, node: dict) -> bool:
+        """Whether a node (its Ray resources) may host this trial's processes."""
+        return all(k in node for k in self.host_resources) and not (self.not_on_node and HEAD_RESOURCE in node)
 
     def host_options(self) -> dict:
         """``ray.remote`` options that place a task or actor where the trial's workers may run."""

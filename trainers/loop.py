@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import os
 import shutil
@@ -29,11 +28,13 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from common.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
 from common.errors import first_line
-from trainers.data import example_tokens
+from trainers.data import count_tokens
 from trainers.devices import cuda_report, no_cuda_line, trial_device
 from trainers.evaluation import world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
+from trainers.shared_data import SharedData, data_key
+from trainers.shared_data import receive as receive_data
 from trainers.reporting import (ReportCallback, checkpoint_finished, in_ray_train, ray_report, tune_report,
                                 tune_resume)
 from trainers.tasks import Prepared, get_task
@@ -99,7 +100,7 @@ class Setup:
 
 def tokens_per_step(train: list[dict], settings, n_workers: int) -> float:
     """e.g. 2 rows x 4 accum x 2 workers x 1,500 tokens/packed row = 24,000 tokens per optimizer step."""
-    tokens_per_row = sum(example_tokens(e) for e in train) / len(train)
+    tokens_per_row = count_tokens(train) / len(train)
     return tokens_per_row * settings.per_device_batch_size * settings.gradient_accumulation_steps * n_workers
 
 
@@ -130,49 +131,40 @@ def report_interval(eval_every: int, examples: int, rows: int) -> int:
     return max(1, round(eval_every * rows / max(examples, 1)))
 
 
-# TrainSettings fields that change how a trial trains but not what its data is: trials differing
-# only in these share one tokenisation. Listed as exclusions, so a new field counts as a data
-# setting (a cache miss, never a wrong hit) until it is added here.
-NOT_DATA = frozenset({"method", "quantization", "precision", "per_device_batch_size", "gradient_accumulation_steps",
-                      "gradient_checkpointing", "zero_stage", "offload", "lora_dropout", "target_modules",
-                      "lr_scheduler_type", "weight_decay", "max_grad_norm", "r", "lora_alpha", "use_rslora",
-                      "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks",
-                      "lora_config", "training_args", "alpha_ratio", "lr_scaling", "lr_reference_tokens", "repeat"})
-_DATA: dict = {}  # this process's last data: key -> (tokenizer, Prepared, {packing: training rows})
+_DATA: dict = {}  # this process's last data: key -> (tokenizer, Prepared, {packing: training rows}, whence)
 
 
-def data_key(s: TrainSettings) -> str:
-    d = {k: v for k, v in s.to_dict().items() if k not in NOT_DATA}
-    if os.path.isfile(s.dataset):  # a local file edited between two sweeps in one process is re-read
-        st = os.stat(s.dataset)
-        d["dataset_file"] = (st.st_size, st.st_mtime_ns)
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-def prepared_data(s: TrainSettings, task) -> tuple[object, Prepared, list[dict], bool]:
-    """``(tokenizer, prepared, training rows, cached)``. A process Tune reuses for the next trial
-    keeps the last trial's tokenised data (and its packed rows), so trials that differ only in
-    training knobs tokenise and pack once per process instead of once each (on FineTome's 100k
-    conversations: a minute or more per trial)."""
+def prepared_data(s: TrainSettings, task, shared: SharedData | None = None) -> tuple[object, Prepared, list, str]:
+    """``(tokenizer, prepared, training rows, whence)``. The sweep's data as the driver tokenised it
+    (``shared``, trainers/shared_data.py) where it serves these settings; else this process's own,
+    kept for the next trial Tune runs in it, so trials that differ only in training knobs tokenise
+    and pack once per process. ``whence`` says which, for the trial's log ("" when tokenised here)."""
     key = data_key(s)
-    cached = key in _DATA
-    if not cached:
+    if key in _DATA:
+        tokenizer, data, rows, first = _DATA[key]
+        whence = f"as an earlier trial in this process had it ({first or 'tokenised in this process'})"
+    else:
         _DATA.clear()  # one dataset at a time: memory stays that of one trial's data
         tokenizer = task.load_tokenizer(s)
-        _DATA[key] = (tokenizer, task.prepare(s, tokenizer), {})
-    tokenizer, data, rows = _DATA[key]
+        if shared is not None and shared.serves(s):
+            whence = shared.line()
+            _DATA[key] = (tokenizer, *shared.prepared(), whence)
+        else:
+            whence = ""
+            _DATA[key] = (tokenizer, task.prepare(s, tokenizer), {}, whence)
+        tokenizer, data, rows, _ = _DATA[key]
     if s.packing not in rows:
         rows[s.packing] = task.train_examples(s, data)
-    return tokenizer, data, rows[s.packing], cached
+    return tokenizer, data, rows[s.packing], whence
 
 
-def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
+def setup(trial: TrialConfig, device: torch.device, out_dir: str, shared: SharedData | None = None) -> Setup:
     started_at = time.time()
     rank, n = world()
     task, family = get_task(trial.effective.task), resolve_family(trial.effective)
     precision = pick_precision(trial.effective, device, family)
     s, note = for_workers(trial.effective, n, precision)
-    tokenizer, data, train, cached = prepared_data(s, task)
+    tokenizer, data, train, whence = prepared_data(s, task, shared)
     max_steps = plan_steps(train, s, n)
     report_every = report_interval(s.eval_every, len(data.train.examples), len(train))
     lr, lr_note = scaled_learning_rate(s, data, train, n)
@@ -183,8 +175,8 @@ def setup(trial: TrialConfig, device: torch.device, out_dir: str) -> Setup:
               f"a report every {report_every}")
         if note:
             print(f"[lorasweep] {note}")
-        if cached:
-            print("[lorasweep] data as an earlier trial in this process tokenised it (same data settings)")
+        if whence:
+            print(f"[lorasweep] data: {whence}")
         if lr_note:
             print(f"[lorasweep] {lr_note}")
     # The TrainingArguments before the model, as PEFT's DeepSpeed guide orders them: a ZeRO-3 config
@@ -284,6 +276,7 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
     from common.credentials import receive
 
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
+    config, shared = receive_data(config)  # the sweep's tokenised data, likewise (trainers/shared_data.py)
     trial = TrialConfig.from_tune(config)
     if trial.resources.gpus > 0 and device.type != "cuda":  # Ray Train gave a GPU that torch cannot use
         raise TrialError(no_cuda_line(cuda_report()))
@@ -293,7 +286,7 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
         return
     out_dir = tempfile.mkdtemp(prefix="lorasweep-")
     try:
-        st = setup(trial, device, out_dir)
+        st = setup(trial, device, out_dir, shared)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise

@@ -107,6 +107,11 @@ class Task:
     def audit(self, settings) -> dict:
         """Driver-side, before Ray starts: the same reading, split and formatting a trial does, to
         count the rows kept and skipped (by reason) and size the budget."""
+        return self.audit_prepared(settings)[0]
+
+    def audit_prepared(self, settings) -> tuple[dict, Prepared]:
+        """``audit`` and the data it prepared (which the driver shares with the trials:
+        trainers/shared_data.py)."""
         p = self.prepare(settings, self.load_tokenizer(settings))
         skipped = p.train.skipped + p.eval.skipped
         return {
@@ -121,7 +126,7 @@ class Task:
             "tokens_per_example": round(p.train.num_tokens / len(p.train.examples), 1),
             "train_tokens": p.train.num_tokens,
             "eval_tokens": p.eval.num_tokens,
-        }
+        }, p
 
     # ------------------------------------------------------------------ training
     def train_examples(self, settings, prepared: Prepared) -> list[dict]:
