@@ -199,6 +199,17 @@ def test_worker_nodes_declare_where_trials_may_run(cluster, rayjob):
         assert json.loads(json.loads(group["rayStartParams"]["resources"]))[WORKER_RESOURCE] >= 100
 
 
+def test_every_pod_mounts_shared_memory_for_the_object_store(rayjob):
+    """A container's /dev/shm is 64 MB unless a memory-backed volume is mounted there; Ray's object
+    store (the sweep's shared data, the trials' reports) lives in it."""
+    for group in (head(rayjob), *workers(rayjob)):
+        spec = group["template"]["spec"]
+        memory = {v["name"] for v in spec.get("volumes", []) if v.get("emptyDir", {}).get("medium") == "Memory"}
+        for container in spec["containers"]:
+            assert any(m["mountPath"] == "/dev/shm" and m["name"] in memory for m in container.get("volumeMounts", [])), \
+                container["name"]
+
+
 def test_every_node_runs_ray_with_token_auth(cluster, rayjob):
     starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if "ray start" in cmd)
