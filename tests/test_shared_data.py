@@ -6,6 +6,8 @@ import dataclasses
 import pickle
 from collections import Counter
 
+import pytest
+
 from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
 from trainers.data import count_tokens
@@ -13,17 +15,19 @@ from trainers.shared_data import MARGIN, share
 from trainers.tasks import get_task
 
 
-def _settings():
-    return resolve(RECIPE, ["--preset", "smoke"]).settings
+@pytest.fixture(scope="module")
+def audited(tiny_assets):
+    """(settings, task, audit, prepared) of the flagship's smoke data, audited once for the module."""
+    s = resolve(RECIPE, ["--preset", "smoke"]).settings
+    task = get_task(s.task)
+    return (s, task, *task.audit_prepared(s))
 
 
-def test_trials_read_exactly_what_they_would_have_tokenised(tiny_assets):
+def test_trials_read_exactly_what_they_would_have_tokenised(audited):
     """Every example, eval example, eval row and packed row the trial gets from the shared arrays
     equals what its own ``Task.prepare`` / ``train_examples`` give, after a pickle round trip (what
     Ray's object store does)."""
-    s = _settings()
-    task = get_task(s.task)
-    audit, prepared = task.audit_prepared(s)
+    s, task, audit, prepared = audited
     shared = pickle.loads(pickle.dumps(share(s, task, prepared, [False, True], None, 8)))
     assert shared.covers_tokens == 0 and shared.serves(s)  # no budget given: every example kept
     got, rows = shared.prepared()
@@ -37,10 +41,8 @@ def test_trials_read_exactly_what_they_would_have_tokenised(tiny_assets):
     assert got.train.examples[-1] == prepared.train.examples[-1] and got.train.examples[1:3] == prepared.train.examples[1:3]
 
 
-def test_only_the_examples_the_budget_reaches_are_kept_and_other_settings_tokenise_their_own(tiny_assets):
-    s = _settings()
-    task = get_task(s.task)
-    _, prepared = task.audit_prepared(s)
+def test_only_the_examples_the_budget_reaches_are_kept_and_other_settings_tokenise_their_own(audited):
+    s, task, _, prepared = audited
     full = prepared.train.examples
     shared = share(s, task, prepared, [False], 3_000, 4)
     kept = list(shared.prepared()[0].train.examples)
@@ -57,12 +59,10 @@ def test_only_the_examples_the_budget_reaches_are_kept_and_other_settings_tokeni
     assert not shared.serves(dataclasses.replace(s, train_on_eval=True))
 
 
-def test_a_trial_process_takes_the_shared_data_when_it_serves(tiny_assets):
+def test_a_trial_process_takes_the_shared_data_when_it_serves(audited):
     from trainers import loop
 
-    s = _settings()
-    task = get_task(s.task)
-    _, prepared = task.audit_prepared(s)
+    s, task, _, prepared = audited
     shared = share(s, task, prepared, [False, True], None, 8)
     loop._DATA.clear()
     _, data, rows, whence = loop.prepared_data(dataclasses.replace(s, packing=True), task, shared)
