@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lorasweep import log
 from lorasweep import storage
-from common.errors import ConfigError, os_reason
+from common.errors import ConfigError, first_line, os_reason
 from lorasweep.budget import PEAK_TFLOPS
 
 def _is_local(path: str) -> bool:
@@ -179,8 +179,12 @@ def shared_data(sweep, task, prepared):
     packings = list(getattr(packing, "values", ())) if packing is not None else [settings.packing]
     searched_budget = "max_tokens" in space.params  # the longest trial's budget: keep every example
     steps = settings.per_device_batch_size * settings.gradient_accumulation_steps * sweep.options.workers_per_trial
-    return share(settings, task, prepared, packings or [settings.packing],
-                 None if searched_budget else settings.max_tokens, steps)
+    try:
+        return share(settings, task, prepared, packings or [settings.packing],
+                     None if searched_budget else settings.max_tokens, steps)
+    except (TypeError, ValueError) as e:  # a task whose examples hold more than int lists and scalars
+        log.warn(f"the data is not shared with the trials ({first_line(e)}): each trial tokenises its own")
+        return None
 
 
 def check_attention_support(settings, task, config) -> None:

@@ -347,8 +347,12 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
         train, held = re.search(r"(\d+) train examples -> \d+ rows .*?, (\d+) eval", out).groups()
         return int(train), int(held)
 
-    train, held = examples(tmp_path / "fin")
-    assert examples(tmp_path / "fin-final") == (train + held, held)
+    # the sweep's trials read the driver's sample of the rows their budget reaches; the final run
+    # tokenises its own (train + eval rows): every training row of the audit, and the eval rows
+    audit = json.loads((tmp_path / "fin" / "data_report.json").read_text())
+    sampled, held = examples(tmp_path / "fin")
+    assert sampled < audit["train_examples"] and held == audit["eval_examples"]
+    assert examples(tmp_path / "fin-final") == (audit["train_examples"] + held, held)
     final = tmp_path / "fin" / "final_adapter"
     winner = json.loads((tmp_path / "fin" / "leaderboard.json").read_text())[0]
     weights = "model.safetensors" if winner.get("method") == "full" else "adapter_model.safetensors"  # method is searched

@@ -78,3 +78,16 @@ def test_every_trial_of_the_sweep_read_the_drivers_data(shared_sweep):
     for log in logs:
         # the first trial of a process maps the driver's data; the next ones in that process keep it
         assert "tokenised once on the driver for every trial:" in log.read_text(), log
+
+
+def test_columns_keep_int_lists_and_scalars_and_refuse_what_they_cannot_hold():
+    from trainers.shared_data import ArrayExamples, Columns
+
+    examples = [{"input_ids": [5, 6, 7], "label": 1, "n_tokens": 3}, {"input_ids": [], "label": 0, "n_tokens": 1}]
+    got = ArrayExamples(Columns(examples))
+    assert list(got) == examples and got[-1] == examples[-1] and got.total_tokens() == 4
+    with pytest.raises(IndexError):
+        got[2]
+    # nested lists are not a flat column: preflight.shared_data then leaves the data unshared
+    with pytest.raises((TypeError, ValueError)):
+        Columns([{"input_ids": [[1, 2], [3]]}])
