@@ -143,7 +143,7 @@ def run(device: str, quick: bool) -> Figure:
         shared = shared_data(sweep, task, prepared)
         raw["driver_share_s"] = round(time.time() - t0, 2)
         raw["shared_mb"] = round((shared.train.nbytes + shared.eval.nbytes
-                                  + sum(c.nbytes for c in shared.packed.values() if c)) / 2**20, 1)
+                                  + sum(c.nbytes for c in shared.packed.values() if c is not None)) / 2**20, 1)
         raw["audit_train_examples"], raw["audit_train_tokens"] = audit["train_examples"], audit["train_tokens"]
         del prepared
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -97,6 +97,7 @@ def lora_trial(config: dict, secrets: list | None = None, data: list | None = No
     from lorasweep.credentials import with_secrets
     from lorasweep.dashboard import mark_trial
     from trainers.loop import train_func, train_in_trial_process
+    from trainers.shared_data import CONFIG_KEY as DATA_KEY
     from trainers.tasks import metric_mode
 
     mark_trial(tune.get_context().get_trial_id())  # a `trial_<id>` row in the dashboard's task table
@@ -105,8 +106,6 @@ def lora_trial(config: dict, secrets: list | None = None, data: list | None = No
         # which Transformers' weight-loading report calls (every classification trial failed on it)
         if stream is not None and not hasattr(stream, "isatty"):
             stream.isatty = lambda: False
-    from trainers.shared_data import CONFIG_KEY as DATA_KEY
-
     trial = TrialConfig.from_tune(config)
     res = trial.resources
     loop_config = {**with_secrets(config, secrets), **({DATA_KEY: data} if data else {})}

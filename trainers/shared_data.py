@@ -133,7 +133,7 @@ class SharedData:
 
     def line(self) -> str:
         kept = self.train.n
-        mb = (self.train.nbytes + self.eval.nbytes + sum(c.nbytes for c in self.packed.values() if c)) / 2**20
+        mb = (self.train.nbytes + self.eval.nbytes + sum(c.nbytes for c in self.packed.values() if c is not None)) / 2**20
         reach = (f"the {kept:,} of {self.train_examples:,} training examples a {self.covers_tokens:,}-token trial can "
                  f"reach" if self.covers_tokens else f"all {kept:,} training examples")
         return f"tokenised once on the driver for every trial: {reach}, {self.eval.n:,} eval, {mb:.1f} MB in Ray's object store"
