@@ -110,6 +110,9 @@ class SweepOptions:
     wandb_project: str | None = field(default=None, metadata={"help": "log trials and the leaderboard to this W&B project (WANDB_API_KEY from the environment; offline without it)"})
     wandb_entity: str | None = field(default=None, metadata={"help": "W&B team or user (default: the key's)"})
     resume: bool = field(default=False, metadata={"help": "continue the sweep --name from its storage"})
+    retry_failed: bool = field(default=False, metadata={"help": "with --resume: run the sweep's failed trials again, each "
+                                                        "from its last checkpoint (a node lost, a neighbour's "
+                                                        "out-of-memory); without it they stay failed"})
     dry_run: bool = field(default=False, metadata={"help": "check everything, audit the data, print the config, cluster fit and cost estimate; train nothing"})
     verbose: bool = field(default=False, metadata={"help": "Tune's own progress output, Ray's logs and every trial's output in this console "
                                                   "(default: one line per event; a trial's output goes to stdout/stderr in its folder)"})
@@ -147,6 +150,8 @@ class SweepOptions:
             problems.add(f"`--shots` is {','.join(map(str, self.shots))}; give numbers >= 0, e.g. 0,1,3")
         if not self.name or "/" in self.name or self.name.startswith("."):
             problems.add(f"`--name` is {self.name!r}; use a plain folder name like llama_finetome-1")
+        if self.retry_failed and not self.resume:
+            problems.add("`--retry-failed` runs the failed trials of a sweep again; pass --resume with it")
         problems.raise_any()
         return self
 

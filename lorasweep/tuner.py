@@ -315,7 +315,9 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
                                            *callbacks])
     experiment = storage.join(options.storage_path, name)
     if options.resume and (repeat_points is None or results_exist(experiment)):
-        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False,
+        # --retry-failed: Tune runs an errored trial again from its last checkpoint (restart_errored
+        # would start it over); the finished ones are never run again either way.
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=options.retry_failed,
                                   param_space=param_space)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 

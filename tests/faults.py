@@ -50,3 +50,24 @@ def thread_timeout(trial):
     import os
 
     return ThreadTimeout() if os.environ.get("LORASWEEP_TEST_PROBE") else None  # a rerun from sweep.yaml
+
+
+class CrashOnce(TrainerCallback):
+    """Raises at ``step`` the first time only: a marker file in $LORASWEEP_TEST_FAULT_DIR remembers
+    it (a lost node or a neighbour's out-of-memory, which a retry gets past)."""
+
+    def __init__(self, marker, step: int):
+        self.marker, self.step = marker, step
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step + 1 == self.step and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError(f"crash_once: injected failure at step {self.step}")
+
+
+def crash_once(trial):
+    import os
+    from pathlib import Path
+
+    folder = os.environ.get("LORASWEEP_TEST_FAULT_DIR")
+    return CrashOnce(Path(folder) / f"crashed-{trial.knobs.get('learning_rate')}", 5) if folder else None

@@ -138,3 +138,33 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
     study = pickle.loads(states[-1].read_bytes())["_ot_study"]
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3, [t.state for t in study.trials]
     assert (sweep_dir / "best_adapters" / "rank_1" / "adapter_model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- failed trials
+
+
+def test_retry_failed_runs_a_failed_trial_again_from_its_last_checkpoint(tiny_assets, tmp_path):
+    """A trial that failed once (tests/faults.py crash_once: at step 5, after its report at step 4):
+    --resume --retry-failed runs it again from that checkpoint to the end of its budget, its step
+    counter going on (a plain --resume leaves a failed trial failed: Tune's resume_errored=False)."""
+    args = ["--preset", "smoke", "--num-samples", "1", "--max-tokens", "6000", "--eval-every", "2", "--scheduler",
+            "none", "--final-round", "0", "--callbacks", "tests.faults:crash_once",
+            "--storage-path", str(tmp_path / "runs"), "--name", "rf"]
+    env = _env(LORASWEEP_TEST_FAULT_DIR=str(tmp_path))
+
+    def run(*more):
+        return subprocess.run([sys.executable, "sweeps/llama_finetome.py", *args, *more], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    sweep_dir = tmp_path / "runs" / "rf"
+    first = run()
+    assert [r["status"] for r in _leaderboard(sweep_dir)] == ["failed"], first.stdout[-2000:]
+    assert "crash_once: injected failure at step 5" in first.stdout + first.stderr
+    retried = run("--resume", "--retry-failed")
+    assert retried.returncode == 0, (retried.stdout[-3000:], retried.stderr[-3000:])
+    rows = _leaderboard(sweep_dir)
+    assert [r["status"] for r in rows] == ["completed"], rows
+    (result,) = sweep_dir.glob("trial_*/result.json")
+    steps = [json.loads(line)["step"] for line in result.read_text().splitlines() if line.strip()]
+    assert steps[:2] == [2, 4] and steps == sorted(set(steps)) and steps[-1] > 5, steps  # on from step 4
+    assert json.loads(result.read_text().splitlines()[-1])["finished"]
