@@ -274,7 +274,7 @@ def _flow(value) -> str:
 
 
 # Options that describe this invocation, not the sweep: a rerun decides them anew.
-NOT_WRITTEN = ("resume", "dry_run")
+NOT_WRITTEN = ("resume", "retry_failed", "dry_run")
 
 
 def dump(sweep) -> str:
