@@ -6,11 +6,11 @@ with the assistant's answers lengthened to a long-tailed length, lognormal with 
 words, as chat SFT data is), written to a .jsonl; the flagship recipe (``sweeps/llama_finetome.py``)
 with its smoke preset's offline tokenizer, ``max_seq_length`` 2048 and its real 2M-token budget.
 
-  before  a fresh process does what every trial process did: ``loop.prepared_data`` without shared
-          data (read the file, split, render the chat template and tokenise every row, pack)
-  after   the driver audits and shares once (timed apart: once per sweep, not per trial); then a
-          Ray task, a fresh worker process like a trial's, ``ray.get``s the reference and runs
-          ``loop.prepared_data`` with it
+  before  what every trial process did: ``loop.prepared_data`` without shared data (read the file,
+          split, render the chat template and tokenise every row, pack)
+  after   the driver audits and shares once (timed apart: once per sweep, not per trial); the
+          trial process ``ray.get``s the reference and runs ``loop.prepared_data`` with it
+Each side runs in a fresh Ray worker process (a task with max_calls=1), as a trial does.
 
 Per trial process: wall seconds of the data set-up (packed and unpacked rows both built) and the
 growth of its peak RSS over the process after its imports (on the after side, after reading every
@@ -27,39 +27,16 @@ import json
 import math
 import random
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.figure import ROOT, Figure
+from bench.figure import Figure
 
 TITLE = "data set-up per trial"
 HOW = "seconds and peak RSS growth of a trial process's data set-up, shared once vs tokenised per trial"
 TARGET = ("<=", 2.0)
 RSS_GOAL_MB = 300
-
-_MEASURE = r"""
-import json, os, resource, sys, time, psutil
-sys.path.insert(0, {root!r})
-from lorasweep.resolve import resolve
-from sweeps.llama_finetome import RECIPE
-from trainers import loop
-from trainers.tasks import get_task
-import dataclasses
-s = resolve(RECIPE, ["--preset", "smoke", "--dataset", {data!r}, "--max-seq-length", "2048", "--max-tokens", "2000000"]).settings
-task = get_task(s.task)
-rss0 = psutil.Process().memory_info().rss
-t0 = time.time()
-_, prepared, rows, _ = loop.prepared_data(s, task)
-_, _, packed, _ = loop.prepared_data(dataclasses.replace(s, packing=True), task)
-took = time.time() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"setup_s": took, "rss_growth_mb": (peak - rss0) / 2**20, "rows": len(rows), "packed_rows": len(packed),
-                  "train_examples": len(prepared.train.examples)}}))
-"""
-
 
 def conversations(n: int, seed: int = 0) -> list[dict]:
     from stand_ins import finetome_rows
@@ -74,8 +51,9 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _in_trial_process(data: str) -> dict:
-    """The 'after' side, inside a Ray worker process (as a trial is): ray.get + prepared_data."""
+def _in_trial_process(data: str):
+    """One side's measurement, to run in a fresh Ray worker process (as a trial is): with
+    ``[ref]`` to the shared data (after), or None (before: the process tokenises for itself)."""
     import dataclasses
 
     import psutil
@@ -95,7 +73,7 @@ def _in_trial_process(data: str) -> dict:
         rss0 = psutil.Process().memory_info().rss
         peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         t0 = time.time()
-        shared = ray.get(ref_list[0])
+        shared = ray.get(ref_list[0]) if ref_list else None
         _, prepared, rows, whence = loop.prepared_data(s, task, shared)
         _, _, packed, _ = loop.prepared_data(dataclasses.replace(s, packing=True), task, shared)
         took = time.time() - t0
@@ -128,10 +106,6 @@ def run(device: str, quick: bool) -> Figure:
             for row in conversations(n):
                 f.write(json.dumps(row) + "\n")
         raw["file_mb"] = round(Path(data).stat().st_size / 2**20, 1)
-        # before: one trial process as it was
-        code = _MEASURE.format(root=str(ROOT), data=data)
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-        raw["before"] = json.loads(out.stdout.strip().splitlines()[-1])
         # after: the driver's audit + share, once; then a fresh worker process reads it
         sweep = resolve(RECIPE, ["--preset", "smoke", "--dataset", data, "--max-seq-length", "2048",
                                  "--max-tokens", "2000000", "--space", "packing=true,false"])
@@ -148,9 +122,9 @@ def run(device: str, quick: bool) -> Figure:
         del prepared
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:
-            ref = ray.put(shared)
-            remote = ray.remote(num_cpus=1, max_calls=1)(_in_trial_process(data))
-            raw["after"] = ray.get(remote.remote([ref]))
+            remote = ray.remote(num_cpus=1, max_calls=1)(_in_trial_process(data))  # a fresh process per call
+            raw["before"] = ray.get(remote.remote(None))
+            raw["after"] = ray.get(remote.remote([ray.put(shared)]))
         finally:
             ray.shutdown()
     before, after = raw["before"], raw["after"]

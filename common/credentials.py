@@ -19,11 +19,25 @@ def apply(shared: list | None) -> None:
         os.environ.update(ray.get(shared[0]))
 
 
+def take_shared(config: dict, key: str) -> tuple[dict, object]:
+    """Worker side: the value a ``train_loop_config`` holds by reference under ``key`` (``[ObjectRef]``,
+    ``ray.get`` here; None when absent) and the config without it. The secrets travel so, and the
+    sweep's tokenised data (trainers/shared_data.py)."""
+    if key not in config:
+        return config, None
+    config = dict(config)
+    shared = config.pop(key)
+    if not shared:
+        return config, None
+    import ray
+
+    return config, ray.get(shared[0])
+
+
 def receive(config: dict) -> dict:
     """Worker side, first thing in ``train_func``: apply the secrets a ``train_loop_config`` carries
     and return the config without them."""
-    if CONFIG_KEY not in config:
-        return config
-    config = dict(config)
-    apply(config.pop(CONFIG_KEY))
+    config, values = take_shared(config, CONFIG_KEY)
+    if values:
+        os.environ.update(values)
     return config

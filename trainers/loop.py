@@ -146,7 +146,7 @@ def prepared_data(s: TrainSettings, task, shared: SharedData | None = None) -> t
     else:
         _DATA.clear()  # one dataset at a time: memory stays that of one trial's data
         tokenizer = task.load_tokenizer(s)
-        if shared is not None and shared.serves(s):
+        if shared is not None and shared.serves(s, key):
             whence = shared.line()
             _DATA[key] = (tokenizer, *shared.prepared(), whence)
         else:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from common.credentials import take_shared
 from trainers.data import Split, Tokenized, example_tokens
 
 # Key of ``train_loop_config`` (never of Tune's param space) holding ``[ObjectRef]`` to the data.
@@ -119,8 +120,9 @@ class SharedData:
     rows_read: int
     train_examples: int  # of the whole training split, before the budget's sample
 
-    def serves(self, s) -> bool:
-        return data_key(s) == self.key and (not self.covers_tokens or s.max_tokens <= self.covers_tokens)
+    def serves(self, s, key: str | None = None) -> bool:
+        """Whether these are the data of settings ``s`` (``key``: their ``data_key``, when known)."""
+        return (key or data_key(s)) == self.key and (not self.covers_tokens or s.max_tokens <= self.covers_tokens)
 
     def prepared(self):
         """(``Prepared``, {packing: training rows}) as ``Task.prepare`` / ``train_examples`` give them."""
@@ -167,12 +169,4 @@ def share(settings, task, prepared, packings, max_tokens: int | None, rows_per_s
 def receive(config: dict) -> tuple[dict, SharedData | None]:
     """Worker side: the shared data a ``train_loop_config`` carries (``ray.get``: a view of the node's
     object store, no copy), and the config without it."""
-    if CONFIG_KEY not in config:
-        return config, None
-    config = dict(config)
-    ref = config.pop(CONFIG_KEY)
-    if not ref:
-        return config, None
-    import ray
-
-    return config, ray.get(ref[0])
+    return take_shared(config, CONFIG_KEY)
