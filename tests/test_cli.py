@@ -169,6 +169,29 @@ def test_existing_sweep_is_never_overwritten(tmp_path):
     assert (tmp_path / "llama_finetome-smoke" / "leaderboard.csv").read_text() == "keep me"
 
 
+def test_resume_of_a_sweep_another_version_started_is_one_line_and_changes_nothing(tmp_path):
+    """Its trials' settings have other fields (Tune's restore would refuse it after Ray started, in a
+    traceback: the QA benchmark's random arm, resumed after an upgrade)."""
+    import json
+
+    sweep_dir = tmp_path / "llama_finetome-smoke"
+    sweep_dir.mkdir()
+    settings = resolve(RECIPE, ["--preset", "smoke", "--storage-path", str(tmp_path)]).settings.to_dict()
+    settings.pop("attn_implementation")
+    settings["old_knob"] = 1
+    config = json.dumps({"settings": settings})
+    (sweep_dir / "sweep_config.json").write_text(config)
+    (sweep_dir / "tuner.pkl").write_bytes(b"kept")
+    r = run_cli("--preset", "smoke", "--storage-path", str(tmp_path), "--resume")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: `--resume`: sweep 'llama_finetome-smoke' was started by another lorasweep version: its trial settings "
+        "differ (this version adds attn_implementation; has no old_knob); resume it with the lorasweep that started "
+        "it, or start a new --name (nothing was changed)")
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep_config.json", "tuner.pkl"]
+    assert (sweep_dir / "sweep_config.json").read_text() == config and (sweep_dir / "tuner.pkl").read_bytes() == b"kept"
+
+
 def test_dry_run_answers_without_ray_summary_first_config_only_when_verbose(tmp_path):
     r = run_cli("--preset", "smoke", "--storage-path", str(tmp_path), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
