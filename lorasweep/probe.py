@@ -122,7 +122,10 @@ def _probe_one(sweep, res, knobs: dict, steps: int) -> tuple[list[dict], list[fl
     from trainers.config import TrialConfig
     from trainers.loop import _train
 
-    s = replace(sweep.settings, callbacks=(*sweep.settings.callbacks, "lorasweep.probe:probe_callback"))
+    # every report with its checkpoint (--checkpoint-minutes 0): a report is timed as the dearest a
+    # trial makes, which its early reports (each a new best) mostly are
+    s = replace(sweep.settings, callbacks=(*sweep.settings.callbacks, "lorasweep.probe:probe_callback"),
+                checkpoint_minutes=0)
     probe = _Probe(steps)
     reports: list[dict] = []
     _ACTIVE.append(probe)

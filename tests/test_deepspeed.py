@@ -64,6 +64,7 @@ def _settings(assets, quantization: str, zero_stage: int):
         # 2 workers x 8 packed rows x ~245 tokens = ~3.9k tokens per step: 3 steps, 3 reports
         max_seq_length=256, per_device_batch_size=8, gradient_accumulation_steps=1,
         max_tokens=8_000, eval_every=1, eval_fraction=0.1, eval_rows=48,
+        checkpoint_minutes=0,  # a checkpoint at every report: each is compared below
     ).validate()
 
 

@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # 24k tokens: ~20 reports a trial, several seconds of training, so a Ctrl-C two seconds after the first
 # checkpoint lands mid-trial (trials start within a second of each other since they reuse a process).
 BUDGET = 24_000
-SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", "--scheduler", "none", "--final-round", "0"]
+# --checkpoint-minutes 0: a checkpoint at every report, so the kill and the crash below land between
+# two checkpoints whatever the eval losses do (by default only improving reports get one)
+SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", "--scheduler", "none", "--final-round", "0",
+         "--checkpoint-minutes", "0"]
 
 
 def _env(**extra) -> dict:
@@ -148,7 +151,7 @@ def test_retry_failed_runs_a_failed_trial_again_from_its_last_checkpoint(tiny_as
     --resume --retry-failed runs it again from that checkpoint to the end of its budget, its step
     counter going on (a plain --resume leaves a failed trial failed: Tune's resume_errored=False)."""
     args = ["--preset", "smoke", "--num-samples", "1", "--max-tokens", "6000", "--eval-every", "2", "--scheduler",
-            "none", "--final-round", "0", "--callbacks", "tests.faults:crash_once",
+            "none", "--final-round", "0", "--checkpoint-minutes", "0", "--callbacks", "tests.faults:crash_once",
             "--storage-path", str(tmp_path / "runs"), "--name", "rf"]
     env = _env(LORASWEEP_TEST_FAULT_DIR=str(tmp_path))
 

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 24k tokens: ~20 reports a trial, several seconds of training, so a Ctrl-C two seconds after the first
 # checkpoint lands mid-trial (trials start within a second of each other since they reuse a process).
 BUDGET = 24_000
-SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", "--scheduler", "none"]
+SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", "--scheduler", "none",
+         "--checkpoint-minutes", "0"]  # a checkpoint at every report: the Ctrl-C lands between two
 
 
 @pytest.fixture

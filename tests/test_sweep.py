@@ -83,6 +83,27 @@ def test_one_worker_trials_train_in_the_trial_process_and_reuse_it(shared_sweep)
     assert len(seen) == len(list(sweep_dir.glob("trial_*"))) and all(wait != "None" and float(wait) >= 60 for _, wait in seen), seen
 
 
+def test_checkpoints_only_where_they_are_used_and_the_trials_time_in_them_is_measured(shared_sweep):
+    """--checkpoint-minutes (10 by default, longer than these trials): a report carries a checkpoint
+    when it is its trial's best so far by the objective or the last of a finished trial; the others
+    carry metrics only
+    (these trials' eval losses mostly fall at every report: tests/test_reporting.py has the skips).
+    Every report says the seconds spent writing and uploading checkpoints so far."""
+    reports = _reports(shared_sweep["dir"])
+    healthy = {t: r for t, r in reports.items() if r and r[-1].get("step", 0) > 3}  # not the two faulted seeds
+    assert len(healthy) == 3 and sum(r[-1]["finished"] for r in healthy.values()) >= 1, {t: len(r) for t, r in reports.items()}
+    for trial, reps in healthy.items():
+        best = float("inf")
+        for i, rep in enumerate(reps):
+            improved = rep["eval_loss"] < best
+            best = min(best, rep["eval_loss"])
+            # a trial ASHA stopped has no last checkpoint of its own: its best one is what is read
+            last = i == len(reps) - 1 and rep["finished"]
+            assert bool(rep.get("checkpoint_dir_name")) == (improved or last), (trial, i, rep["eval_loss"])
+        spent = [rep["checkpoint_s"] for rep in reps]
+        assert spent == sorted(spent) and spent[-1] > 0 and spent[-1] < reps[-1]["time_total_s"], (trial, spent)
+
+
 def test_only_healthy_trials_are_exported_as_plain_peft_folders(shared_sweep):
     sweep_dir = shared_sweep["dir"]
     rows = _leaderboard(sweep_dir)

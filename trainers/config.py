@@ -106,7 +106,8 @@ class TrainSettings:
     lr_reference_tokens: int = field(default=0, metadata={"help": "the batch, in tokens per optimizer step, at which learning_rate is meant (0 = one worker, unpacked, the recipe's batch)"})
     # --- budget and reporting
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
-    eval_every: int = field(default=50, metadata={"help": "optimizer steps between eval + checkpoint + report (counted unpacked: packed trials report at the same tokens)"})
+    eval_every: int = field(default=50, metadata={"help": "optimizer steps between reports (eval + metrics; a checkpoint where --checkpoint-minutes says), counted unpacked: packed trials report at the same tokens"})
+    checkpoint_minutes: float = field(default=10.0, metadata={"help": "a checkpoint at a trial's best report so far and its last (the export reads them), and at the first report at least this many minutes after the previous one (what a restarted trial resumes from); other reports carry metrics only. 0: a checkpoint at every report"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
     train_on_eval: bool = field(default=False, metadata={"help": "the final run (--finalize): the eval rows train too, so the test split is the only held-out data"})
     repeat: int = field(default=0, metadata={"help": "a repeat of a configuration (--repeats): shuffling and LoRA init take seed + repeat; the data split stays"})
@@ -167,6 +168,9 @@ class TrainSettings:
         if self.offload and self.zero_stage == 0:  # DeepSpeed's offload: without ZeRO nothing moves
             problems.add("`offload` is on but `zero_stage` is 0 (no DeepSpeed), which offloads nothing; pass "
                          "--zero-stage 2 (optimizer state in CPU memory) or 3 (weights too), or drop --offload")
+        if not (isinstance(self.checkpoint_minutes, (int, float)) and 0 <= self.checkpoint_minutes < float("inf")):
+            problems.add(f"`checkpoint_minutes` is {self.checkpoint_minutes!r}; give minutes >= 0, e.g. 10 (0: a "
+                         "checkpoint at every report)")
         if not 0 <= self.lora_dropout < 1:
             problems.add(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:

@@ -6,6 +6,7 @@ again a last report that the driver never recorded."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
@@ -15,8 +16,10 @@ import torch
 from transformers import TrainerCallback
 
 from trainers.evaluation import all_gather_lists, all_reduce_sum, world
+from trainers.tasks import metric_mode
 
 STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every checkpoint
+BEST_KEY = "best_objective_so_far"  # in STATE_FILE beside the report's metrics
 
 
 class ReportCallback(TrainerCallback):
@@ -33,6 +36,13 @@ class ReportCallback(TrainerCallback):
         self.train_time_s = 0.0  # carried over on resume
         self.nodes: list[str] = []
         self.first_step_at: float | None = None  # wall clock: where trial start-up ends (bench/startup.py)
+        # seconds spent writing checkpoints (Transformers saves between on_step_end and on_save) and
+        # handing reports with them to Ray (which uploads a checkpoint before report returns)
+        self.checkpoint_s = 0.0
+        self.save_started = 0.0
+        self.last_checkpoint_at = time.time()
+        self.best: float | None = None  # the trial's best objective so far: its report gets a checkpoint
+        self.pending: dict | None = None  # the report whose checkpoint Transformers is writing
         res = st.trial.resources
         self.devices = res.workers * (res.gpus if res.gpus > 0 else res.cpus)
 
@@ -47,14 +57,59 @@ class ReportCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         self.trainer.check_finite()
         if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
+            # a report: Transformers logs (on_log: eval, metrics, whether to checkpoint), then saves
+            # if on_log left should_save on (on_save: the checkpoint's report). A later callback may
+            # move reports (lorasweep/probe.py does): a step's log is what makes one.
             control.should_log = control.should_save = True
         return control
 
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            self.last_loss = float(logs["loss"])
+    def on_log(self, args, state, control, logs=None, model=None, **kw):
+        if not logs or "loss" not in logs:  # the end of training's summary, not a step's log
+            return control
+        self.last_loss = float(logs["loss"])
+        metrics = self._evaluate(state, model)
+        if metrics["finished"]:
+            control.should_training_stop = True
+        if self._checkpoint_due(metrics):
+            self.pending = metrics
+            control.should_save = True
+            self.save_started = time.time()
+        else:
+            control.should_save = False
+            self._hand_over(metrics, "")
+        return control
 
-    def on_save(self, args, state, control, model=None, **kw):
+    def on_save(self, args, state, control, **kw):
+        if self.pending is None:  # a save this callback did not ask for
+            return control
+        self.checkpoint_s += time.time() - self.save_started
+        metrics, self.pending = self.pending, None
+        metrics["checkpoint_s"] = round(self.checkpoint_s, 3)
+        ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if world()[0] == 0:
+            # with the trial's best objective so far, which a restart from here goes on comparing with
+            Path(ckpt_dir, STATE_FILE).write_text(json.dumps({**metrics, BEST_KEY: self.best}))
+        self.last_checkpoint_at = time.time()
+        self._hand_over(metrics, ckpt_dir)
+        return control
+
+    def _checkpoint_due(self, metrics: dict) -> bool:
+        """A checkpoint where one is used: the trial's best report so far (the export and the final
+        round read it), its last, and one at least every ``checkpoint_minutes`` (what a restart resumes
+        from). Every rank gets the same answer (DeepSpeed saves a shard on each): the metrics are
+        already all-reduced; the clock is rank 0's."""
+        objective = self.st.trial.objective
+        value = metrics.get(objective)
+        best = isinstance(value, (int, float)) and math.isfinite(value) and (
+            self.best is None or (value < self.best if metric_mode(objective) == "min" else value > self.best))
+        if best:
+            self.best = value
+        minutes = self.settings.checkpoint_minutes
+        clock = minutes <= 0 or time.time() - self.last_checkpoint_at >= 60 * minutes
+        due = best or metrics["finished"] or (clock and world()[0] == 0)
+        return all_reduce_sum([float(due)])[0] > 0
+
+    def _evaluate(self, state, model) -> dict:
         now = time.time()  # before eval: tokens/s and train time count training only
         (self.tokens_seen,) = all_reduce_sum([float(self.trainer.tokens_local)])
         st = self.st
@@ -72,6 +127,8 @@ class ReportCallback(TrainerCallback):
             "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
             "peak_mem_gb": _peak_memory_gb(st.device),
             "train_time_s": self.train_time_s,
+            # writing checkpoints and handing them over (Ray uploads one before report returns), so far
+            "checkpoint_s": round(self.checkpoint_s, 3),
             "finished": finished,
             "worker_nodes": ",".join(self.nodes),  # a string: loggers take it as it is
             # start-up: seconds from train_func's start to the first optimizer step, and when that was
@@ -81,17 +138,18 @@ class ReportCallback(TrainerCallback):
             # time since train_func began, start-up included; a second objective can minimise it
             "device_hours": self.devices * (now - self.st.started_at) / 3600,
             "pid": os.getpid(),  # one process reused for several trials shows here
-            "reported_at": time.time(),  # wall clock, finer than Tune's whole-second timestamp
         }
         self.tokens_last = self.tokens_seen
-        ckpt_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if world()[0] == 0:
-            Path(ckpt_dir, STATE_FILE).write_text(json.dumps(metrics))
-        if finished:
-            control.should_training_stop = True
+        return metrics
+
+    def _hand_over(self, metrics: dict, ckpt_dir: str) -> None:
+        """The report to Ray (with the checkpoint in ``ckpt_dir``, or none for "")."""
+        metrics["reported_at"] = time.time()  # wall clock, finer than Tune's whole-second timestamp
+        handed = time.time()
         self.report(metrics, ckpt_dir)
         self.t_last = time.time()  # eval, checkpoint upload and report are not training time
-        return control
+        if ckpt_dir:
+            self.checkpoint_s += self.t_last - handed
 
     def restore(self, resume_dir: str) -> None:
         """A resumed trial: the tokens seen and training time carried over from its checkpoint."""
@@ -99,6 +157,8 @@ class ReportCallback(TrainerCallback):
         self.trainer.tokens_local = int(state["tokens_seen"]) // world()[1]
         self.tokens_last = state["tokens_seen"]
         self.train_time_s = float(state.get("train_time_s", 0.0))
+        self.checkpoint_s = float(state.get("checkpoint_s", 0.0))
+        self.best = state.get(BEST_KEY)
 
 
 def _node_id() -> str:

@@ -1,0 +1,68 @@
+"""Which reports carry a checkpoint (trainers/reporting.py, ``--checkpoint-minutes``): the trial's best
+so far by its objective, its last, and one at least every N minutes; the rest carry metrics only.
+
+The decision is driven through ``ReportCallback`` itself on a sequence of reports (a sweep's eval
+losses mostly fall at every report, so tests/test_sweep.py's shared sweep shows few skips)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from trainers.config import TrainSettings, TrialConfig
+from trainers.reporting import ReportCallback
+
+
+def _callback(objective: str = "eval_loss", minutes: float = 10.0) -> ReportCallback:
+    settings = TrainSettings(model="m", dataset="d.jsonl", checkpoint_minutes=minutes)
+    st = SimpleNamespace(settings=settings, trial=TrialConfig(settings, objective=objective))
+    return ReportCallback(trainer=None, st=st, report=None)
+
+
+def _decisions(cb: ReportCallback, objective: str, values: list[float]) -> list[bool]:
+    return [cb._checkpoint_due({objective: v, "finished": i == len(values) - 1}) for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("objective,values,due", [
+    # falling loss with two setbacks: only the new bests and the last
+    ("eval_loss", [1.0, 0.9, 0.95, 0.85, 0.86, 0.9], [True, True, False, True, False, True]),
+    # a maximised metric: the same rule turned over; a tie is no improvement
+    ("f1", [0.5, 0.7, 0.7, 0.6, 0.8, 0.75], [True, True, False, False, True, True]),
+    # a NaN (a diverged eval) is never a best
+    ("eval_loss", [1.0, float("nan"), 0.9, 0.95], [True, False, True, True]),
+])
+def test_a_checkpoint_at_each_best_so_far_and_at_the_last(objective, values, due):
+    assert _decisions(_callback(objective), objective, values) == due
+
+
+def test_zero_minutes_is_a_checkpoint_at_every_report():
+    assert _decisions(_callback(minutes=0), "eval_loss", [1.0, 1.1, 1.2, 1.3]) == [True] * 4
+
+
+def test_the_clock_adds_one_for_a_restart_once_the_minutes_have_passed():
+    cb = _callback(minutes=10)
+    assert cb._checkpoint_due({"eval_loss": 1.0, "finished": False})
+    cb.last_checkpoint_at = time.time()  # on_save sets it when the checkpoint is handed over
+    assert not cb._checkpoint_due({"eval_loss": 1.5, "finished": False})
+    cb.last_checkpoint_at = time.time() - 601
+    assert cb._checkpoint_due({"eval_loss": 1.5, "finished": False})
+
+
+def test_a_restarted_trial_compares_with_the_best_before_its_checkpoint(tmp_path):
+    import json
+
+    from trainers.reporting import BEST_KEY, STATE_FILE
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({"eval_loss": 0.95, "tokens_seen": 4000, BEST_KEY: 0.9}))
+    cb = _callback()
+    cb.trainer = SimpleNamespace(tokens_local=0)
+    cb.restore(str(tmp_path))
+    assert cb.best == 0.9 and not cb._checkpoint_due({"eval_loss": 0.92, "finished": False})
+    assert cb._checkpoint_due({"eval_loss": 0.89, "finished": False})
+
+
+def test_a_bad_value_is_one_line_naming_the_field():
+    with pytest.raises(ValueError, match=r"`checkpoint_minutes` is -1; give minutes >= 0"):
+        TrainSettings(model="m", dataset="d.jsonl", checkpoint_minutes=-1).validate()
