@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
-from lorasweep import storage
 
 # kept in baseline.json (per-example plots, samples.jsonl), not printed as rows
 PER_EXAMPLE = ("predictions", "references", "per_example", "samples")
@@ -31,10 +31,11 @@ def loaded(settings_dict: dict, adapter: str | None = None, secrets: list | None
     s = TrainSettings.from_dict(settings_dict)
     with tempfile.TemporaryDirectory() as tmp:
         if adapter is not None:
-            from ray.train import Checkpoint
+            from lorasweep.best_adapters import fetch_adapter
 
-            # a copy for local folders (pyarrow wants them absolute); downloads storage URIs
-            adapter = Checkpoint(storage.absolute(adapter)).to_directory(tmp)
+            # the adapter's files only, copied from a local folder or downloaded from a storage URI
+            fetch_adapter(adapter, Path(tmp))
+            adapter = tmp
         yield (s, *load_trained(s, adapter))
 
 

@@ -22,6 +22,15 @@ _KEEP = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "
          "config.json", "model.safetensors", "generation_config.json")
 
 
+def fetch_adapter(checkpoint: str, out: Path) -> None:
+    """The files of a trial's checkpoint (a local folder or a storage URI) that make the adapter,
+    copied into the folder ``out``: the optimizer state (twice the adapter, or a whole model's
+    partitions under ZeRO-3) stays where it is."""
+    checkpoint = storage.absolute(checkpoint)
+    for name in sorted(set(storage.list_names(checkpoint)) & set(_KEEP)):
+        storage.download(storage.join(checkpoint, name), str(out / name))
+
+
 def model_card(row: dict, knobs: list[str], sweep, rank: int) -> str:
     from trainers.tasks import get_task
 
@@ -81,8 +90,6 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int, folder: s
     Built in a temp folder and renamed into place, so a crash never leaves a folder that looks
     complete. A previous export (from an earlier run of a resumed sweep) is kept, renamed with
     its time, never overwritten."""
-    from ray.train import Checkpoint
-
     from trainers.data import progress
 
     cap = sweep.options.export_max_cost
@@ -96,15 +103,11 @@ def export_best(rows: list[dict], knobs: list[str], sweep, top_k: int, folder: s
     try:
         for i, row in enumerate(progress(chosen, "exporting the best adapters"), 1):
             out = staging / f"rank_{i}"
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    local = Checkpoint(row["checkpoint"]).to_directory(tmp)
-                except OSError as e:  # reading a trial's checkpoint: not a failed write of the export
-                    raise RuntimeError(f"checkpoint {row['checkpoint']} could not be read ({os_reason(e)})") from e
-                out.mkdir()
-                for name in os.listdir(local):
-                    if name in _KEEP:
-                        shutil.copy2(os.path.join(local, name), out / name)
+            out.mkdir()
+            try:
+                fetch_adapter(row["checkpoint"], out)
+            except OSError as e:  # reading a trial's checkpoint: not a failed write of the export
+                raise RuntimeError(f"checkpoint {row['checkpoint']} could not be read ({os_reason(e)})") from e
             if not (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists():
                 raise RuntimeError(f"checkpoint {row['checkpoint']} has no adapter_model.safetensors")
             (out / "README.md").write_text(model_card(row, knobs, sweep, i), encoding="utf-8")

@@ -63,6 +63,17 @@ def list_names(path: str) -> list[str]:
     return os.listdir(path) if os.path.isdir(path) else []
 
 
+def download(path: str, dest: str) -> None:
+    """Copy the file ``path`` (local or a URI) to the local file ``dest``."""
+    if is_remote(path):
+        fs, p = _fs(path)
+        with fs.open_input_stream(p) as src, open(dest, "wb") as out:
+            while chunk := src.read(1 << 24):
+                out.write(chunk)
+    else:
+        shutil.copy2(path, dest)
+
+
 def read_text(path: str) -> str | None:
     """A file's text; None when it is missing or cannot be read."""
     try:
