@@ -213,8 +213,9 @@ def test_a_sweep_dashboard_answers_to_the_token_only_and_lists_its_trials(tiny_a
     home, ray_tmp = private
     log = tmp_path / "sweep.log"
     storage = tmp_path / "runs"
-    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "3",
-           "--no-baseline", "--final-round", "0", "--storage-path", str(storage), "--name", "dash"]
+    # three short trials (a third of the preset's budget): enough for two at once and a reused actor
+    cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--num-samples", "3", "--max-tokens", "20000",
+           "--grace-tokens", "6000", "--no-baseline", "--final-round", "0", "--storage-path", str(storage), "--name", "dash"]
     t0 = time.time()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(home, ray_tmp), stdout=out, stderr=subprocess.STDOUT, text=True)

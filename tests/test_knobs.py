@@ -339,7 +339,7 @@ def test_finalize_retrains_the_winner_on_train_and_eval_rows_and_scores_it_once(
     import json
     import re
 
-    r = _run("distilbert_imdb.py", tmp_path, "fin", "--num-samples", "2", "--max-tokens", "8000", "--scheduler", "none",
+    r = _run("distilbert_imdb.py", tmp_path, "fin", "--num-samples", "1", "--max-tokens", "8000", "--scheduler", "none",
              "--finalize")
 
     def examples(folder):
