@@ -38,6 +38,8 @@ FIGURES = {
     "search": "search efficiency",
     "driver_scale": "driver scale",
     "data_setup": "data set-up per trial",
+    "checkpoints": "checkpoint share of trial time",
+    "gpu_slots": "GPU-slot utilisation",
 }
 
 

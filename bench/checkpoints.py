@@ -1,0 +1,90 @@
+"""Checkpoints' share of a trial's wall time, on the flagship's smoke preset with the sweep's storage
+on S3 (a real S3 API on loopback: moto's server, as tests/test_s3.py), side by side:
+
+  before  a checkpoint (adapter, optimizer, scheduler and RNG state) at every report, uploaded before
+          the report returns: ``--checkpoint-minutes 0``, what every trial did before issue 24
+  after   the default: a checkpoint at the trial's best report so far, its last, and one at least
+          every 10 minutes (``--checkpoint-minutes``); the other reports carry metrics only
+
+One trial per side, the same fixed knobs, 2 CPUs, reports every 10 steps (the preset's); the two
+sides alternate (before, after, before, after) since this machine's speed drifts. Each report
+carries ``checkpoint_s``: the trial's seconds so far writing checkpoints and handing them to Tune,
+which uploads before ``report`` returns; the share is that over the trial's wall time from the start
+of its train function to its last report (the last checkpoint's upload, after it, is not counted on
+either side). Goal (issue 24): <= 5%. The figure is the after side's share.
+
+    python bench/run.py --only checkpoints          # ~6 min on 2 cores (ESTIMATE)
+    python bench/run.py --only checkpoints --quick
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from contextlib import contextmanager
+
+from bench.figure import Figure
+from bench.sweep_util import KNOBS, fixed_space, run_sweep
+
+TITLE = "checkpoint share of trial time"
+HOW = "seconds writing + uploading checkpoints / trial wall seconds, smoke preset on S3 (moto)"
+TARGET = ("<=", 0.05)
+
+
+@contextmanager
+def s3_bucket(name: str):
+    """A moto S3 server on loopback with one bucket; the AWS_* variables point boto3 and pyarrow at
+    it in this process and in the Ray workers it starts."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3").create_bucket(Bucket=name)
+        yield f"s3://{name}"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def share(reports: list[dict]) -> dict:
+    last = reports[-1]
+    started = last["first_step_at"] - last["setup_s"]
+    wall = last["reported_at"] - started
+    checkpoints = sum(bool(r.get("checkpoint_dir_name")) for r in reports)
+    return {"share": last["checkpoint_s"] / wall, "checkpoint_s": last["checkpoint_s"], "wall_s": round(wall, 1),
+            "reports": len(reports), "checkpoints": checkpoints}
+
+
+def run(device: str, quick: bool) -> Figure:
+    from sweeps.llama_finetome import RECIPE
+
+    tokens = 12_000 if quick else 40_000
+    sides = {"before": ["--checkpoint-minutes", "0"], "after": []}
+    measured: dict[str, list[dict]] = {side: [] for side in sides}
+    with s3_bucket("bench") as bucket:
+        for i in range(1 if quick else 2):
+            for side, flags in sides.items():
+                argv = ["--preset", "smoke", "--num-samples", "1", "--cpus-per-worker", "2",
+                        "--gpus-per-worker", "1" if device == "cuda" else "0", "--scheduler", "none",
+                        "--max-tokens", str(tokens), "--no-baseline", "--final-round", "0", *flags,
+                        "--storage-path", f"{bucket}/runs", "--name", f"{side}{i}", *fixed_space(KNOBS)]
+                swept = run_sweep(RECIPE, argv)
+                measured[side].append(share(next(iter(swept["reports"].values()))))
+    median = {side: statistics.median(m["share"] for m in runs) for side, runs in measured.items()}
+    def run_line(m: dict) -> str:
+        return f"{m['checkpoint_s']:.1f} of {m['wall_s']:.0f} s, {m['checkpoints']}/{m['reports']} reports with one"
+
+    detail = "; ".join(f"{side}: {median[side]:.1%} ({', '.join(map(run_line, runs))})" for side, runs in measured.items())
+    return Figure(ratio=round(median["after"], 4), target=TARGET, raw={"runs": measured, "median_share": median},
+                  detail=detail)
