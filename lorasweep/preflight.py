@@ -13,8 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorasweep import log
-from lorasweep import storage
+from lorasweep import log, results, storage
 from common.errors import ConfigError, first_line, os_reason
 from lorasweep.budget import PEAK_TFLOPS
 
@@ -136,7 +135,7 @@ def check_inputs(sweep) -> Inputs:
         get_family(settings.family)  # a typo is refused before anything is read
     settings.dataset = check_dataset_path(settings.dataset)
     if options.resume:
-        check_resumable(sweep)
+        results.check_resumable(sweep)
     inputs = Inputs(created=_check_storage(options))
     try:
         _check_trial_inputs(sweep, inputs, task)
@@ -242,26 +241,6 @@ def check_pairings(settings) -> None:
     if too_old:
         raise ConfigError(f"`zero_stage` 3 with `quantization` 4bit needs newer packages ({'; '.join(too_old)}); "
                           "upgrade them or use --zero-stage 2")
-
-
-def check_resumable(sweep) -> None:
-    """A sweep started by another lorasweep version (its trials' settings have other fields) cannot
-    be resumed by this one: Tune's restore would refuse it after Ray started, in a traceback."""
-    path = storage.join(sweep.sweep_dir, "sweep_config.json")
-    if not storage.exists(path):
-        return  # _check_storage says what is missing
-    try:
-        stored = set(storage.read_json(path).get("settings", {}))
-    except (OSError, ValueError, AttributeError):
-        return
-    current = set(sweep.settings.to_dict())
-    if stored and stored != current:
-        gone, new = sorted(stored - current), sorted(current - stored)
-        raise ConfigError(
-            f"`--resume`: sweep {sweep.options.name!r} was started by another lorasweep version: its trial settings differ ("
-            + "; ".join(filter(None, [f"this version adds {', '.join(new)}" if new else "",
-                                      f"has no {', '.join(gone)}" if gone else ""]))
-            + "); resume it with the lorasweep that started it, or start a new --name (nothing was changed)")
 
 
 def _check_storage(options) -> list[str]:

@@ -12,7 +12,7 @@ from lorasweep import log
 from lorasweep import storage
 from lorasweep.best_adapters import export_best
 from lorasweep.leaderboard import best_key, format_table, leaderboard_rows, mark_pareto, write_leaderboard
-from common.errors import StorageError
+from common.errors import ConfigError, StorageError
 from lorasweep.versions import versions
 
 
@@ -39,6 +39,26 @@ def write_start(sweep, inputs) -> None:
             for path in written:
                 storage.remove_local(path)
             raise
+
+
+def check_resumable(sweep) -> None:
+    """A sweep started by another lorasweep version (its trials' settings have other fields) cannot
+    be resumed by this one: Tune's restore would refuse it after Ray started, in a traceback."""
+    path = storage.join(sweep.sweep_dir, "sweep_config.json")
+    if not storage.exists(path):
+        return  # _check_storage says what is missing
+    try:
+        stored = set(storage.read_json(path).get("settings", {}))
+    except (OSError, ValueError, AttributeError):
+        return
+    current = set(sweep.settings.to_dict())
+    if stored and stored != current:
+        gone, new = sorted(stored - current), sorted(current - stored)
+        raise ConfigError(
+            f"`--resume`: sweep {sweep.options.name!r} was started by another lorasweep version: its trial settings differ ("
+            + "; ".join(filter(None, [f"this version adds {', '.join(new)}" if new else "",
+                                      f"has no {', '.join(gone)}" if gone else ""]))
+            + "); resume it with the lorasweep that started it, or start a new --name (nothing was changed)")
 
 
 def resume_command(argv: list[str], command: str = "") -> str:
