@@ -1,7 +1,9 @@
-"""A trial's reports and checkpoints: every ``report_every`` steps ``ReportCallback`` evaluates,
-writes the report into a checkpoint (``STATE_FILE``) and hands both to Ray Train or Tune. A restarted
-trial finds its newest checkpoint in the sweep's storage, restores its counters from it, or makes
-again a last report that the driver never recorded."""
+"""A trial's reports and checkpoints: every ``report_every`` steps ``ReportCallback`` evaluates and
+hands the report to Ray Train or Tune, with a checkpoint (the report in ``STATE_FILE`` beside the
+adapter and optimizer state) only where one is used: the trial's best report so far, the last of a
+finished trial, and one every ``--checkpoint-minutes``. A restarted trial finds its newest
+checkpoint in the sweep's storage, restores its counters from it, or makes again a last report that
+the driver never recorded."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ BEST_KEY = "best_objective_so_far"  # in STATE_FILE beside the report's metrics
 
 
 class ReportCallback(TrainerCallback):
-    """Every ``report_every`` steps (and at the end of the budget): eval, checkpoint, report."""
+    """Every ``report_every`` steps (and at the end of the budget): eval, report, and a checkpoint
+    where ``_checkpoint_due`` says."""
 
     def __init__(self, trainer, st, report):
         """``trainer``: the trial's ``loop.TokenCountingTrainer``; ``st``: its ``loop.Setup``;
