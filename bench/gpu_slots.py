@@ -16,7 +16,7 @@ Goal (issue 24): >= 0.9. No autoscaling here (a fixed cluster: provisioned slots
 cluster's from the start); the figure is busy / provisioned. On 2 CPU cores the 32 trial processes
 start slower than on 32 GPU machines; the detail gives the first-wave and tail losses apart.
 
-    python bench/run.py --only gpu_slots            # ~6 min on 2 cores (ESTIMATE)
+    python bench/run.py --only gpu_slots            # 276 s on 2 cores (Dec 4, beside the QA bench)
     python bench/run.py --only gpu_slots --quick    # 8 slots, 32 trials: 168 s (Dec 4)
 """
 
