@@ -85,3 +85,16 @@ def trial_device(gpus: float) -> torch.device:
     if not torch.cuda.is_available():
         raise TrialError(no_cuda_line(cuda_report()))
     return torch.device("cuda", 0)
+
+
+def release_host_memory() -> None:
+    """Hand the heap a finished trial freed back to the OS. glibc keeps freed blocks of the process's
+    heap for reuse: after a 4-bit SmolLM2 trial and ``gc.collect()`` a process held 3.7-4.3 GB of
+    them (0.48 GB after ``malloc_trim``), which a reused trial process carries into the next trial
+    beside the other trials on the node. A no-op where the C library has no malloc_trim."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # musl, macOS
+        pass

@@ -29,7 +29,7 @@ from common.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
 from common.errors import first_line
 from trainers.data import count_tokens
-from trainers.devices import cuda_report, no_cuda_line, trial_device
+from trainers.devices import cuda_report, no_cuda_line, release_host_memory, trial_device
 from trainers.evaluation import world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
@@ -267,6 +267,7 @@ def train_in_trial_process(config: dict) -> None:
     finally:
         # The process lives on for the next trial: hand the model's memory back now.
         gc.collect()
+        release_host_memory()
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
