@@ -32,24 +32,12 @@ SMALL = ["--preset", "smoke", "--max-tokens", str(BUDGET), "--eval-every", "4", 
 
 @pytest.fixture
 def s3():
-    from moto.server import ThreadedMotoServer
+    import boto3
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        import boto3
+    from bench.checkpoints import s3_bucket  # moto's server on loopback, the AWS_* variables at it
 
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="sweeps")
-        try:
-            yield client
-        finally:
-            server.stop()
+    with s3_bucket("sweeps"):
+        yield boto3.client("s3")
 
 
 def _keys(client, prefix: str) -> list[str]:
