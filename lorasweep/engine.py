@@ -27,7 +27,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
     """Run (or dry-run) a sweep of ``recipe`` from command-line flags. ``command`` is how the user
     called it (``lorasweep run llama_finetome``; default: ``python <this script>``): --help and the
     resume line say it."""
-    from lorasweep import dashboard, final_round, gpu_memory, gpus, preflight, selection, sweepfile
+    from lorasweep import autoscaler, dashboard, final_round, gpu_memory, gpus, preflight, selection, sweepfile
     from lorasweep.results import finish, publish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
@@ -57,7 +57,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
                 log.say(dashboard.line(options.address))
             cluster = cluster_resources()
         if options.autoscale:
-            cluster = preflight.with_addable_node_types(cluster)
+            cluster = autoscaler.with_addable_node_types(cluster)
         res = trial_resources(options, cluster, sweep)
         preflight.check_cluster(options, res, cluster)
         preflight.check_paths_on_nodes(sweep, res)
@@ -91,7 +91,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         if sweep.data is not None:
             log.say(f"data: {sweep.data.line()}")
         log.say(f"{options.name}: {trials} trial{'s' * (trials != 1)}, {n} at once, "
-              f"{res.workers} worker(s)/trial; results in {sweep.sweep_dir}")
+              f"{res.workers} worker(s)/trial ({res.cpus:g} CPU, {res.gpus:g} GPU each); results in {sweep.sweep_dir}")
         if sweep.warm is not None:
             for line in sweep.warm.lines():
                 log.say(line)

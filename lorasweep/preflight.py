@@ -339,52 +339,6 @@ def local_cluster() -> dict:
     return {"cpu": cpus, "gpu": float(gpus), "nodes": [node], "accelerators": accelerators}
 
 
-# Where `ray up` leaves the autoscaler's config on the head: the cluster YAML with each node type's
-# `resources` filled in from its instance type (AWS: CPU, memory, GPU, accelerator_type).
-BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
-
-
-def addable_node_types(text: str) -> dict[str, dict]:
-    """``{node type: resources}`` of the worker node types an autoscaler config (YAML or JSON) can
-    add: the head's type and types capped at 0 workers are left out."""
-    import yaml
-
-    config = yaml.safe_load(text) or {}
-    head = config.get("head_node_type")
-    return {name: dict(t.get("resources") or {}) for name, t in (config.get("available_node_types") or {}).items()
-            if name != head and t.get("max_workers", config.get("max_workers", 1)) != 0}
-
-
-def _read_node_types(path: str) -> dict[str, dict] | None:
-    """On the head node: its autoscaler config's node types; None without one. Only the resources
-    leave the head (the config also names the SSH key and the provider's settings)."""
-    full = os.path.expanduser(path)
-    if not os.path.isfile(full):
-        return None
-    try:
-        with open(full, encoding="utf-8") as f:
-            return addable_node_types(f.read())
-    except Exception:  # unreadable or not a cluster config: as good as none
-        return None
-
-
-def with_addable_node_types(cluster: dict, path: str = BOOTSTRAP_CONFIG) -> dict:
-    """``cluster`` plus ``node_types``, what the autoscaler can add (None when its config is not on
-    the head), read by a 0-CPU task pinned to the head, wherever the driver runs. Their accelerator
-    types join ``accelerators`` for the dry run's estimate."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]), None)
-    if head is None:
-        return {**cluster, "node_types": None}
-    read = ray.remote(num_cpus=0, max_retries=0)(_read_node_types)
-    pin = NodeAffinitySchedulingStrategy(head["NodeID"], soft=False)
-    node_types = ray.get(read.options(scheduling_strategy=pin).remote(path), timeout=120)
-    accelerators = {k for r in (node_types or {}).values() for k in r if k.startswith("accelerator_type:")}
-    return {**cluster, "node_types": node_types, "accelerators": sorted({*cluster["accelerators"], *accelerators})}
-
-
 def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not os.path.exists(p)]
 

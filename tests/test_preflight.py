@@ -20,8 +20,8 @@ from lorasweep.recipe import SweepOptions
 from lorasweep.resolve import resolve
 from sweeps.llama_finetome import RECIPE
 from lorasweep.budget import asha_tokens, estimate
-from lorasweep.preflight import (Inputs, addable_node_types, check_cluster, check_paths_on_nodes, count_parameters,
-                                 node_label, nodes_lacking, with_addable_node_types)
+from lorasweep.autoscaler import addable_node_types, monitor_config, with_addable_node_types
+from lorasweep.preflight import Inputs, check_cluster, check_paths_on_nodes, count_parameters, node_label, nodes_lacking
 from common.errors import ConfigError
 from tests.conftest import FAKE_HF
 
@@ -215,6 +215,25 @@ def test_autoscale_reads_the_node_types_on_the_head(two_nodes, tmp_path):
     assert seen["node_types"] == {"gpu_worker": BOOTSTRAPPED["available_node_types"]["gpu_worker"]["resources"]}
     assert seen["accelerators"] == ["accelerator_type:A10G"]  # the dry run prices A10Gs, not the default A100
     assert with_addable_node_types(HEAD_ONLY, str(tmp_path / "none.yaml"))["node_types"] is None
+
+
+def test_autoscale_finds_the_config_the_heads_autoscaler_was_started_with(tmp_path):
+    """A head started by hand (``ray start --head --autoscaling-config=...``), not by ``ray up``: the
+    config is where its monitor's command line says, for the monitor of this cluster's GCS only."""
+    def proc(pid: str, *args: str) -> None:
+        (tmp_path / "proc" / pid).mkdir(parents=True)
+        (tmp_path / "proc" / pid / "cmdline").write_bytes("\0".join(args).encode() + b"\0")
+
+    proc("11", "python", "/x/ray/autoscaler/_private/monitor.py", "--gcs-address=10.0.0.1:6379",
+         "--autoscaling-config=/other.yaml")
+    proc("12", "python", "/x/ray/dashboard/dashboard.py", "--gcs-address=10.0.0.1:6380")
+    proc("13", "python", "/x/ray/autoscaler/_private/monitor.py", "--logs-dir=/tmp/l", "--gcs-address=10.0.0.1:6380",
+         "--autoscaling-config=/mine.yaml")
+    (tmp_path / "proc" / "self").mkdir()  # not a pid: skipped
+    assert monitor_config("10.0.0.1:6380", str(tmp_path / "proc")) == "/mine.yaml"
+    assert monitor_config("10.0.0.1:6379", str(tmp_path / "proc")) == "/other.yaml"
+    assert monitor_config("10.0.0.1:7000", str(tmp_path / "proc")) is None
+    assert monitor_config("10.0.0.1:6380", str(tmp_path / "nothing")) is None
 
 
 def _token_probe_worker(config: dict) -> None:
