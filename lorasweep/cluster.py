@@ -55,10 +55,14 @@ def job_env() -> dict[str, str]:
     dashboard's Train page (``dashboard.env_vars``), and TUNE_FUNCTION_THREAD_TIMEOUT_S: before Tune
     reuses a trial's process for the next trial it waits this long for the stopped trial's thread
     (Ray's default 2 s), then fails the NEXT trial ("Trainable runner reuse requires reset_config()";
-    bench/quality.py's chat sweep on a loaded 2-core machine lost one so, Dec 3). A user's value wins."""
+    bench/quality.py's chat sweep on a loaded 2-core machine lost one so, Dec 3). A user's value wins.
+    The simulated clusters' test switch (``trainers.devices.CPU_FOR_FAKE_GPUS``) travels too, when set."""
     from lorasweep.dashboard import env_vars
+    from trainers.devices import CPU_FOR_FAKE_GPUS
 
-    return {**env_vars(), "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")}
+    switch = {CPU_FOR_FAKE_GPUS: "1"} if os.environ.get(CPU_FOR_FAKE_GPUS) == "1" else {}
+    return {**env_vars(), "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600"),
+            **switch}
 
 
 def free_port(preferred: int = 8265) -> int:

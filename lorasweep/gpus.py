@@ -29,6 +29,12 @@ def check_gpu_nodes(settings, res, timeout_s: float = 180) -> None:
     the sweep. Nodes an autoscaler has yet to add are left to their trials' own checks."""
     if res.gpus <= 0:
         return
+    from trainers.devices import cpu_for_fake_gpus
+
+    if cpu_for_fake_gpus():
+        log.warn("LORASWEEP_TEST_CPU_FOR_FAKE_GPUS=1: the GPU nodes are not asked for CUDA and GPU trials train on "
+                 "the CPU (a test switch for simulated clusters; unset it on a real one)")
+        return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

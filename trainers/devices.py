@@ -77,10 +77,24 @@ def no_cuda_line(report: dict) -> str:
             f"(./install.sh picks one where nvidia-smi runs) or pass --gpus-per-worker 0 to train on CPUs")
 
 
+# A test switch, for simulated clusters only (tests/test_autoscaling.py, bench/gpu_slots.py): their
+# nodes declare fake GPUs (Ray schedules by the count; there is no CUDA), and with this set to 1 in
+# the driver's environment (``cluster.job_env`` passes it to the sweep's Ray processes) a one-worker
+# trial that Ray gave a GPU trains on the CPU instead of refusing. Unset, as on every real cluster, a
+# GPU trial without CUDA fails with ``no_cuda_line``. Multi-worker trials are not covered: Ray Train
+# sets their CUDA devices itself.
+CPU_FOR_FAKE_GPUS = "LORASWEEP_TEST_CPU_FOR_FAKE_GPUS"
+
+
+def cpu_for_fake_gpus() -> bool:
+    return os.environ.get(CPU_FOR_FAKE_GPUS) == "1"
+
+
 def trial_device(gpus: float) -> torch.device:
     """The device of a trial process that Ray gave ``gpus`` GPUs: its first visible CUDA device
-    (Ray sets CUDA_VISIBLE_DEVICES), or the CPU for a CPU trial. A GPU trial without CUDA raises."""
-    if gpus <= 0:
+    (Ray sets CUDA_VISIBLE_DEVICES), or the CPU for a CPU trial. A GPU trial without CUDA raises
+    (unless ``CPU_FOR_FAKE_GPUS``, the simulated clusters' test switch, is set)."""
+    if gpus <= 0 or (cpu_for_fake_gpus() and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise TrialError(no_cuda_line(cuda_report()))

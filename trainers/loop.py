@@ -29,7 +29,7 @@ from common.errors import TrialError
 from trainers.config import TrainSettings, TrialConfig, deepspeed_config, for_workers
 from common.errors import first_line
 from trainers.data import count_tokens
-from trainers.devices import cuda_report, no_cuda_line, release_host_memory, trial_device
+from trainers.devices import cpu_for_fake_gpus, cuda_report, no_cuda_line, release_host_memory, trial_device
 from trainers.evaluation import world
 from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
@@ -279,7 +279,7 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
     config = receive(config)  # the driver's HF_TOKEN, through Ray's object store, before any Hub call
     config, shared = receive_data(config)  # the sweep's tokenised data, likewise (trainers/shared_data.py)
     trial = TrialConfig.from_tune(config)
-    if trial.resources.gpus > 0 and device.type != "cuda":  # Ray Train gave a GPU that torch cannot use
+    if trial.resources.gpus > 0 and device.type != "cuda" and not cpu_for_fake_gpus():  # a GPU torch cannot use
         raise TrialError(no_cuda_line(cuda_report()))
     if resume is not None and checkpoint_finished(resume):
         # Its budget was spent before the driver went: nothing to train, nothing new to report.
