@@ -7,12 +7,13 @@ losses mostly fall at every report, so tests/test_sweep.py's shared sweep shows 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from trainers.config import TrainSettings, TrialConfig
-from trainers.reporting import ReportCallback
+from trainers.reporting import BackgroundReporter, ReportCallback
 
 
 def _callback(objective: str = "eval_loss", minutes: float = 10.0) -> ReportCallback:
@@ -66,3 +67,67 @@ def test_a_restarted_trial_compares_with_the_best_before_its_checkpoint(tmp_path
 def test_a_bad_value_is_one_line_naming_the_field():
     with pytest.raises(ValueError, match=r"`checkpoint_minutes` is -1; give minutes >= 0"):
         TrainSettings(model="m", dataset="d.jsonl", checkpoint_minutes=-1).validate()
+
+
+# ----------------------------------------------------------------------------- reports from their own thread
+
+
+def _checkpoint(tmp_path, step: int) -> str:
+    d = tmp_path / f"checkpoint-{step}"
+    d.mkdir()
+    (d / "adapter_model.safetensors").write_text(str(step))
+    return str(d)
+
+
+def test_reports_reach_ray_in_order_while_training_goes_on(tmp_path):
+    """A slow upload (0.3 s a checkpoint) does not hold up the hand-over until two are waiting; each
+    report arrives in order with its checkpoint's files, moved out of the names Transformers rotates
+    and removed once handed over."""
+    seen = []
+
+    def slow_report(metrics, ckpt_dir):
+        files = sorted(p.name for p in Path(ckpt_dir).iterdir()) if ckpt_dir else []
+        seen.append((metrics["step"], Path(ckpt_dir).name if ckpt_dir else "", files))
+        time.sleep(0.3)
+
+    reporter = BackgroundReporter(slow_report)
+    t0 = time.time()
+    reporter({"step": 1}, _checkpoint(tmp_path, 1))
+    reporter({"step": 2}, "")
+    handed = time.time() - t0
+    reporter({"step": 3}, _checkpoint(tmp_path, 3))  # waits: one in flight, one queued
+    reporter.close()
+    assert handed < 0.2, handed
+    assert seen == [(1, "reporting-checkpoint-1", ["adapter_model.safetensors"]), (2, "", []),
+                    (3, "reporting-checkpoint-3", ["adapter_model.safetensors"])]
+    assert list(tmp_path.iterdir()) == []  # every checkpoint folder removed after its report
+
+
+def test_an_upload_error_is_raised_in_the_training_thread(tmp_path):
+    def failing(metrics, ckpt_dir):
+        raise OSError("bucket gone")
+
+    reporter = BackgroundReporter(failing)
+    reporter({"step": 1}, _checkpoint(tmp_path, 1))
+    with pytest.raises(OSError, match="bucket gone"):
+        reporter.thread.join()
+        reporter({"step": 2}, "")
+    reporter.close(quietly=True)
+
+
+def test_a_trial_stopped_at_a_report_in_flight_ends_its_training(tmp_path):
+    """Tune stops a trial (ASHA) by ending the thread waiting in ``report`` with SystemExit: the next
+    step of training ends the same way."""
+    def stopping(metrics, ckpt_dir):
+        raise SystemExit(0)
+
+    cb = _callback()
+    cb.report = reporter = BackgroundReporter(stopping)
+    reporter({"step": 1}, "")
+    reporter.thread.join()
+    assert reporter.stopped
+    with pytest.raises(SystemExit):
+        cb.on_step_end(None, SimpleNamespace(global_step=2), SimpleNamespace())
+    with pytest.raises(SystemExit):
+        reporter({"step": 2}, "")
+    reporter.close()  # nothing left to wait for, no error

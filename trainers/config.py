@@ -108,6 +108,7 @@ class TrainSettings:
     max_tokens: int = field(default=2_000_000, metadata={"help": "training tokens (non-padding) per trial; ASHA's time axis"})
     eval_every: int = field(default=50, metadata={"help": "optimizer steps between reports (eval + metrics; a checkpoint where --checkpoint-minutes says), counted unpacked: packed trials report at the same tokens"})
     checkpoint_minutes: float = field(default=10.0, metadata={"help": "a checkpoint at a trial's best report so far and its last (the export reads them), and at the first report at least this many minutes after the previous one (what a restarted trial resumes from); other reports carry metrics only. 0: a checkpoint at every report"})
+    background_upload: bool = field(default=True, metadata={"help": "reports and their checkpoints go to Ray from a thread of their own, so a trial trains on while a checkpoint uploads (--no-background-upload: training waits for each, as before Dec 2026)"})
     seed: int = field(default=3407, metadata={"help": "seed for data split, shuffling and LoRA init"})
     train_on_eval: bool = field(default=False, metadata={"help": "the final run (--finalize): the eval rows train too, so the test split is the only held-out data"})
     repeat: int = field(default=0, metadata={"help": "a repeat of a configuration (--repeats): shuffling and LoRA init take seed + repeat; the data split stays"})

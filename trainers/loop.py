@@ -35,8 +35,8 @@ from trainers.families import resolve_family
 from trainers.model import build_model, pick_precision
 from trainers.shared_data import SharedData, data_key
 from trainers.shared_data import receive as receive_data
-from trainers.reporting import (ReportCallback, checkpoint_finished, in_ray_train, ray_report, tune_report,
-                                tune_resume)
+from trainers.reporting import (BackgroundReporter, ReportCallback, checkpoint_finished, in_ray_train, ray_report,
+                                tune_report, tune_resume)
 from trainers.tasks import Prepared, get_task
 
 
@@ -299,7 +299,8 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
         processing_class=st.tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # the report callback prints what matters
-    callback = ReportCallback(trainer, st, report)
+    reporter = BackgroundReporter(report, background=st.settings.background_upload)
+    callback = ReportCallback(trainer, st, reporter)
     trainer.add_callback(callback)
     for extra in user_callbacks(trial):
         trainer.add_callback(extra)
@@ -309,7 +310,12 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
         resume_dir = resume.to_directory(os.path.join(out_dir, "resume"))
         callback.restore(resume_dir)
     try:
-        trainer.train(resume_from_checkpoint=resume_dir)
+        try:
+            trainer.train(resume_from_checkpoint=resume_dir)
+        except BaseException:
+            reporter.close(quietly=True)  # the reports made before the error reach Ray before it
+            raise
+        reporter.close()  # the last report (and its checkpoint) handed over before the trial ends
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not _is_oom(e):
             raise

@@ -1,7 +1,8 @@
 """A trial's reports and checkpoints: every ``report_every`` steps ``ReportCallback`` evaluates and
 hands the report to Ray Train or Tune, with a checkpoint (the report in ``STATE_FILE`` beside the
 adapter and optimizer state) only where one is used: the trial's best report so far, the last of a
-finished trial, and one every ``--checkpoint-minutes``. A restarted trial finds its newest
+finished trial, and one every ``--checkpoint-minutes``; ``BackgroundReporter`` uploads them while
+training goes on. A restarted trial finds its newest
 checkpoint in the sweep's storage, restores its counters from it, or makes again a last report that
 the driver never recorded."""
 
@@ -24,6 +25,94 @@ STATE_FILE = "lorasweep_state.json"  # metrics + tokens_seen, written into every
 BEST_KEY = "best_objective_so_far"  # in STATE_FILE beside the report's metrics
 
 
+class BackgroundReporter:
+    """Hands a trial's reports to Ray (``report(metrics, checkpoint_dir)``) from a thread of its own,
+    in order, so that training goes on while a checkpoint uploads: Tune and Ray Train copy a
+    checkpoint into the sweep's storage (S3, GCS, NFS) before ``report`` returns, and the GPUs would
+    wait that long. One report is in flight and one queued at most; a third waits for room, and that
+    wait is the only part of a checkpoint's upload the trial's devices see.
+
+    A checkpoint's folder is moved out of Transformers' way first (``save_total_limit`` would delete
+    it at the next save) and removed once handed over. Tune stops a trial (ASHA) by ending the thread
+    that reports (``SystemExit``, as it ends a training thread): ``stopped`` then tells the training
+    loop to end too. An error of the reporting thread is raised in the training thread at its next
+    report or at ``close``, which waits for the reports queued before it. With ``background`` off
+    (``--no-background-upload``) each report is made in the training thread, as it comes."""
+
+    def __init__(self, report, background: bool = True):
+        import queue
+        import threading
+
+        self.report, self.stopped, self.error = report, False, None
+        self.queue: "queue.Queue" = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, name="lorasweep-reporter", daemon=True) if background else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def _run(self) -> None:
+        import shutil
+
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            metrics, ckpt_dir = item
+            try:
+                self.report(metrics, ckpt_dir)
+            except SystemExit:  # Tune stopped the trial while this report waited for its answer
+                self.stopped = True
+                return
+            except BaseException as e:  # noqa: BLE001 - raised again in the training thread
+                self.error = e
+                return
+            finally:
+                if ckpt_dir:
+                    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    def __call__(self, metrics: dict, ckpt_dir: str) -> None:
+        import queue
+
+        if self.thread is None:
+            self.report(metrics, ckpt_dir)
+            return
+        self._raise()
+        if ckpt_dir:  # out of the `checkpoint-*` names Transformers rotates
+            staged = os.path.join(os.path.dirname(ckpt_dir), "reporting-" + os.path.basename(ckpt_dir))
+            os.replace(ckpt_dir, staged)
+            ckpt_dir = staged
+        while True:
+            try:
+                self.queue.put((metrics, ckpt_dir), timeout=0.5)
+                return
+            except queue.Full:
+                self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if self.stopped or not self.thread.is_alive():
+            raise SystemExit(0)  # as Tune ends a stopped trial's training thread
+
+    def close(self, quietly: bool = False) -> None:
+        """Waits for every report handed in (the trial's last one included); raises the reporting
+        thread's error unless ``quietly`` (training already failed: its error is the one to raise)."""
+        import queue
+
+        if self.thread is None:
+            return
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.5)
+                break
+            except queue.Full:  # a report still queued behind the one in flight
+                continue
+        self.thread.join()
+        if self.error is not None and not quietly:
+            error, self.error = self.error, None
+            raise error
+
+
 class ReportCallback(TrainerCallback):
     """Every ``report_every`` steps (and at the end of the budget): eval, report, and a checkpoint
     where ``_checkpoint_due`` says."""
@@ -40,7 +129,7 @@ class ReportCallback(TrainerCallback):
         self.nodes: list[str] = []
         self.first_step_at: float | None = None  # wall clock: where trial start-up ends (bench/startup.py)
         # seconds spent writing checkpoints (Transformers saves between on_step_end and on_save) and
-        # handing reports with them to Ray (which uploads a checkpoint before report returns)
+        # handing reports with them over (BackgroundReporter: waiting for room while earlier ones upload)
         self.checkpoint_s = 0.0
         self.save_started = 0.0
         self.last_checkpoint_at = time.time()
@@ -58,6 +147,8 @@ class ReportCallback(TrainerCallback):
             self.first_step_at = time.time()
 
     def on_step_end(self, args, state, control, **kw):
+        if getattr(self.report, "stopped", False):  # Tune stopped the trial at a report in flight
+            raise SystemExit(0)
         self.trainer.check_finite()
         if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
             # a report: Transformers logs (on_log: eval, metrics, whether to checkpoint), then saves
@@ -130,7 +221,7 @@ class ReportCallback(TrainerCallback):
             "tokens_per_s": (self.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9),
             "peak_mem_gb": _peak_memory_gb(st.device),
             "train_time_s": self.train_time_s,
-            # writing checkpoints and handing them over (Ray uploads one before report returns), so far
+            # writing checkpoints and handing them over (waiting while earlier ones upload), so far
             "checkpoint_s": round(self.checkpoint_s, 3),
             "finished": finished,
             "worker_nodes": ",".join(self.nodes),  # a string: loggers take it as it is
@@ -146,7 +237,8 @@ class ReportCallback(TrainerCallback):
         return metrics
 
     def _hand_over(self, metrics: dict, ckpt_dir: str) -> None:
-        """The report to Ray (with the checkpoint in ``ckpt_dir``, or none for "")."""
+        """The report to Ray (with the checkpoint in ``ckpt_dir``, or none for ""); through a
+        ``BackgroundReporter`` the time counted is what training waited for room to hand it in."""
         metrics["reported_at"] = time.time()  # wall clock, finer than Tune's whole-second timestamp
         handed = time.time()
         self.report(metrics, ckpt_dir)
