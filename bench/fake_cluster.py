@@ -118,7 +118,8 @@ class FakeCluster:
 
 class NodeWatch:
     """When each worker node was up, seen by polling ``ray.nodes()`` every ``every_s`` seconds in a
-    thread: ``{node id: {"resources", "up", "down"}}`` (``down`` None while it is up). Provisioned
+    thread: ``{node id: {"resources", "up", "down", "held"}}`` (``down`` None while it is up;
+    ``held``: [(time, GPUs reserved by an actor or a placement group)] at each poll). Provisioned
     GPU-seconds are the sum of GPUs x (down - up), within one poll of the truth at each end."""
 
     def __init__(self, every_s: float = 0.5):
@@ -129,13 +130,19 @@ class NodeWatch:
 
     def _run(self) -> None:
         import ray
+        from ray._private.state import available_resources_per_node  # the GCS's view; no public API
 
         while not self._stop.is_set():
             now, alive = time.time(), set()
+            available = available_resources_per_node()
             for n in ray.nodes():
                 if n["Alive"] and "node:__internal_head__" not in n["Resources"]:
                     alive.add(n["NodeID"])
-                    self.nodes.setdefault(n["NodeID"], {"resources": dict(n["Resources"]), "up": now, "down": None})
+                    seen = self.nodes.setdefault(n["NodeID"], {"resources": dict(n["Resources"]), "up": now,
+                                                               "down": None, "held": []})
+                    gpus = seen["resources"].get("GPU", 0)
+                    if n["NodeID"] in available:  # a resource all in use is left out of its node's dict
+                        seen["held"].append((now, gpus - available[n["NodeID"]].get("GPU", 0)))
             for node_id, seen in self.nodes.items():
                 if seen["down"] is None and node_id not in alive:
                     seen["down"] = now
