@@ -110,6 +110,10 @@ def lora_trial(config: dict, secrets: list | None = None, data: list | None = No
     res = trial.resources
     loop_config = {**with_secrets(config, secrets), **({DATA_KEY: data} if data else {})}
     if res.in_trial_process:
+        # A trial ASHA stops while its report uploads in the background ends at its next micro-batch
+        # (trainers/reporting.BackgroundReporter); Tune reuses this process for the next trial only if
+        # this thread has ended within TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s, read at reuse)
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
         return train_in_trial_process(loop_config)
     objective = trial.objective
     trainer = TorchTrainer(

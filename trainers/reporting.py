@@ -146,9 +146,18 @@ class ReportCallback(TrainerCallback):
         if self.first_step_at is None:
             self.first_step_at = time.time()
 
-    def on_step_end(self, args, state, control, **kw):
+    def _stop_if_stopped(self) -> None:
         if getattr(self.report, "stopped", False):  # Tune stopped the trial at a report in flight
             raise SystemExit(0)
+
+    def on_substep_end(self, args, state, control, **kw):  # each micro-batch of an accumulated step
+        self._stop_if_stopped()
+
+    def on_prediction_step(self, args, state, control, **kw):  # each eval batch
+        self._stop_if_stopped()
+
+    def on_step_end(self, args, state, control, **kw):
+        self._stop_if_stopped()
         self.trainer.check_finite()
         if state.global_step % self.st.report_every == 0 or state.global_step >= state.max_steps:
             # a report: Transformers logs (on_log: eval, metrics, whether to checkpoint), then saves
