@@ -130,4 +130,20 @@ def test_a_trial_stopped_at_a_report_in_flight_ends_its_training(tmp_path):
         cb.on_step_end(None, SimpleNamespace(global_step=2), SimpleNamespace())
     with pytest.raises(SystemExit):
         reporter({"step": 2}, "")
-    reporter.close()  # nothing left to wait for, no error
+    reporter.close(quietly=True)  # the training thread's own SystemExit is already on its way
+
+
+def test_a_trial_stopped_at_its_last_report_ends_by_systemexit_not_by_returning(tmp_path):
+    """Stopped while its last report is in flight, a trial's training thread must end by SystemExit,
+    as it would have inside ``report``: returning makes Tune's function wrapper report once more and
+    wait for an answer that never comes (the process then cannot be reused: seen in a smoke sweep)."""
+    def stopping(metrics, ckpt_dir):
+        raise SystemExit(0)
+
+    reporter = BackgroundReporter(stopping)
+    reporter({"step": 22, "finished": True}, "")
+    with pytest.raises(SystemExit):
+        reporter.close()
+    done = BackgroundReporter(lambda metrics, ckpt_dir: None)  # not stopped: close returns
+    done({"step": 22, "finished": True}, "")
+    done.close()

@@ -96,7 +96,8 @@ class BackgroundReporter:
 
     def close(self, quietly: bool = False) -> None:
         """Waits for every report handed in (the trial's last one included); raises the reporting
-        thread's error unless ``quietly`` (training already failed: its error is the one to raise)."""
+        thread's error, or SystemExit where Tune stopped the trial, unless ``quietly`` (training
+        already failed: its error is the one to raise)."""
         import queue
 
         if self.thread is None:
@@ -111,6 +112,12 @@ class BackgroundReporter:
         if self.error is not None and not quietly:
             error, self.error = self.error, None
             raise error
+        if self.stopped and not quietly:
+            # Tune stopped the trial at a report in flight: its stop signal went to the reporting
+            # thread (and Tune cleared it there), so this thread must end as a stopped trial's
+            # does, by SystemExit: returning would make Tune's function wrapper report once more
+            # and wait forever for an answer (seen: reuse of the process failed after 60 s)
+            raise SystemExit(0)
 
 
 class ReportCallback(TrainerCallback):
