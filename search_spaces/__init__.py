@@ -99,7 +99,9 @@ class SearchSpace:
                 bounds = {**bounds, name: bound_for(name)}
             except ConfigError as e:
                 close = difflib.get_close_matches(name, list(owners()), n=1)
-                hint = f"; did you mean `{close[0]}`?" if close else ""
+                hint = f"; did you mean `{close[0]}`?" if close and name not in owners() else ""
+                if name in ("rank_pattern", "alpha_pattern"):
+                    hint = "; `--space rank_split=0.5,1,2` searches the attention/MLP rank split at a fixed adapter size"
                 raise ConfigError(f"`--space {shown}`: {e}{hint}") from None
         kind = bounds[name].kind
         try:

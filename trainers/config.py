@@ -99,6 +99,8 @@ class TrainSettings:
     lora_alpha: int = field(default=16, metadata={"help": "LoraConfig.lora_alpha (update scale alpha/r)"})
     alpha_ratio: float = field(default=0.0, metadata={"help": "the update's scale itself (--alpha-mode ratio searches it): lora_alpha = alpha_ratio x r, x sqrt(r) with rsLoRA; 0 = lora_alpha as given"})
     use_rslora: bool = field(default=False, metadata={"help": "LoraConfig.use_rslora: scale alpha/sqrt(r)"})
+    loraplus_lr_ratio: float = field(default=0.0, metadata={"help": "LoRA+: the B matrices learn at learning_rate x this (PEFT's create_loraplus_optimizer; its paper suggests ~16 with a lower learning_rate); 0 = plain LoRA"})
+    rank_split: float = field(default=1.0, metadata={"help": "the attention modules' LoRA rank / the MLP modules', at the adapter size of rank r everywhere (PEFT rank_pattern, alpha_pattern keeping each module's update scale); 1 = rank r everywhere"})
     packing: bool = field(default=False, metadata={"help": "pack several examples per row (documents kept apart)"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of the trial's optimizer steps spent warming up"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (at the reference batch, with --lr-scaling)"})
@@ -176,6 +178,20 @@ class TrainSettings:
             problems.add(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
             problems.add(f"`warmup_ratio` is {self.warmup_ratio!r}; it must be in [0, 1)")
+        if not (self.loraplus_lr_ratio == 0 or 1 <= self.loraplus_lr_ratio <= 1000):
+            problems.add(f"`loraplus_lr_ratio` is {self.loraplus_lr_ratio!r}; give 0 (plain LoRA) or a ratio in "
+                         "[1, 1000], e.g. 16")
+        if not 0.05 <= self.rank_split <= 20:
+            problems.add(f"`rank_split` is {self.rank_split!r}; give the attention/MLP rank ratio in [0.05, 20] "
+                         "(1: the same rank everywhere)")
+        init = self.lora_config.get("init_lora_weights", True)
+        if init in INIT_REFUSED or str(init).startswith("pissa_niter_"):
+            problems.add(f"`init_lora_weights` {init}: {INIT_REFUSED.get(init, INIT_REFUSED['pissa'])}")
+        elif init == "orthogonal" and self.quantization != "none":
+            problems.add(f"`init_lora_weights` orthogonal writes float LoRA weights in the base layer's dtype, which "
+                         f"a {self.quantization} base does not have; search it with --quantization none, or use gaussian")
+        elif init == "orthogonal" and int(self.r) % 2:
+            problems.add(f"`init_lora_weights` orthogonal needs an even `r`; r is {self.r}")
         if not 0 < self.learning_rate <= 1:
             problems.add(f"`learning_rate` is {self.learning_rate!r}; it must be in (0, 1]")
         for name in ("max_new_tokens", "gen_eval_rows"):
@@ -378,6 +394,34 @@ MANAGED_ARGS = frozenset({"output_dir", "max_steps", "num_train_epochs", "deepsp
                           "remove_unused_columns", "seed", "data_seed", "per_device_train_batch_size",
                           "gradient_accumulation_steps", "learning_rate", "warmup_steps", "warmup_ratio",
                           "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing"})
+# init_lora_weights values a trial cannot use as lorasweep trains and exports adapters, and why
+INIT_REFUSED = {
+    "pissa": "PiSSA moves the principal part of each base weight into the adapter, so the adapter is one of "
+             "a changed base; lorasweep does not convert it back yet (PEFT's "
+             "path_initial_model_for_weight_conversion); search true, gaussian or orthogonal",
+    "olora": "OLoRA changes the base weights like PiSSA, and lorasweep does not convert its adapter back yet; "
+             "search true, gaussian or orthogonal",
+    "corda": "CorDA needs a pass over the data first (peft preprocess_corda), which lorasweep does not run; "
+             "search true, gaussian or orthogonal",
+    "eva": "EVA needs a pass over the data first (peft initialize_lora_eva_weights), which lorasweep does not "
+           "run; search true, gaussian or orthogonal",
+    "loftq": "LoftQ needs a loftq_config and a base loaded unquantised, which lorasweep's 4-bit path does not "
+             "do; use --quantization 4bit with gaussian (QLoRA), or search true, gaussian or orthogonal",
+    "lora_ga": "LoRA-GA needs gradients from a pass over the data first, which lorasweep does not run",
+    "mica": "MiCA is not searched by lorasweep; search true, gaussian or orthogonal",
+}
+# what a searched init_lora_weights may take (PEFT's annotation is bool | Literal[...], which a search
+# space cannot type; the refused ones are listed so that the refusal says why)
+INIT_CHOICES = ("true", "gaussian", "orthogonal", *INIT_REFUSED)
+
+
+def lora_kwargs(lora_config: dict) -> dict:
+    """``lora_config`` as ``peft.LoraConfig`` takes it: a searched init_lora_weights "true"/"false" as the bool."""
+    init = lora_config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower() in ("true", "false"):
+        return {**lora_config, "init_lora_weights": init.lower() == "true"}
+    return lora_config
+
 MANAGED_LORA = frozenset({"r", "lora_alpha", "use_rslora", "lora_dropout", "target_modules", "modules_to_save",
                           "task_type", "base_model_name_or_path", "peft_type", "revision", "inference_mode"})
 

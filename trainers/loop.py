@@ -62,6 +62,16 @@ class TokenCountingTrainer(Trainer):
     def tokens_local(self, value: int) -> None:
         self._tokens_base, self._tokens = int(value), torch.zeros_like(self._tokens)
 
+    loraplus_lr_ratio = 0.0  # LoRA+ (--loraplus-lr-ratio): set before training
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.loraplus_lr_ratio > 0:
+            from trainers.lora_variants import loraplus_optimizer
+
+            self.optimizer = loraplus_optimizer(self, self.model if model is None else model, self.loraplus_lr_ratio)
+            return self.optimizer
+        return super().create_optimizer(model)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n = inputs.pop("num_tokens", None)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -298,6 +308,7 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
         data_collator=st.task.collator(st.settings, st.tokenizer),
         processing_class=st.tokenizer,
     )
+    trainer.loraplus_lr_ratio = float(st.settings.loraplus_lr_ratio)
     trainer.remove_callback(PrinterCallback)  # the report callback prints what matters
     reporter = BackgroundReporter(report, background=st.settings.background_upload)
     callback = ReportCallback(trainer, st, reporter)

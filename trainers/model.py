@@ -108,15 +108,19 @@ def keep_quantized_bases_out_of_cpu_inference_paths(model) -> int:
     return changed
 
 
-def lora_config(settings, family, task):
+def lora_config(settings, family, task, model=None):
+    """The trial's ``peft.LoraConfig``; with ``model`` (the loaded base) and ``rank_split`` != 1, the
+    attention/MLP ranks of trainers/lora_variants.rank_split."""
     from peft import LoraConfig
+
+    from trainers.config import lora_kwargs
 
     # "q_proj,v_proj" on the command line; "q_proj+v_proj" as one choice of a searched knob
     # (--space target_modules=all-linear,q_proj+v_proj: the comma separates the choices there)
     named = [m.strip() for m in settings.target_modules.replace("+", ",").split(",") if m.strip()]
     targets = ("all-linear" if named == ["all-linear"] else named) if named else \
         (list(family.target_modules) if family.target_modules else "all-linear")
-    return LoraConfig(
+    config = LoraConfig(
         r=int(settings.r),
         lora_alpha=int(settings.lora_alpha),
         use_rslora=bool(settings.use_rslora),  # scale alpha/sqrt(r) instead of alpha/r
@@ -124,8 +128,18 @@ def lora_config(settings, family, task):
         target_modules=targets,
         modules_to_save=list(task.head_modules(family)) or None,
         task_type=task.peft_task_type,
-        **settings.lora_config,  # any other LoraConfig field (use_dora, init_lora_weights, ...)
+        **lora_kwargs(settings.lora_config),  # any other LoraConfig field (use_dora, init_lora_weights, ...)
     )
+    if model is None or float(settings.rank_split) == 1.0:
+        return config
+    import dataclasses
+
+    from trainers.lora_variants import rank_split
+
+    fields, line = rank_split(model, config, float(settings.rank_split), int(settings.r), int(settings.lora_alpha),
+                              bool(settings.use_rslora))
+    print(f"[lorasweep] {line}")
+    return dataclasses.replace(config, **fields) if fields else config
 
 
 def build_model(settings, family, task, precision: str, device=None):
@@ -154,7 +168,7 @@ def build_model(settings, family, task, precision: str, device=None):
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     torch.manual_seed(settings.seed + settings.repeat)  # same LoRA init for the same seed and repeat
-    return get_peft_model(model, lora_config(settings, family, task))
+    return get_peft_model(model, lora_config(settings, family, task, model))
 
 
 def save_folder(out: str | Path, model, tokenizer=None, marker: str | None = None, meta: dict | None = None) -> Path:

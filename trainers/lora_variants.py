@@ -1,0 +1,84 @@
+"""LoRA's searchable variants beyond r and alpha: the attention/MLP rank split and LoRA+.
+
+``--space rank_split=0.5,1,2`` gives the attention modules ``rank_split`` times the MLP modules' rank
+at the adapter size of rank ``r`` everywhere, through PEFT's ``rank_pattern``; ``alpha_pattern``
+keeps every module's update scale (alpha/r, or alpha/sqrt(r) with rsLoRA) what it is at rank ``r``,
+so the split changes only where the capacity goes. A module is an attention module when a part of
+its name says so (``self_attn``, ``attention``, T5's ``SelfAttention`` / ``EncDecAttention``); the
+rest of the targeted layers (``mlp``, ``ffn``, BERT's ``intermediate`` / ``output``) are the MLP side.
+
+``--space loraplus_lr_ratio=0,8,16`` trains the B matrices at ``learning_rate`` x the ratio (LoRA+,
+PEFT's ``create_loraplus_optimizer``, the Trainer's own optimizer class and arguments).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+
+
+def _pattern_key(name: str) -> str | None:
+    """The name from its attention part on (``model.layers.3.self_attn.q_proj`` -> ``self_attn.q_proj``),
+    as a regex PEFT matches at the end of every module name; None for a module outside attention."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if _ATTENTION.search(part):
+            return re.escape(".".join(p for p in parts[i:] if not p.isdigit()))
+    return None
+
+
+def targeted_linears(model, config) -> list[tuple[str, int]]:
+    """(module name, in + out features) of every layer ``config`` puts LoRA on, found as PEFT finds
+    them (its private helpers: pinned peft range in pyproject.toml)."""
+    import copy
+
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+    config = _maybe_include_all_linear_layers(copy.deepcopy(config), model)
+    out = []
+    for name, module in model.named_modules():
+        size = (getattr(module, "in_features", None), getattr(module, "out_features", None))
+        if None not in size and check_target_module_exists(config, name):
+            out.append((name, size[0] + size[1]))
+    return out
+
+
+def rank_split(model, config, split: float, r: int, alpha: float, rslora: bool) -> tuple[dict, str]:
+    """LoraConfig fields that give attention ``split`` x the MLP rank at the size of rank ``r``
+    everywhere (``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``), and a line saying so.
+    ({}, line) where there is nothing to split (every target on one side)."""
+    layers = targeted_linears(model, config)
+    attn = sum(c for n, c in layers if _pattern_key(n) is not None)
+    mlp = sum(c for n, c in layers if _pattern_key(n) is None)
+    if not attn or not mlp:
+        side = "attention" if attn else "MLP"
+        return {}, f"rank_split {split:g}: every targeted layer is an {side} layer, so rank {r} everywhere"
+    # orthogonal initialisation splits each rank in halves: even ranks for it
+    step = 2 if config.init_lora_weights == "orthogonal" else 1
+    r_mlp = max(step, step * round(r * (attn + mlp) / (split * attn + mlp) / step))
+    r_attn = max(step, step * round(split * r * (attn + mlp) / (split * attn + mlp) / step))
+    scale = alpha / (math.sqrt(r) if rslora else r)
+
+    def alpha_for(rank: int) -> float:
+        return scale * (math.sqrt(rank) if rslora else rank)
+
+    keys = sorted({k for n, _ in layers if (k := _pattern_key(n)) is not None})
+    fields = {"r": r_mlp, "lora_alpha": alpha_for(r_mlp),
+              "rank_pattern": {k: r_attn for k in keys}, "alpha_pattern": {k: alpha_for(r_attn) for k in keys}}
+    size = (r_attn * attn + r_mlp * mlp) / (r * (attn + mlp))
+    return fields, (f"rank_split {split:g}: attention r {r_attn}, MLP r {r_mlp} ({size:.2f}x the adapter of r {r} "
+                    "everywhere, each module's update scale kept)")
+
+
+def loraplus_optimizer(trainer, model, ratio: float):
+    """The Trainer's optimizer (its class and arguments: --optim, betas, eps) with LoRA+'s groups:
+    B matrices at the learning rate x ``ratio``, the rest at the learning rate, weight decay as set."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    kwargs = dict(kwargs)
+    lr = kwargs.pop("lr", trainer.args.learning_rate)
+    return create_loraplus_optimizer(model, cls, lr=lr, loraplus_lr_ratio=ratio,
+                                     loraplus_weight_decay=trainer.args.weight_decay, **kwargs)
