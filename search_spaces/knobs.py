@@ -77,7 +77,7 @@ def bound_for(name: str):
         raise ConfigError(f"unknown knob {name!r}; searchable: any TrainSettings hyperparameter, "
                           "peft.LoraConfig field or transformers.TrainingArguments field")
     if name == "init_lora_weights":  # PEFT: bool | Literal[...]; true is its default (Kaiming A, B = 0)
-        from trainers.config import INIT_CHOICES
+        from trainers.lora_variants import INIT_CHOICES
 
         return Bound(str, choices=INIT_CHOICES)
     if where == "settings":
@@ -128,7 +128,7 @@ def check_value(name: str, value, settings, what: str = "") -> None:
         if where == "lora":
             from peft import LoraConfig
 
-            from trainers.config import lora_kwargs
+            from trainers.lora_variants import lora_kwargs
 
             LoraConfig(r=8, target_modules="all-linear", **lora_kwargs(effective.lora_config))
         elif where == "args":

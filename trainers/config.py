@@ -184,6 +184,8 @@ class TrainSettings:
         if not 0.05 <= self.rank_split <= 20:
             problems.add(f"`rank_split` is {self.rank_split!r}; give the attention/MLP rank ratio in [0.05, 20] "
                          "(1: the same rank everywhere)")
+        from trainers.lora_variants import INIT_REFUSED
+
         init = self.lora_config.get("init_lora_weights", True)
         if init in INIT_REFUSED or str(init).startswith("pissa_niter_"):
             problems.add(f"`init_lora_weights` {init}: {INIT_REFUSED.get(init, INIT_REFUSED['pissa'])}")
@@ -394,34 +396,6 @@ MANAGED_ARGS = frozenset({"output_dir", "max_steps", "num_train_epochs", "deepsp
                           "remove_unused_columns", "seed", "data_seed", "per_device_train_batch_size",
                           "gradient_accumulation_steps", "learning_rate", "warmup_steps", "warmup_ratio",
                           "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing"})
-# init_lora_weights values a trial cannot use as lorasweep trains and exports adapters, and why
-INIT_REFUSED = {
-    "pissa": "PiSSA moves the principal part of each base weight into the adapter, so the adapter is one of "
-             "a changed base; lorasweep does not convert it back yet (PEFT's "
-             "path_initial_model_for_weight_conversion); search true, gaussian or orthogonal",
-    "olora": "OLoRA changes the base weights like PiSSA, and lorasweep does not convert its adapter back yet; "
-             "search true, gaussian or orthogonal",
-    "corda": "CorDA needs a pass over the data first (peft preprocess_corda), which lorasweep does not run; "
-             "search true, gaussian or orthogonal",
-    "eva": "EVA needs a pass over the data first (peft initialize_lora_eva_weights), which lorasweep does not "
-           "run; search true, gaussian or orthogonal",
-    "loftq": "LoftQ needs a loftq_config and a base loaded unquantised, which lorasweep's 4-bit path does not "
-             "do; use --quantization 4bit with gaussian (QLoRA), or search true, gaussian or orthogonal",
-    "lora_ga": "LoRA-GA needs gradients from a pass over the data first, which lorasweep does not run",
-    "mica": "MiCA is not searched by lorasweep; search true, gaussian or orthogonal",
-}
-# what a searched init_lora_weights may take (PEFT's annotation is bool | Literal[...], which a search
-# space cannot type; the refused ones are listed so that the refusal says why)
-INIT_CHOICES = ("true", "gaussian", "orthogonal", *INIT_REFUSED)
-
-
-def lora_kwargs(lora_config: dict) -> dict:
-    """``lora_config`` as ``peft.LoraConfig`` takes it: a searched init_lora_weights "true"/"false" as the bool."""
-    init = lora_config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower() in ("true", "false"):
-        return {**lora_config, "init_lora_weights": init.lower() == "true"}
-    return lora_config
-
 MANAGED_LORA = frozenset({"r", "lora_alpha", "use_rslora", "lora_dropout", "target_modules", "modules_to_save",
                           "task_type", "base_model_name_or_path", "peft_type", "revision", "inference_mode"})
 

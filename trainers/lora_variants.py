@@ -1,4 +1,5 @@
-"""LoRA's searchable variants beyond r and alpha: the attention/MLP rank split and LoRA+.
+"""LoRA's searchable variants beyond r and alpha: the attention/MLP rank split, LoRA+ and the
+initialisations a trial can use.
 
 ``--space rank_split=0.5,1,2`` gives the attention modules ``rank_split`` times the MLP modules' rank
 at the adapter size of rank ``r`` everywhere, through PEFT's ``rank_pattern``; ``alpha_pattern``
@@ -17,6 +18,35 @@ import math
 import re
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+
+# init_lora_weights values a trial cannot use as lorasweep trains and exports adapters, and why
+INIT_REFUSED = {
+    "pissa": "PiSSA moves the principal part of each base weight into the adapter, so the adapter is one of "
+             "a changed base; lorasweep does not convert it back yet (PEFT's "
+             "path_initial_model_for_weight_conversion); search true, gaussian or orthogonal",
+    "olora": "OLoRA changes the base weights like PiSSA, and lorasweep does not convert its adapter back yet; "
+             "search true, gaussian or orthogonal",
+    "corda": "CorDA needs a pass over the data first (peft preprocess_corda), which lorasweep does not run; "
+             "search true, gaussian or orthogonal",
+    "eva": "EVA needs a pass over the data first (peft initialize_lora_eva_weights), which lorasweep does not "
+           "run; search true, gaussian or orthogonal",
+    "loftq": "LoftQ needs a loftq_config and a base loaded unquantised, which lorasweep's 4-bit path does not "
+             "do; use --quantization 4bit with gaussian (QLoRA), or search true, gaussian or orthogonal",
+    "lora_ga": "LoRA-GA needs gradients from a pass over the data first, which lorasweep does not run",
+    "mica": "MiCA is not searched by lorasweep; search true, gaussian or orthogonal",
+}
+# what a searched init_lora_weights may take (PEFT's annotation is bool | Literal[...], which a search
+# space cannot type; the refused ones are listed so that the refusal says why)
+INIT_CHOICES = ("true", "gaussian", "orthogonal", *INIT_REFUSED)
+
+
+def lora_kwargs(lora_config: dict) -> dict:
+    """``lora_config`` as ``peft.LoraConfig`` takes it: a searched init_lora_weights "true"/"false" as the bool."""
+    init = lora_config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower() in ("true", "false"):
+        return {**lora_config, "init_lora_weights": init.lower() == "true"}
+    return lora_config
+
 
 
 def _pattern_key(name: str) -> str | None:

@@ -113,7 +113,7 @@ def lora_config(settings, family, task, model=None):
     attention/MLP ranks of trainers/lora_variants.rank_split."""
     from peft import LoraConfig
 
-    from trainers.config import lora_kwargs
+    from trainers.lora_variants import lora_kwargs
 
     # "q_proj,v_proj" on the command line; "q_proj+v_proj" as one choice of a searched knob
     # (--space target_modules=all-linear,q_proj+v_proj: the comma separates the choices there)
