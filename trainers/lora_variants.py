@@ -75,10 +75,11 @@ def targeted_linears(model, config) -> list[tuple[str, int]]:
     return out
 
 
-def rank_split(model, config, split: float, r: int, alpha: float, rslora: bool) -> tuple[dict, str]:
+def rank_split(model, config, split: float) -> tuple[dict, str]:
     """LoraConfig fields that give attention ``split`` x the MLP rank at the size of rank ``r``
     everywhere (``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``), and a line saying so.
     ({}, line) where there is nothing to split (every target on one side)."""
+    r, alpha, rslora = config.r, config.lora_alpha, config.use_rslora  # the even split's
     layers = targeted_linears(model, config)
     attn = sum(c for n, c in layers if _pattern_key(n) is not None)
     mlp = sum(c for n, c in layers if _pattern_key(n) is None)

@@ -136,8 +136,7 @@ def lora_config(settings, family, task, model=None):
 
     from trainers.lora_variants import rank_split
 
-    fields, line = rank_split(model, config, float(settings.rank_split), int(settings.r), int(settings.lora_alpha),
-                              bool(settings.use_rslora))
+    fields, line = rank_split(model, config, float(settings.rank_split))
     print(f"[lorasweep] {line}")
     return dataclasses.replace(config, **fields) if fields else config
 
