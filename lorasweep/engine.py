@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from lorasweep import log
+from lorasweep import log, storage
 from lorasweep.cluster import cluster_resources, concurrency, init_ray, trial_resources
 from lorasweep.dry_run import data_line, dry_run_report
 from common.errors import ConfigError, StorageError
@@ -96,7 +96,7 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
             for line in sweep.warm.lines():
                 log.say(line)
         if optuna_url(sweep):
-            log.say(f"Optuna study {sweep.options.name!r}: {optuna_url(sweep)} (optuna-dashboard shows it)")
+            log.say(f"Optuna study {sweep.options.name!r}: {storage.redact(optuna_url(sweep))} (optuna-dashboard shows it)")
         t0 = time.time()
         tuner = build_tuner(sweep, res, n)
         try:

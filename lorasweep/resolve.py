@@ -104,6 +104,10 @@ def _resolve(recipe: Recipe, args: dict) -> ResolvedSweep:
     with problems.collecting():
         settings = TrainSettings.from_dict(settings_d).validate()
     problems.raise_any()
+    if options.tensorboard:  # each trial's step curves: a Trainer callback of the trial's own
+        from trainers.step_curves import SPEC
+
+        settings.callbacks = (*[c for c in settings.callbacks if c != SPEC], SPEC)
     task = get_task(settings.task)
 
     space = recipe.search_space

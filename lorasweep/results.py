@@ -137,9 +137,9 @@ def finish(sweep, grid, elapsed_s: float, argv: list[str], interrupted: bool = F
 
 
 def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = True) -> None:
-    """After the leaderboard, the export and the baseline: the sweep report, then (``summary_run``:
-    not for an interrupted sweep, whose resume makes one) the W&B summary run, which carries the
-    report's plots. A report that cannot be drawn costs a warning line,
+    """After the leaderboard, the export and the baseline: the sweep report, the MLflow parent run's
+    end (KILLED for an interrupted sweep), then (``summary_run``: not for an interrupted sweep, whose
+    resume makes one) the W&B summary run, which carries the report's plots. A report that cannot be drawn costs a warning line,
     never the sweep's result, which is on disk already."""
     from lorasweep import report, report_data, report_figures
     from lorasweep.tracking import log_summary
@@ -155,6 +155,11 @@ def publish(sweep, rows: list[dict], exported: list[str], summary_run: bool = Tr
     except Exception as e:  # noqa: BLE001 - a plotting bug must not cost the sweep its W&B summary
         log.warn(f"no report ({type(e).__name__}: {e}); "
               f"retry with: python -m lorasweep.report {sweep.sweep_dir}")
+    from lorasweep import mlflow_tracking
+
+    mlflow_tracking.log_summary(sweep, rows, exported, data.baseline if data is not None else None,
+                                html_path if html_path and not storage.is_remote(html_path) else None,
+                                interrupted=not summary_run)
     if not summary_run:
         return
     options = sweep.options

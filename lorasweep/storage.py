@@ -19,6 +19,16 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+def redact(url: str) -> str:
+    """A URL without the user:password@ it may carry (``postgresql://u:pw@db/optuna``,
+    ``http://u:pw@mlflow:5000``): what the console, sweep_config.json and the trackers may show."""
+    head, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    return f"{head}://***@{netloc.rsplit('@', 1)[1]}{slash}{tail}"
+
+
 def scheme(path: str) -> str:
     """``s3`` for ``s3://bucket/runs``; "" for a local path."""
     return path.split("://", 1)[0] if is_remote(path) else ""

@@ -163,8 +163,9 @@ def optuna_storage(sweep: ResolvedSweep):
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL, driver or server
-        raise ConfigError(f"`--optuna-storage` {url!r} cannot be opened ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]}); give an SQLAlchemy URL such as sqlite:///study.db") from None
+        reason = (str(e).splitlines() or [""])[0].replace(url, storage.redact(url))[:160]
+        raise ConfigError(f"`--optuna-storage` {storage.redact(url)!r} cannot be opened ({type(e).__name__}: "
+                          f"{reason}); give an SQLAlchemy URL such as sqlite:///study.db") from None
 
 
 def tpe_startup(trials: int, known: int) -> int:
@@ -213,6 +214,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
     from lorasweep.credentials import share
     from lorasweep.budget import asha_grace, asha_rungs
     from lorasweep.scheduling import JudgedASHA
+    from lorasweep import mlflow_tracking
     from lorasweep.tracking import tune_callbacks
     from trainers.tasks import metric_mode
 
@@ -316,7 +318,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
                                     checkpoint_score_order=space.mode),
                                 callbacks=[*console, *tune_callbacks(options.wandb_project, options.name,
                                                                      sweep.sweep_dir, options.wandb_entity),
-                                           *callbacks])
+                                           *mlflow_tracking.tune_callbacks(sweep), *callbacks])
     experiment = storage.join(options.storage_path, name)
     if options.resume and (repeat_points is None or results_exist(experiment)):
         # --retry-failed: Tune runs an errored trial again from its last checkpoint (restart_errored

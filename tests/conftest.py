@@ -65,6 +65,7 @@ def tiny_tokenizer(tiny_assets):
 
 FAKE_HF = "hf_FAKEtok3nThatMustNeverBeWritten0123456789"
 FAKE_WANDB = "wandbFAKEkey0123456789abcdef0123456789abcdef01"
+FAKE_MLFLOW = "mlflowFAKEtoken0123456789abcdef0123456789ab"
 
 
 def _chat(*turns) -> dict:
@@ -112,7 +113,7 @@ def shared_sweep(tiny_assets, tmp_path_factory):
         if not record.exists():
             record.write_text(json.dumps(_run_shared_sweep(tiny_assets, tmp_path_factory)))
     info = json.loads(record.read_text())
-    yield {**info, **{k: Path(info[k]) for k in ("dir", "storage", "ray_session", "data", "probe")}}
+    yield {**info, **{k: Path(info[k]) for k in ("dir", "storage", "ray_session", "data", "probe", "mlflow")}}
 
 
 def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
@@ -127,22 +128,64 @@ def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
     data = tmp_path_factory.mktemp("data") / "finetome_with_bad_rows.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     storage = tmp_path_factory.mktemp("runs")
+    # A real MLflow server on loopback, its database and artifacts under the storage folder (so the
+    # secret scan reads them too); stopped after the sweep, tests read what it stored.
+    mlflow_dir = storage / "mlflow"
+    server, mlflow_uri = mlflow_server(mlflow_dir)
     cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--dataset", str(data),
            "--num-samples", "5", "--max-tokens", "30000", "--grace-tokens", "8000",
            "--callbacks", "tests.faults:seed_faults,tests.faults:thread_timeout", "--wandb-project", "lorasweep-tests",
+           "--mlflow-tracking-uri", mlflow_uri, "--mlflow-experiment", "lorasweep-tests", "--tensorboard",
            "--storage-path", str(storage), "--name", "shared"]
     # A Ray temp dir of its own (short: Unix socket paths), so the session scanned for secrets is this
     # sweep's and not whatever /tmp/ray/session_latest another Ray on the machine points to.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     probe = storage / "thread_timeout.txt"  # tests.faults:thread_timeout: what each trial's process saw
     env = sweep_env(HF_TOKEN=FAKE_HF, WANDB_API_KEY=FAKE_WANDB, WANDB_MODE="offline", RAY_TMPDIR=str(ray_tmp),
-                    LORASWEEP_TEST_PROBE=str(probe))
+                    LORASWEEP_TEST_PROBE=str(probe), MLFLOW_TRACKING_TOKEN=FAKE_MLFLOW)
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
     print(f"\n[shared_sweep] {time.time() - t0:.0f}s")
     sessions = [d for d in ray_tmp.rglob("session_2*") if d.is_dir() and not d.is_symlink()]
     assert len(sessions) == 1, sessions
     # ray_tmp stays (the other worker's tests may still read its session); it is under /tmp
     return {"dir": str(storage / "shared"), "storage": str(storage), "probe": str(probe), "stdout": r.stdout, "stderr": r.stderr,
-            "wall_s": time.time() - t0, "ray_session": str(sessions[0]), "data": str(data)}
+            "wall_s": time.time() - t0, "ray_session": str(sessions[0]), "data": str(data), "mlflow": str(mlflow_dir)}
+
+
+def mlflow_server(folder: Path):
+    """``(process, uri)``: ``mlflow server`` on a free loopback port, its SQLite database and proxied
+    artifacts in ``folder``, once its /health answers."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    folder.mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(folder.parent / "mlflow_server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                             "--artifacts-destination", str(folder / "artifacts")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return proc, uri
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start: {(folder.parent / 'mlflow_server.log').read_text()[-2000:]}")
+        time.sleep(0.5)

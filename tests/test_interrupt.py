@@ -39,10 +39,12 @@ def _leaderboard(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _start(tmp_path: Path, name: str, **popen):
-    """A three-trial sweep started in the background: its args, process, folder and a deadline."""
+def _start(tmp_path: Path, name: str, mlflow: Path | None = None, **popen):
+    """A three-trial sweep started in the background: its args, process, folder and a deadline.
+    ``mlflow``: a folder store it also logs to."""
     storage = tmp_path / "runs"
-    args = [*SMALL, "--num-samples", "3", "--max-concurrent", "1", "--storage-path", str(storage), "--name", name]
+    args = [*SMALL, "--num-samples", "3", "--max-concurrent", "1", "--storage-path", str(storage), "--name", name,
+            *(["--mlflow-tracking-uri", str(mlflow)] if mlflow else [])]
     proc = subprocess.Popen([sys.executable, "sweeps/llama_finetome.py", *args], cwd=ROOT, env=_env(), **popen)
     return args, proc, storage / name, time.time() + 600
 
@@ -106,7 +108,7 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
     import pickle
 
     args, proc, sweep_dir, deadline = _start(tmp_path, "dk", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                             start_new_session=True)
+                                             start_new_session=True, mlflow=tmp_path / "mlruns")
     try:
         # killed once a trial has finished and Tune's state snapshot names a checkpoint of one that has not
         # (the files alone run ahead of the snapshot, and a kill in between leaves nothing to resume from)
@@ -141,6 +143,20 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
     study = pickle.loads(states[-1].read_bytes())["_ot_study"]
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3, [t.state for t in study.trials]
     assert (sweep_dir / "best_adapters" / "rank_1" / "adapter_model.safetensors").is_file()
+    # MLflow went on in the same runs: one parent, one child per trial, each with every report
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lorasweep").experiment_id])
+    [parent] = [run for run in runs if run.data.tags.get("lorasweep.kind") == "sweep"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(runs) == 4
+    assert sorted(run.data.tags["lorasweep.trial_id"] for run in children) == sorted(row["trial_id"] for row in rows)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        result = sweep_dir / f"trial_{run.data.tags['lorasweep.trial_id']}" / "result.json"
+        tokens = {json.loads(line)["tokens_seen"] for line in result.read_text().splitlines() if line.strip()}
+        assert {m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")} == tokens
 
 
 # ----------------------------------------------------------------------------- failed trials

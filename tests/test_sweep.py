@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BAD_ROWS, EMOJI_ROWS, FAKE_HF, FAKE_WANDB, GOOD_ROWS
+from tests.conftest import BAD_ROWS, EMOJI_ROWS, FAKE_HF, FAKE_MLFLOW, FAKE_WANDB, GOOD_ROWS
 
 pytestmark = pytest.mark.slow
 
@@ -186,13 +186,16 @@ def test_no_secret_in_any_file_the_sweep_wrote(shared_sweep):
     for path in _files_under(shared_sweep["storage"], session):
         data = path.read_bytes()
         scanned += 1
-        for secret in (FAKE_HF, FAKE_WANDB):
+        for secret in (FAKE_HF, FAKE_WANDB, FAKE_MLFLOW):
             assert secret.encode() not in data, f"{secret[:6]}... found in {path}"
     for stream in (shared_sweep["stdout"], shared_sweep["stderr"]):
-        assert FAKE_HF not in stream and FAKE_WANDB not in stream
-    # what was scanned is what matters: the sweep's outputs, the W&B offline runs and Ray's logs
+        assert FAKE_HF not in stream and FAKE_WANDB not in stream and FAKE_MLFLOW not in stream
+    # what was scanned is what matters: the sweep's outputs, the W&B offline runs, the MLflow
+    # server's database and artifacts, and Ray's logs
     for expected in ("sweep_config.json", "leaderboard.csv", "data_report.json", "best_adapters/rank_1/README.md"):
         assert (sweep_dir / expected).is_file()
+    assert (shared_sweep["mlflow"] / "mlflow.db").is_file()
+    assert list((shared_sweep["mlflow"] / "artifacts").rglob("adapter_model.safetensors"))
     assert len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 6  # 5 trials + the summary run
     assert list(session.glob("logs/*")) and scanned > 50
 

@@ -53,6 +53,8 @@ class TokenCountingTrainer(Trainer):
         self._tokens = torch.zeros((), dtype=torch.float64, device=self.args.device)
         self._tokens_base = 0  # restored from a checkpoint on resume
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.args.device)
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.args.device)  # since take_loss
+        self._loss_n = 0
 
     @property
     def tokens_local(self) -> int:
@@ -61,6 +63,14 @@ class TokenCountingTrainer(Trainer):
     @tokens_local.setter
     def tokens_local(self, value: int) -> None:
         self._tokens_base, self._tokens = int(value), torch.zeros_like(self._tokens)
+
+    def take_loss(self) -> float:
+        """The mean training loss of the micro-batches since the last call (one device read); nan
+        when there were none. For --tensorboard's step curves (trainers/step_curves.py)."""
+        mean = float((self._loss_sum / self._loss_n).item()) if self._loss_n else float("nan")
+        self._loss_sum.zero_()
+        self._loss_n = 0
+        return mean
 
     loraplus_lr_ratio = 0.0  # LoRA+ (--loraplus-lr-ratio): set before training
 
@@ -78,6 +88,8 @@ class TokenCountingTrainer(Trainer):
         if model.training:
             loss = (out[0] if return_outputs else out).detach()
             self._nonfinite |= ~torch.isfinite(loss).all().to(self._nonfinite.device)
+            self._loss_sum += loss.float().mean().to(self._loss_sum.device, torch.float64)
+            self._loss_n += 1
             if n is not None:
                 self._tokens += n.to(self._tokens.device, torch.float64).sum() if torch.is_tensor(n) else float(n)
         return out
@@ -314,6 +326,8 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
     callback = ReportCallback(trainer, st, reporter)
     trainer.add_callback(callback)
     for extra in user_callbacks(trial):
+        if hasattr(extra, "bind"):  # a callback that reads the trainer's own counters (step_curves)
+            extra.bind(trainer)
         trainer.add_callback(extra)
 
     resume_dir = None
