@@ -9,8 +9,9 @@ on_trial_start and the trial's end). Printed per side: how many processes ran tr
 (placement groups held - trials running), the wall time.
 
 Seen on 2 cores (Dec 4, 12 nodes, 64 trials): reuse on, all 64 trials ran in 3 processes while up
-to 12 placement groups were held (mean excess 6.7): a trial waiting for its new process on a new
-node takes a finished trial's cached process instead, and Tune removes the new one before it
+to 12 placement groups were held (mean excess 6.7). My reading of Ray 2.60's
+``TuneController._maybe_reuse_cached_actor`` (not traced): a trial waiting for its new process on a
+new node takes a finished trial's cached process instead, Tune removes the new one before it
 starts, then asks for another placement group for the next trial, and so on. Reuse off: 64
 processes, mean excess 6.5 (each trial's own start-up). Whether it bites depends on a process's
 start-up against a trial's length: on these 2 cores start-up is longer than a short trial, so a
