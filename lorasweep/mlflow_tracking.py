@@ -42,6 +42,7 @@ from common.errors import ConfigError
 from lorasweep import log, storage
 
 TRIAL_TAG, SWEEP_TAG = "lorasweep.trial_id", "lorasweep.sweep_dir"
+URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: where the driver's callback finds the store
 # Tune's bookkeeping and lorasweep's clocks: not metrics of the trial
 _NOT_METRICS = {"timestamp", "pid", "first_step_at", "reported_at", "done", "training_iteration",
                 "time_since_restore", "iterations_since_restore", "should_checkpoint"}
@@ -96,10 +97,17 @@ def check(options) -> None:
     and the experiment exists or can be made. A ConfigError naming the flag otherwise."""
     if not options.mlflow_tracking_uri:
         return
+    dry = getattr(options, "dry_run", False)  # a dry run writes nothing: no database, no experiment
+    if dry and _is_folder(options.mlflow_tracking_uri):
+        return
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     try:
-        experiment_id(_client(options.mlflow_tracking_uri), options)
+        client = _client(options.mlflow_tracking_uri)
+        if dry:
+            _not_deleted(client.get_experiment_by_name(options.mlflow_experiment), options.mlflow_experiment)
+        else:
+            experiment_id(client, options.mlflow_experiment, artifact_root(options.mlflow_tracking_uri))
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the store says, in one line
@@ -116,32 +124,37 @@ def check(options) -> None:
                 os.environ[k] = v
 
 
-def experiment_id(client, options) -> str:
-    name = options.mlflow_experiment
+def _not_deleted(found, name: str) -> None:
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ConfigError(f"`--mlflow-experiment` {name!r} is deleted in that store; restore it "
+                          "(mlflow experiments restore) or pick another name")
+
+
+def experiment_id(client, name: str, artifacts: str | None) -> str:
+    """The experiment ``name``'s id, made (its artifacts in ``artifacts``, or the store's choice) if new."""
     found = client.get_experiment_by_name(name)
+    _not_deleted(found, name)
     if found is not None:
-        if found.lifecycle_stage == "deleted":
-            raise ConfigError(f"`--mlflow-experiment` {name!r} is deleted in that store; restore it "
-                              "(mlflow experiments restore) or pick another name")
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root(options.mlflow_tracking_uri))
+    return client.create_experiment(name, artifact_location=artifacts)
 
 
 def _find_run(client, exp: str, tag: str, value: str, parent: str | None = None):
+    """The newest run with ``tag`` = ``value`` (under ``parent``), or None."""
     query = f"tags.`{tag}` = '{value}'" + (f" and tags.`mlflow.parentRunId` = '{parent}'" if parent else "")
-    runs = client.search_runs([exp], filter_string=query, max_results=1)
+    runs = client.search_runs([exp], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
 
-def parent_run(client, options, sweep_dir: str, params: dict | None = None) -> str:
-    """The sweep's parent run id: the one this sweep folder made before (a resume), else a new one."""
-    exp = experiment_id(client, options)
-    found = _find_run(client, exp, SWEEP_TAG, sweep_dir)
+def parent_run(client, exp: str, name: str, sweep_dir: str, params: dict | None = None, new: bool = False) -> str:
+    """The sweep's parent run id: the newest this sweep folder made (a resume, or the sweep's end),
+    or with ``new`` (a sweep that is not a resume: a folder made again under the same name) a new one."""
+    found = None if new else _find_run(client, exp, SWEEP_TAG, sweep_dir)
     if found is not None:
         if found.info.status != "RUNNING":
             client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
-    run = client.create_run(exp, run_name=options.name, tags={SWEEP_TAG: sweep_dir, "lorasweep.kind": "sweep"})
+    run = client.create_run(exp, run_name=name, tags={SWEEP_TAG: sweep_dir, "lorasweep.kind": "sweep"})
     if params:
         client.log_batch(run.info.run_id, params=_params(params))
     return run.info.run_id
@@ -170,33 +183,52 @@ def fixed_params(sweep) -> dict:
 
 
 class MLflowCallback(Callback):
-    """Tune callback on the driver: a child run per trial under the sweep's parent run."""
+    """Tune callback on the driver: a child run per trial under the sweep's parent run.
 
-    def __init__(self, options, sweep_dir: str, knobs: list[str], params: dict):
-        self.options, self.sweep_dir, self.knobs, self.params = options, sweep_dir, knobs, params
+    Tune pickles it into tuner.pkl and restores that copy on --resume, so it keeps no tracking URI
+    (a password may be in one): the driver puts it in ``MLFLOW_TRACKING_URI`` of its own process
+    (``tune_callbacks``), where MLflow's client reads it. The parent run and the trials' runs are
+    its state in Tune's experiment checkpoints, so a resumed sweep goes on in them."""
+
+    def __init__(self, experiment: str, name: str, artifacts: str | None, sweep_dir: str, knobs: list[str],
+                 params: dict, new: bool = True):
+        self.experiment, self.name, self.artifacts = experiment, name, artifacts
+        self.sweep_dir, self.knobs, self.params, self.new = sweep_dir, knobs, params, new
         self.client = self.exp = self.parent = None
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.last: dict[str, dict] = {}
         self.broken = False
+
+    def get_state(self) -> dict:
+        return {"parent": self.parent, "runs": dict(self.runs)}
+
+    def set_state(self, state: dict) -> None:
+        self.parent = state.get("parent") or self.parent
+        self.runs.update(state.get("runs") or {})
+        self.new = False
+
+    def __getstate__(self):
+        return {**self.__dict__, "client": None, "exp": None}
 
     def _safely(self, what: str, fn, *args):
         if self.broken:
             return None
         try:
             if self.client is None:
-                self.client = _client(self.options.mlflow_tracking_uri)
-                self.exp = experiment_id(self.client, self.options)
-                self.parent = parent_run(self.client, self.options, self.sweep_dir, self.params)
+                self.client = _client(os.environ.get(URI_ENV, ""))
+                self.exp = experiment_id(self.client, self.experiment, self.artifacts)
+                if self.parent is None:
+                    self.parent = parent_run(self.client, self.exp, self.name, self.sweep_dir, self.params, new=self.new)
+                elif self.client.get_run(self.parent).info.status != "RUNNING":
+                    self.client.update_run(self.parent, status="RUNNING")
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - the sweep goes on without MLflow
             self.broken = True
-            reason = shown(" ".join(str(e).split()), self.options.mlflow_tracking_uri)[:160]
+            uri = os.environ.get(URI_ENV, "")
+            reason = shown(" ".join(str(e).split()), uri)[:160]
             log.warn(f"MLflow logging stopped ({what}: {type(e).__name__}: {reason}); "
                      "the sweep goes on, its results are on disk")
             return None
-
-    def setup(self, **info):
-        self._safely("parent run", lambda: None)
 
     def _run_of(self, trial) -> str:
         tid = trial.trial_id
@@ -236,11 +268,16 @@ class MLflowCallback(Callback):
         self._end(trial, "FAILED")
 
 
-def tune_callbacks(sweep) -> list:
+def tune_callbacks(sweep, new: bool = True) -> list:
+    """``new``: the sweep's own Tuner (a new parent run unless --resume); False for the later runs
+    of the same sweep (--repeats, --finalize), whose trials go under the sweep's parent run. Puts
+    the tracking URI in this process's ``MLFLOW_TRACKING_URI`` (never in a file)."""
     o = sweep.options
     if not o.mlflow_tracking_uri:
         return []
-    return [MLflowCallback(o, sweep.sweep_dir, list(sweep.space.params), fixed_params(sweep))]
+    os.environ[URI_ENV] = tracking_uri(o.mlflow_tracking_uri)
+    return [MLflowCallback(o.mlflow_experiment, o.name, artifact_root(o.mlflow_tracking_uri), sweep.sweep_dir,
+                           list(sweep.space.params), fixed_params(sweep), new=new and not o.resume)]
 
 
 def log_summary(sweep, rows: list[dict], exported: list[str], baseline: dict | None, report_html: str | None,
@@ -254,7 +291,8 @@ def log_summary(sweep, rows: list[dict], exported: list[str], baseline: dict | N
     metric = sweep.space.metric
     try:
         client = _client(o.mlflow_tracking_uri)
-        run = parent_run(client, o, sweep.sweep_dir, fixed_params(sweep))
+        exp = experiment_id(client, o.mlflow_experiment, artifact_root(o.mlflow_tracking_uri))
+        run = parent_run(client, exp, o.name, sweep.sweep_dir, fixed_params(sweep))
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

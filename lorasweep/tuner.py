@@ -318,7 +318,7 @@ def build_tuner(sweep: ResolvedSweep, res: Resources, max_concurrent: int, train
                                     checkpoint_score_order=space.mode),
                                 callbacks=[*console, *tune_callbacks(options.wandb_project, options.name,
                                                                      sweep.sweep_dir, options.wandb_entity),
-                                           *mlflow_tracking.tune_callbacks(sweep), *callbacks])
+                                           *mlflow_tracking.tune_callbacks(sweep, new=repeat_points is None), *callbacks])
     experiment = storage.join(options.storage_path, name)
     if options.resume and (repeat_points is None or results_exist(experiment)):
         # --retry-failed: Tune runs an errored trial again from its last checkpoint (restart_errored

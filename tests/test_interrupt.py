@@ -156,7 +156,8 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_finished_trials(t
         assert run.info.status == "FINISHED"
         result = sweep_dir / f"trial_{run.data.tags['lorasweep.trial_id']}" / "result.json"
         tokens = {json.loads(line)["tokens_seen"] for line in result.read_text().splitlines() if line.strip()}
-        assert {m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")} == tokens
+        # every report Tune kept; the killed trial may also hold one from past its resumed checkpoint
+        assert tokens <= {m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")}
 
 
 # ----------------------------------------------------------------------------- failed trials
