@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lorasweep import storage
 from common.errors import os_reason
+from trainers.lora_variants import CONVERTED
 
 # What an exported adapter folder keeps from a training checkpoint: the adapter and what is
 # needed to use it (tokenizer, chat template). Optimizer/scheduler/RNG state stay behind.
@@ -27,8 +28,12 @@ def fetch_adapter(checkpoint: str, out: Path) -> None:
     copied into the folder ``out``: the optimizer state (twice the adapter, or a whole model's
     partitions under ZeRO-3) stays where it is."""
     checkpoint = storage.absolute(checkpoint)
-    for name in sorted(set(storage.list_names(checkpoint)) & set(_KEEP)):
+    names = set(storage.list_names(checkpoint))
+    for name in sorted(names & set(_KEEP)):
         storage.download(storage.join(checkpoint, name), str(out / name))
+    if CONVERTED in names:  # PiSSA/OLoRA: the plain LoRA of the original base replaces the raw adapter
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            storage.download(storage.join(checkpoint, CONVERTED, name), str(out / name))
 
 
 def model_card(row: dict, knobs: list[str], sweep, rank: int) -> str:

@@ -73,7 +73,9 @@ def test_loraplus_trains_the_b_matrices_at_the_ratio(tiny_assets, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--space", "init_lora_weights=true,pissa"], "`init_lora_weights` pissa: PiSSA moves the principal part"),
+    (["--space", "init_lora_weights=true,pissa"], "`init_lora_weights` pissa rewrites the base weights it "
+                                                   "decomposes, which a 4bit base cannot take"),
+    (["--quantization", "none", "--lora-config", '{"init_lora_weights": "pissa_niter_4"}'], "randomised SVD"),
     (["--space", "init_lora_weights=loftq"], "`init_lora_weights` loftq: LoftQ needs a loftq_config"),
     (["--space", "init_lora_weights=orthogonal"], "orthogonal writes float LoRA weights in the base layer's dtype, "
                                                   "which a 4bit base does not have"),
@@ -115,3 +117,30 @@ def test_a_sweep_searches_the_variants_and_exports_what_each_trial_used(tmp_path
         assert len(ranks) == 1 and (next(iter(ranks)) > cfg["r"]) == (split > 1), (split, cfg["r"], ranks)
         assert cfg["init_lora_weights"] == ({"true": True}.get(str(knobs["init_lora_weights"]),
                                                                  knobs["init_lora_weights"]))
+
+
+@pytest.mark.slow
+def test_pissa_and_olora_adapters_export_as_a_plain_lora_of_the_untouched_base(tmp_path):
+    """PiSSA and OLoRA train on a base their init changed; the exported adapter is converted to a
+    plain LoRA of rank 2r of the original base, and scores there what its trial reported."""
+    from tests.test_knobs import _run
+    from trainers.loop import evaluate_folder
+
+    args = ["--quantization", "none", "--max-tokens", "3000", "--eval-every", "2", "--scheduler", "none"]
+    _run("llama_finetome.py", tmp_path, "pissa", *args, "--num-samples", "2", "--no-known-points", "--top-k", "2",
+         "--searcher", "grid", "--space", "init_lora_weights=pissa,olora", "--space", "r=4",
+         "--space", "lora_alpha=8", "--space", "learning_rate=0.001", "--space", "warmup_ratio=0",
+         "--space", "use_rslora=false", "--space", "packing=false")
+    sweep = tmp_path / "pissa"
+    with open(sweep / "leaderboard.csv", newline="") as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    assert {r["init_lora_weights"] for r in rows.values()} == {"pissa", "olora"}, rows
+    settings = resolve(RECIPE, ["--preset", "smoke", *args]).settings
+    for d in sorted(p for p in (sweep / "best_adapters").iterdir() if p.is_dir()):
+        meta = json.loads((d / "lorasweep.json").read_text())
+        cfg = json.loads((d / "adapter_config.json").read_text())
+        assert cfg["init_lora_weights"] is True and cfg["r"] == 8 and cfg["lora_alpha"] == 16, cfg
+        row = rows[meta["trial_id"]]
+        # on the original base, the converted adapter is the trained model its trial evaluated
+        loss = evaluate_folder(settings, str(d))["eval_loss"]
+        assert loss == pytest.approx(float(row["best_eval_loss"]), rel=1e-4), (meta["trial_id"], loss, row)

@@ -187,8 +187,15 @@ class TrainSettings:
         from trainers.lora_variants import INIT_REFUSED
 
         init = self.lora_config.get("init_lora_weights", True)
-        if init in INIT_REFUSED or str(init).startswith("pissa_niter_"):
-            problems.add(f"`init_lora_weights` {init}: {INIT_REFUSED.get(init, INIT_REFUSED['pissa'])}")
+        if init in INIT_REFUSED:
+            problems.add(f"`init_lora_weights` {init}: {INIT_REFUSED[init]}")
+        elif str(init).startswith("pissa_niter_"):
+            problems.add(f"`init_lora_weights` {init} is PiSSA by a randomised SVD, which a reload would not "
+                         "repeat (the adapter belongs to the base that init made); search pissa")
+        elif init in ("pissa", "olora") and (self.quantization != "none" or self.zero_stage == 3):
+            why = f"a {self.quantization} base" if self.quantization != "none" else "ZeRO-3's partitioned weights"
+            problems.add(f"`init_lora_weights` {init} rewrites the base weights it decomposes, which {why} "
+                         "cannot take; search it with --quantization none and --zero-stage 0 or 2")
         elif init == "orthogonal" and self.quantization != "none":
             problems.add(f"`init_lora_weights` orthogonal writes float LoRA weights in the base layer's dtype, which "
                          f"a {self.quantization} base does not have; search it with --quantization none, or use gaussian")

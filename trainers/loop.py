@@ -38,6 +38,7 @@ from trainers.shared_data import receive as receive_data
 from trainers.reporting import (BackgroundReporter, ReportCallback, checkpoint_finished, in_ray_train, ray_report,
                                 tune_report, tune_resume)
 from trainers.tasks import Prepared, get_task
+from trainers.lora_variants import changes_base, save_initial
 
 
 class TokenCountingTrainer(Trainer):
@@ -324,6 +325,8 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
     trainer.remove_callback(PrinterCallback)  # the report callback prints what matters
     reporter = BackgroundReporter(report, background=st.settings.background_upload)
     callback = ReportCallback(trainer, st, reporter)
+    if changes_base(getattr(st.model, "peft_config", {}).get("default")) and world()[0] == 0:
+        callback.initial_adapter = save_initial(st.model, out_dir)  # what the export converts against
     trainer.add_callback(callback)
     for extra in user_callbacks(trial):
         if hasattr(extra, "bind"):  # a callback that reads the trainer's own counters (step_curves)

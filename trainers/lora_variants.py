@@ -24,11 +24,6 @@ _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 
 # init_lora_weights values a trial cannot use as lorasweep trains and exports adapters, and why
 INIT_REFUSED = {
-    "pissa": "PiSSA moves the principal part of each base weight into the adapter, so the adapter is one of "
-             "a changed base; lorasweep does not convert it back yet (PEFT's "
-             "path_initial_model_for_weight_conversion); search true, gaussian or orthogonal",
-    "olora": "OLoRA changes the base weights like PiSSA, and lorasweep does not convert its adapter back yet; "
-             "search true, gaussian or orthogonal",
     "corda": "CorDA needs a pass over the data first (peft preprocess_corda), which lorasweep does not run; "
              "search true, gaussian or orthogonal",
     "eva": "EVA needs a pass over the data first (peft initialize_lora_eva_weights), which lorasweep does not "
@@ -40,7 +35,39 @@ INIT_REFUSED = {
 }
 # what a searched init_lora_weights may take (PEFT's annotation is bool | Literal[...], which a search
 # space cannot type; the refused ones are listed so that the refusal says why)
-INIT_CHOICES = ("true", "gaussian", "orthogonal", *INIT_REFUSED)
+# PiSSA and OLoRA move part of each targeted base weight into the adapter at init (W = W_res + B0 A0,
+# the base becoming W_res). A trial's checkpoint keeps the raw adapter: PeftModel.from_pretrained on
+# the original base runs the same (deterministic) init again before loading A and B, so the final
+# round and a resume see W_res + BA. The exported adapter is converted to a plain LoRA of the original
+# base, of rank 2r (PEFT's path_initial_model_for_weight_conversion: [B, B0] [A; -A0]), which any
+# LoRA loader applies to the untouched base. Checked on a tiny Llama (Dec 4): the raw reload gives
+# the trained model's logits exactly, the converted one within 4e-6, with rsLoRA and rank_pattern too.
+CHANGES_BASE = ("pissa", "olora")
+INITIAL_ADAPTER = "initial_adapter"  # in the trial's output folder: B0, A0 as the init made them
+CONVERTED = "lora_converted"  # in a checkpoint: its adapter as a plain LoRA of the original base
+
+INIT_CHOICES = ("true", "gaussian", "orthogonal", *CHANGES_BASE, *INIT_REFUSED)
+
+
+def changes_base(lora_config) -> bool:
+    return getattr(lora_config, "init_lora_weights", None) in CHANGES_BASE
+
+
+def save_initial(model, out_dir: str) -> str:
+    """The adapter as PiSSA/OLoRA initialised it (before any step), for ``save_converted``."""
+    import os
+
+    path = os.path.join(out_dir, INITIAL_ADAPTER)
+    model.save_pretrained(path)
+    return path
+
+
+def save_converted(model, checkpoint_dir: str, initial: str) -> None:
+    """The trained PiSSA/OLoRA adapter as a plain LoRA of the original base, into
+    ``<checkpoint_dir>/lora_converted`` (what the export keeps)."""
+    import os
+
+    model.save_pretrained(os.path.join(checkpoint_dir, CONVERTED), path_initial_model_for_weight_conversion=initial)
 
 
 def lora_kwargs(lora_config: dict) -> dict:

@@ -142,6 +142,7 @@ class ReportCallback(TrainerCallback):
         self.last_checkpoint_at = time.time()
         self.best: float | None = None  # the trial's best objective so far: its report gets a checkpoint
         self.pending: dict | None = None  # the report whose checkpoint Transformers is writing
+        self.initial_adapter: str | None = None  # PiSSA/OLoRA (rank 0): each checkpoint gets its plain-LoRA form
         res = st.trial.resources
         self.devices = res.workers * (res.gpus if res.gpus > 0 else res.cpus)
 
@@ -199,6 +200,10 @@ class ReportCallback(TrainerCallback):
         if world()[0] == 0:
             # with the trial's best objective so far, which a restart from here goes on comparing with
             Path(ckpt_dir, STATE_FILE).write_text(json.dumps({**metrics, BEST_KEY: self.best}))
+            if self.initial_adapter:
+                from trainers.lora_variants import save_converted
+
+                save_converted(self.trainer.model, ckpt_dir, self.initial_adapter)
         self.last_checkpoint_at = time.time()
         self._hand_over(metrics, ckpt_dir)
         return control
