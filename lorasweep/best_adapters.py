@@ -46,6 +46,11 @@ def model_card(row: dict, knobs: list[str], sweep, rank: int) -> str:
     fixed = "\n".join(f"| `{k}` | {v} |" for k, v in s.to_dict().items() if k not in ("model", "dataset"))
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in row.items()
                         if isinstance(v, float) and k not in knobs and k not in ("tokens_per_s", "wall_time_s", "peak_mem_gb"))
+    init = str(row.get("init_lora_weights", s.lora_config.get("init_lora_weights", "")))
+    converted = (f"\nTrained from a {'PiSSA' if init == 'pissa' else 'OLoRA'} initialisation (on the base with the part "
+                 "of each targeted weight it moved into the adapter taken out); exported converted to a plain LoRA "
+                 "of the original base at twice the trained rank, which loads as any LoRA does.\n"
+                 if init in ("pissa", "olora") and not full else "")
     use = (f"model = {auto}.from_pretrained(\"<this folder>\")" if full else
            f"model = PeftModel.from_pretrained({auto}.from_pretrained(\"{s.model}\"), \"<this folder>\")")
     return f"""---
@@ -58,7 +63,7 @@ tags: [{'full-finetune' if full else 'lora'}, {'qlora, ' if s.quantization == '4
 {'Fine-tuned' if full else 'LoRA adapter for'} `{s.model}`, trained on `{s.dataset}` (task `{s.task}`) and chosen by
 the lorasweep sweep `{sweep.options.name}` (recipe `{sweep.recipe.name}`, preset `{sweep.preset}`), ranked
 {rank} of the sweep's trials by `{metric}` on the held-out eval split.
-
+{converted}
 | metric (at the best report) | value |
 |---|---|
 {metrics}

@@ -140,6 +140,7 @@ def test_pissa_and_olora_adapters_export_as_a_plain_lora_of_the_untouched_base(t
         meta = json.loads((d / "lorasweep.json").read_text())
         cfg = json.loads((d / "adapter_config.json").read_text())
         assert cfg["init_lora_weights"] is True and cfg["r"] == 8 and cfg["lora_alpha"] == 16, cfg
+        assert "converted to a plain LoRA of the original base" in (d / "README.md").read_text()
         row = rows[meta["trial_id"]]
         # on the original base, the converted adapter is the trained model its trial evaluated
         loss = evaluate_folder(settings, str(d))["eval_loss"]
