@@ -23,11 +23,11 @@ either side). Goal (issue 24): <= 5%. The figure is the after side's share.
 
 from __future__ import annotations
 
-import os
 import statistics
 from contextlib import contextmanager
 
 from bench.figure import Figure
+from common.environ import scoped_env
 from bench.sweep_util import KNOBS, fixed_space, run_sweep
 
 TITLE = "checkpoint share of trial time"
@@ -50,17 +50,11 @@ def s3_bucket(name: str):
     _, port = server.get_host_and_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        boto3.client("s3").create_bucket(Bucket=name)
-        yield f"s3://{name}"
+        with scoped_env(env):
+            boto3.client("s3").create_bucket(Bucket=name)
+            yield f"s3://{name}"
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from common.environ import scoped_env
 from common.errors import ConfigError
 from lorasweep import log, storage
 
@@ -100,14 +101,13 @@ def check(options) -> None:
     dry = getattr(options, "dry_run", False)  # a dry run writes nothing: no database, no experiment
     if dry and _is_folder(options.mlflow_tracking_uri):
         return
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     try:
-        client = _client(options.mlflow_tracking_uri)
-        if dry:
-            _not_deleted(client.get_experiment_by_name(options.mlflow_experiment), options.mlflow_experiment)
-        else:
-            experiment_id(client, options.mlflow_experiment, artifact_root(options.mlflow_tracking_uri))
+        with scoped_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
+            client = _client(options.mlflow_tracking_uri)
+            if dry:
+                _not_deleted(client.get_experiment_by_name(options.mlflow_experiment), options.mlflow_experiment)
+            else:
+                experiment_id(client, options.mlflow_experiment, artifact_root(options.mlflow_tracking_uri))
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the store says, in one line
@@ -116,12 +116,6 @@ def check(options) -> None:
         raise ConfigError(f"`--mlflow-tracking-uri` {shown(given, given)!r}: MLflow cannot use it "
                           f"({type(e).__name__}: {reason}); start the server, fix the address or the "
                           "credentials, or drop the flag") from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _not_deleted(found, name: str) -> None:
