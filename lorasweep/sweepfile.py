@@ -297,9 +297,17 @@ def dump(sweep) -> str:
         f"preset: {_flow(sweep.preset)}",
         f"sweep:  # the driver's options (--num-samples, ...; `lorasweep run {sweep.recipe.name} --help`)",
     ]
+    from lorasweep.storage import redact
+
     for f in dataclasses.fields(options):
-        if f.name not in NOT_WRITTEN:
-            lines.append(f"  {f.name}: {_flow(getattr(options, f.name))}")
+        value = getattr(options, f.name)
+        if f.name in NOT_WRITTEN:
+            continue
+        if isinstance(value, str) and redact(value) != value:  # a database or server URL with a password
+            lines.append(f"  # {f.name}: {_flow(redact(value))}  (its password is not written: pass "
+                         f"--{f.name.replace('_', '-')} again)")
+        else:
+            lines.append(f"  {f.name}: {_flow(value)}")
     lines.append("train:  # what each trial trains with (TrainSettings: --max-tokens, ...)")
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)

@@ -246,7 +246,8 @@ def test_the_shared_sweeps_own_sweep_yaml_reruns_it(shared_sweep, tmp_path):
     (sweep_config.json), and the command takes it (a dry run under another name)."""
     path = shared_sweep["dir"] / "sweep.yaml"
     recorded = json.loads((shared_sweep["dir"] / "sweep_config.json").read_text())
-    again = resolve(FLAGSHIP, ["--config", str(path), "--name", "shared-check"])  # "shared" exists: refused
+    # "shared" exists: refused. The MLflow server the shared sweep logged to has stopped: no MLflow here.
+    again = resolve(FLAGSHIP, ["--config", str(path), "--name", "shared-check", "--mlflow-tracking-uri", ""])
     from lorasweep.preflight import check_inputs, remove_created
 
     # what the sweep did before recording: absolute paths, the family found
@@ -254,11 +255,13 @@ def test_the_shared_sweeps_own_sweep_yaml_reruns_it(shared_sweep, tmp_path):
     summary = json.loads(json.dumps(again.summary(), default=str))
     for key in ("settings", "space", "search_space", "seeds", "metric", "mode", "preset"):
         assert summary[key] == recorded[key], key
-    skip = {*sweepfile.NOT_WRITTEN, "name"}
+    skip = {*sweepfile.NOT_WRITTEN, "name", "mlflow_tracking_uri"}
     assert {k: v for k, v in summary["sweep"].items() if k not in skip} == \
         {k: v for k, v in recorded["sweep"].items() if k not in skip}
     assert yaml.safe_load(path.read_text())["sweep"]["name"] == "shared"
-    r = cmd("dry-run", "--config", str(path), "--name", "shared-2", "--storage-path", str(tmp_path))
+    assert yaml.safe_load(path.read_text())["sweep"]["mlflow_tracking_uri"].startswith("http://127.0.0.1:")
+    r = cmd("dry-run", "--config", str(path), "--name", "shared-2", "--storage-path", str(tmp_path),
+            "--mlflow-tracking-uri", "")
     assert r.returncode == 0 and "sweep: shared-2 -> " in r.stdout, r.stderr[-2000:]
 
 

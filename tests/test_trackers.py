@@ -149,4 +149,10 @@ def test_url_passwords_stay_out_of_the_sweep_config():
                              "--optuna-storage", "postgresql://bob:hunter2pw@db/optuna"])
     text = json.dumps(sweep.summary())
     assert "hunter2pw" not in text and "mlflow.example" in text
+    from lorasweep.sweepfile import dump
+
+    written = dump(sweep)  # sweep.yaml: the URL as a comment without its password
+    assert "hunter2pw" not in written
+    assert "# mlflow_tracking_uri: 'https://***@mlflow.example:443'  (its password is not written: pass " \
+           "--mlflow-tracking-uri again)" in written
     assert sweep.options.mlflow_tracking_uri.endswith("hunter2pw@mlflow.example:443")  # what MLflow is given
