@@ -65,10 +65,15 @@ def job_env() -> dict[str, str]:
             **switch}
 
 
-def free_port(preferred: int = 8265) -> int:
-    """Ray's usual dashboard port when it is free (a second sweep on the machine gets another)."""
+def free_port(preferred: int | None = None) -> int:
+    """Ray's usual dashboard port when it is free (a second sweep on the machine gets another).
+    ``preferred``: default ``$LORASWEEP_DASHBOARD_PORT``, else 8265; 0 takes any free port, which is
+    what sweeps started together want (both may find 8265 free, and the one whose dashboard binds
+    second runs without one: the test suite's sweeps on two workers did)."""
     import socket
 
+    if preferred is None:
+        preferred = int(os.environ.get("LORASWEEP_DASHBOARD_PORT") or 8265)
     for port in (preferred, 0):
         with socket.socket() as s:
             try:

@@ -86,6 +86,9 @@ def sweep_env(**extra) -> dict:
     """The environment of a sweep subprocess: offline Hub, and this checkout importable by Ray's
     workers (they load tests.faults through --callbacks)."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            # any free port for each sweep's dashboard: two sweeps started together on the two xdist
+            # workers could both find 8265 free, and one then ran without its dashboard
+            "LORASWEEP_DASHBOARD_PORT": "0",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra}
 
 
