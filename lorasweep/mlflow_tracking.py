@@ -24,7 +24,7 @@ environment, and the sweep config that goes up carries no secret.
 
 Logging runs on the driver (a Tune callback), never in a trial. A tracking server that stops
 answering mid-sweep costs one warning line and the rest of the MLflow logging, never the sweep.
-Needs ``pip install 'lorasweep[mlflow]'`` (mlflow-skinny, the client).
+Needs ``pip install 'lorasweep[mlflow]'`` (the mlflow package, as tested).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def check(options) -> None:
     except Exception as e:  # noqa: BLE001 - whatever the store says, in one line
         given = options.mlflow_tracking_uri
         reason = shown(" ".join(str(e).split()), given)[:200]
-        raise ConfigError(f"`--mlflow-tracking-uri` {shown(given, given)!r}: MLflow cannot use it "
+        raise ConfigError(f"`--mlflow-tracking-uri` {storage.redact(given)!r}: MLflow cannot use it "
                           f"({type(e).__name__}: {reason}); start the server, fix the address or the "
                           "credentials, or drop the flag") from None
 
@@ -328,7 +328,7 @@ def log_summary(sweep, rows: list[dict], exported: list[str], baseline: dict | N
         return None
     uri = tracking_uri(o.mlflow_tracking_uri)
     if uri.startswith(("http://", "https://")):
-        where = f": {shown(uri, uri).rstrip('/')}/#/experiments/{client.get_run(run).info.experiment_id}/runs/{run}"
+        where = f": {storage.redact(uri).rstrip('/')}/#/experiments/{client.get_run(run).info.experiment_id}/runs/{run}"
     elif uri.startswith("sqlite:"):
         where = f"; browse with: mlflow ui --backend-store-uri {uri}"
     else:

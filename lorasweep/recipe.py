@@ -111,7 +111,7 @@ class SweepOptions:
     wandb_entity: str | None = field(default=None, metadata={"help": "W&B team or user (default: the key's)"})
     mlflow_tracking_uri: str = field(default="", metadata={"help": "log the sweep to MLflow: a server (http://host:5000), a database (sqlite:///...) or a folder; a parent run per sweep, a child run per trial, the best adapter as an artifact (pip install 'lorasweep[mlflow]')"})
     mlflow_experiment: str = field(default="lorasweep", metadata={"help": "the MLflow experiment the sweep's runs go to"})
-    tensorboard: bool = field(default=False, metadata={"help": "also write each trial's per-step training curves (loss, learning rate, gradient norm) beside the reports Tune writes to its event files; tensorboard --logdir <sweep folder>"})
+    tensorboard: bool = field(default=False, metadata={"help": "also write each trial's per-step training curves (loss, learning rate, tokens) beside the reports Tune writes to its event files; tensorboard --logdir <sweep folder>"})
     resume: bool = field(default=False, metadata={"help": "continue the sweep --name from its storage"})
     retry_failed: bool = field(default=False, metadata={"help": "with --resume: run the sweep's failed trials again, each "
                                                         "from its last checkpoint (a node lost, a neighbour's "
@@ -189,7 +189,7 @@ class ResolvedSweep:
             "preset": self.preset,
             "settings": self.settings.to_dict(),
             # a database or tracking server URL's password stays out of every file the sweep writes
-            "sweep": {k: storage.redact(v) if k in ("optuna_storage", "mlflow_tracking_uri") else v
+            "sweep": {k: storage.redact(v) if isinstance(v, str) else v  # as sweepfile.dump: any URL's
                       for k, v in dataclasses.asdict(self.options).items()},
             "search_space": self.space.describe(),
             "space": self.space.to_json(),
