@@ -55,7 +55,10 @@ def estimate(sweep, inputs, res, cluster: dict, at_once: int) -> list[str]:
     """What the dry run prints about cost: tokens, steps, GPU-hours (a FLOP count at an assumed
     MFU, plus start-up per trial) and wall time at the cluster's concurrency. ``inputs`` is
     ``preflight.check_inputs``'s: the data audit and the model's parameter count."""
+    from trainers.tasks import get_task
+
     settings, options = sweep.settings, sweep.options
+    task = get_task(settings.task)
     n = options.num_samples
     per_trial = expected_tokens(settings, options)
     cap = settings.max_tokens
@@ -66,8 +69,9 @@ def estimate(sweep, inputs, res, cluster: dict, at_once: int) -> list[str]:
     if data.get("tokens_per_example"):
         unpacked = settings.max_tokens / (data["tokens_per_example"] * rows_per_step)
         packed = settings.max_tokens / (0.95 * settings.max_seq_length * rows_per_step)  # best-fit fills rows ~95%
-        lines.append(f"steps per trial: ~{math.ceil(unpacked)} unpacked, ~{math.ceil(packed)} packed "
-                     f"({rows_per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
+        lines.append(f"steps per trial: ~{math.ceil(unpacked)}" + (f" unpacked, ~{math.ceil(packed)} packed" if task.can_pack
+                                                                  else "")
+                     + f" ({rows_per_step} rows per optimizer step, {data['tokens_per_example']:.0f} tokens per example)")
     if res.gpus <= 0:
         lines.append("GPU-hours: none (this sweep runs on CPUs)")
         return lines
@@ -79,7 +83,8 @@ def estimate(sweep, inputs, res, cluster: dict, at_once: int) -> list[str]:
     # Per token: forward 2N, backward through the frozen base for activation gradients 2N (LoRA's
     # own weight gradients are negligible), recomputed forward 2N with gradient checkpointing.
     n_params = inputs.num_parameters
-    flops_per_token = (6 if settings.gradient_checkpointing else 4) * n_params
+    # + 2N per token for each extra forward pass the task makes (a preference trial's reference model)
+    flops_per_token = (6 if settings.gradient_checkpointing else 4) * n_params + 2 * task.reference_forwards * n_params
     evals = per_trial / (data.get("tokens_per_example") or settings.max_seq_length) / rows_per_step / settings.eval_every
     trial_flops = per_trial * flops_per_token + evals * data.get("eval_tokens", 0) * 2 * n_params
     gpu_s_compute = trial_flops / (PEAK_TFLOPS[gpu] * 1e12 * MFU[settings.quantization])  # on one whole GPU

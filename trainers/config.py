@@ -29,6 +29,9 @@ Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 Method = Literal["lora", "full"]
 
 
+# The preference losses (trainers/preference.py): DPO's sigmoid, IPO, hinge, ORPO, KTO.
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "orpo", "kto")
+
 # Choices shown by --help that come from registries (imported when asked, not at import).
 def _tasks() -> list[str]:
     from trainers.tasks import available
@@ -51,7 +54,7 @@ def _schedulers() -> list[str]:
 @dataclass
 class TrainSettings:
     # --- what to train
-    task: str = field(default="chat_sft", metadata={"choices": _tasks, "help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification, extractive_qa, summarization, instruction_sft)"})
+    task: str = field(default="chat_sft", metadata={"choices": _tasks, "help": "what the model learns and how it is scored: a module in trainers/tasks/ (chat_sft, classification, instruct_classification, extractive_qa, summarization, instruction_sft, preference)"})
     family: str = field(default="", metadata={"choices": _families, "help": "model family in trainers/families/; empty = found from the checkpoint's config.model_type"})
     model: str = field(default="", metadata={"help": "Hub id or local folder of the base model"})
     dataset: str = field(default="", metadata={"help": "Hub id, or a local .jsonl/.json/.parquet file"})
@@ -101,6 +104,8 @@ class TrainSettings:
     use_rslora: bool = field(default=False, metadata={"help": "LoraConfig.use_rslora: scale alpha/sqrt(r)"})
     loraplus_lr_ratio: float = field(default=0.0, metadata={"help": "LoRA+: the B matrices learn at learning_rate x this (PEFT's create_loraplus_optimizer; its paper suggests ~16 with a lower learning_rate); 0 = plain LoRA"})
     rank_split: float = field(default=1.0, metadata={"help": "the attention modules' LoRA rank / the MLP modules', at the adapter size of rank r everywhere (PEFT rank_pattern, alpha_pattern keeping each module's update scale); 1 = rank r everywhere"})
+    loss_type: str = field(default="sigmoid", metadata={"choices": LOSS_TYPES, "help": "preference: sigmoid (DPO), ipo, hinge (DPO variants, TRL DPOConfig.loss_type), orpo (ORPO, no reference) or kto (KTO, the pairs unpaired)"})
+    beta: float = field(default=0.1, metadata={"help": "preference: TRL's beta of the loss (DPO/IPO/hinge/KTO: how far from the reference the adapter may move, lower = further; ORPO: the odds-ratio term's weight)"})
     packing: bool = field(default=False, metadata={"help": "pack several examples per row (documents kept apart)"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of the trial's optimizer steps spent warming up"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (at the reference batch, with --lr-scaling)"})
@@ -174,6 +179,18 @@ class TrainSettings:
         if not (isinstance(self.checkpoint_minutes, (int, float)) and 0 <= self.checkpoint_minutes < float("inf")):
             problems.add(f"`checkpoint_minutes` is {self.checkpoint_minutes!r}; give minutes >= 0, e.g. 10 (0: a "
                          "checkpoint at every report)")
+        if not (isinstance(self.beta, (int, float)) and 0 < self.beta <= 100):
+            problems.add(f"`beta` is {self.beta!r}; give a number in (0, 100], e.g. 0.1 (TRL's default)")
+        if self.loss_type not in LOSS_TYPES:
+            problems.add(f"`loss_type` is {self.loss_type!r}; choose {', '.join(LOSS_TYPES)}")
+        if self.task == "preference":  # per searched value too (search_spaces.knobs.check_value)
+            if self.method != "lora":  # its reference model is the base with the adapter off
+                problems.add(f"`method` is {self.method!r}; task `preference` trains a LoRA adapter; pass --method lora")
+            if self.loss_type == "kto" and self.per_device_batch_size < 2:
+                problems.add("`loss_type` kto with `per_device_batch_size` 1: KTO's reference point pairs each prompt "
+                             "with another pair's reply in the micro-batch; pass --per-device-batch-size 2 or more")
+            if self.packing:
+                problems.add("`packing` is on; task `preference` does not pack pairs; drop it from the space")
         if not 0 <= self.lora_dropout < 1:
             problems.add(f"`lora_dropout` is {self.lora_dropout!r}; it must be in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:

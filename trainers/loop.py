@@ -74,6 +74,14 @@ class TokenCountingTrainer(Trainer):
         return mean
 
     loraplus_lr_ratio = 0.0  # LoRA+ (--loraplus-lr-ratio): set before training
+    task_loss = None  # Task.training_loss: set before training
+
+    def use_task_loss(self, loss) -> None:
+        """Train on ``loss`` (a task's own, e.g. DPO's): a mean per micro-batch, so the Trainer
+        divides it by the accumulation steps as it does a loss not normalised by the token count."""
+        self.task_loss = loss
+        if loss is not None:
+            self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.loraplus_lr_ratio > 0:
@@ -85,7 +93,12 @@ class TokenCountingTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n = inputs.pop("num_tokens", None)
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.task_loss is not None:
+            loss = self.task_loss(model, self.accelerator.unwrap_model(model), inputs)
+            out = (loss, None) if return_outputs else loss
+        else:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
         if model.training:
             loss = (out[0] if return_outputs else out).detach()
             self._nonfinite |= ~torch.isfinite(loss).all().to(self._nonfinite.device)
@@ -322,6 +335,7 @@ def _train(config: dict, device: torch.device, report, resume) -> None:
         processing_class=st.tokenizer,
     )
     trainer.loraplus_lr_ratio = float(st.settings.loraplus_lr_ratio)
+    trainer.use_task_loss(st.task.training_loss(st.settings))
     trainer.remove_callback(PrinterCallback)  # the report callback prints what matters
     reporter = BackgroundReporter(report, background=st.settings.background_upload)
     callback = ReportCallback(trainer, st, reporter)

@@ -41,7 +41,7 @@ NOT_DATA = frozenset({"method", "quantization", "precision", "per_device_batch_s
                       "lr_scheduler_type", "weight_decay", "max_grad_norm", "r", "lora_alpha", "use_rslora",
                       "packing", "warmup_ratio", "learning_rate", "max_tokens", "eval_every", "callbacks",
                       "lora_config", "training_args", "alpha_ratio", "lr_scaling", "lr_reference_tokens", "repeat",
-                      "attn_implementation"})
+                      "attn_implementation", "loss_type", "beta"})
 
 # Training examples kept beyond the budget's tokens: the trainer's batches overshoot a little (the
 # step that crosses max_tokens is trained whole), and packing loses a few tokens per row.

@@ -44,6 +44,7 @@ class Task:
     can_pack: bool = False
     has_test_metrics: bool = False  # score() gives a baseline vs tuned table
     takes_shots: bool = False  # score() puts k solved examples in the prompt (--shots); else 0-shot only
+    reference_forwards: int = 0  # forward passes per training token beyond the model's own (cost estimates)
 
     def metric_names(self, settings) -> tuple[str, ...]:
         return self.metrics
@@ -134,6 +135,12 @@ class Task:
 
     def collator(self, settings, tokenizer):
         raise NotImplementedError
+
+    def training_loss(self, settings):
+        """``loss(model, inner, inputs) -> scalar`` for each micro-batch, where the task's loss is not
+        the model's own (preference pairs); ``model`` is what the Trainer holds (DDP, DeepSpeed),
+        ``inner`` the PeftModel in it. None: the model's loss on ``labels``."""
+        return None
 
     # ------------------------------------------------------------------ scoring
     def evaluate(self, model, tokenizer, settings, prepared: Prepared, shard=(0, 1)) -> dict:
