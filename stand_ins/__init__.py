@@ -21,12 +21,13 @@ from pathlib import Path
 from stand_ins.chat import alpaca_rows, alpaca_texts, conversation_texts, finetome_rows, support_chat_rows
 from stand_ins.dialogue import dialogsum_rows, dialogue_texts
 from stand_ins.instructions import dolly_rows, dolly_texts
+from stand_ins.preference import preference_texts, ultrafeedback_rows
 from stand_ins.qa import qa_texts, squad_v2_rows
 from stand_ins.sentiment import imdb_rows, sentiment_texts, sst2_rows
 
 __all__ = ["alpaca_rows", "alpaca_texts", "conversation_texts", "dialogsum_rows", "dialogue_texts", "dolly_rows",
-           "dolly_texts", "finetome_rows", "imdb_rows", "offline_assets", "qa_texts", "sentiment_texts",
-           "squad_v2_rows", "sst2_rows", "support_chat_rows", "write_jsonl"]
+           "dolly_texts", "finetome_rows", "imdb_rows", "offline_assets", "preference_texts", "qa_texts", "sentiment_texts",
+           "squad_v2_rows", "sst2_rows", "support_chat_rows", "ultrafeedback_rows", "write_jsonl"]
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:

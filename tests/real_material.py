@@ -194,6 +194,41 @@ def write_sentiment_sample(path, n_rows: int, seed: int = 0, snippets=None) -> P
     return path
 
 
+PREFERENCE_PROMPT = "Write one sentence of a {tone} movie review."
+
+
+def write_preference_sample(path, n_rows: int, seed: int = 0) -> Path:
+    """``n_rows`` preference pairs in UltraFeedback binarised's schema over the real movie-review
+    sentences: the user asks for a sentence of a positive (or negative) review; the chosen reply is
+    a real sentence of that tone, the rejected one a real sentence of the other. Half ask for each
+    tone; no sentence is used twice; shuffled with ``seed``. What DPO must learn is to follow the
+    asked tone, which the untuned model does only by chance (its own likelihood prefers neither)."""
+    import hashlib
+
+    rng = random.Random(seed)
+    pos = list(dict.fromkeys(t for t, y in movie_snippets() if y == 1))
+    neg = list(dict.fromkeys(t for t, y in movie_snippets() if y == 0))
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    if n_rows > min(len(pos), len(neg)):
+        raise ValueError(f"asked for {n_rows} pairs; only {min(len(pos), len(neg))} sentences of each tone exist")
+    rows = []
+    for i in range(n_rows):
+        tone = "positive" if i % 2 == 0 else "negative"
+        good, bad = (pos[i], neg[i]) if tone == "positive" else (neg[i], pos[i])
+        prompt = PREFERENCE_PROMPT.format(tone=tone)
+        user = {"role": "user", "content": prompt}
+        chosen = [user, {"role": "assistant", "content": good}]
+        rows.append({"prompt": prompt, "prompt_id": hashlib.sha256(f"{prompt}{i}".encode()).hexdigest(),
+                     "chosen": chosen, "rejected": [user, {"role": "assistant", "content": bad}],
+                     "messages": chosen, "score_chosen": 8.0, "score_rejected": 2.0})
+    rng.shuffle(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 _CRITIC_FIRST = ["Ana", "Ben", "Cora", "Dev", "Eli", "Fay", "Gus", "Ida", "Jon", "Kit", "Lea", "Max", "Nia",
                  "Oto", "Pia", "Rex"]
 _CRITIC_LAST = ["Lor", "Tas", "Venn", "Quin", "Dorr", "Mikk", "Sull", "Bory"]
