@@ -27,7 +27,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
     """Run (or dry-run) a sweep of ``recipe`` from command-line flags. ``command`` is how the user
     called it (``lorasweep run llama_finetome``; default: ``python <this script>``): --help and the
     resume line say it."""
-    from lorasweep import autoscaler, dashboard, final_round, gpu_memory, gpus, preflight, selection, sweepfile
+    from lorasweep import (autoscaler, benchmarks, dashboard, final_round, gpu_memory, gpus, preflight, selection,
+                           sweepfile)
     from lorasweep.results import finish, publish, resume_command, write_start
 
     argv = sys.argv[1:] if argv is None else argv
@@ -114,6 +115,8 @@ def main(recipe: Recipe, argv: list[str] | None = None, command: str = "", recip
         rc = 130 if final == "interrupted" else rc
         if rc == 0 and baseline is not None:
             run_baseline(sweep, res, baseline, final=final)
+        if rc == 0 and options.lm_eval and exported:  # before publish: the report and trackers read them
+            benchmarks.run(sweep, res, exported)
         publish(sweep, rows, exported, summary_run=rc != 130)  # the report (finished or interrupted), W&B
     except StorageError as e:  # a write under --storage-path failed: what was written before stays
         print(f"error: {e}", file=sys.stderr)

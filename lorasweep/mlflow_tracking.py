@@ -302,7 +302,7 @@ def log_summary(sweep, rows: list[dict], exported: list[str], baseline: dict | N
                     metrics.append(Metric(f"baseline.{name}.{m}"[:250].replace("/", "."), float(v), now, 0))
         client.log_batch(run, metrics=metrics)
         with tempfile.TemporaryDirectory(prefix="lorasweep-mlflow-") as tmp:
-            for name in ("leaderboard.csv", "sweep_config.json", "baseline.json"):
+            for name in ("leaderboard.csv", "sweep_config.json", "baseline.json", "lm_eval.json"):
                 path = storage.join(sweep.sweep_dir, name)
                 if not storage.exists(path):
                     continue

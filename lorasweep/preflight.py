@@ -136,9 +136,10 @@ def check_inputs(sweep) -> Inputs:
     settings.dataset = check_dataset_path(settings.dataset)
     if options.resume:
         results.check_resumable(sweep)
-    from lorasweep import mlflow_tracking
+    from lorasweep import benchmarks, mlflow_tracking
 
     mlflow_tracking.check(options)  # the client is installed and the store answers, before Ray
+    benchmarks.check(options, task)  # lm-eval installed, its tasks known
     inputs = Inputs(created=_check_storage(options))
     try:
         _check_trial_inputs(sweep, inputs, task)

@@ -112,6 +112,9 @@ class SweepOptions:
     mlflow_tracking_uri: str = field(default="", metadata={"help": "log the sweep to MLflow: a server (http://host:5000), a database (sqlite:///...) or a folder; a parent run per sweep, a child run per trial, the best adapter as an artifact (pip install 'lorasweep[mlflow]')"})
     mlflow_experiment: str = field(default="lorasweep", metadata={"help": "the MLflow experiment the sweep's runs go to"})
     tensorboard: bool = field(default=False, metadata={"help": "also write each trial's per-step training curves (loss, learning rate, tokens) beside the reports Tune writes to its event files; tensorboard --logdir <sweep folder>"})
+    lm_eval: tuple[str, ...] = field(default=(), metadata={"help": "lm-evaluation-harness tasks (comma-separated) that score the base model and every exported adapter after the sweep, e.g. arc_easy,hellaswag or your own (--lm-eval-include); results in lm_eval.json and baseline.json (pip install 'lorasweep[lm-eval]')"})
+    lm_eval_include: str = field(default="", metadata={"help": "a folder of your own lm-eval task YAMLs (lm-eval's include_path); over local data files they run offline"})
+    lm_eval_args: dict = field(default_factory=dict, metadata={"help": 'more lm_eval.simple_evaluate arguments, as JSON, e.g. \'{"num_fewshot": 5, "limit": 200, "apply_chat_template": true}\''})
     resume: bool = field(default=False, metadata={"help": "continue the sweep --name from its storage"})
     retry_failed: bool = field(default=False, metadata={"help": "with --resume: run the sweep's failed trials again, each "
                                                         "from its last checkpoint (a node lost, a neighbour's "

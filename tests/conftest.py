@@ -135,8 +135,10 @@ def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
     # secret scan reads them too); stopped after the sweep, tests read what it stored.
     mlflow_dir = storage / "mlflow"
     server, mlflow_uri = mlflow_server(mlflow_dir)
+    tasks = write_lm_eval_task(storage / "lm_eval_tasks")  # --lm-eval on a task of our own, offline
     cmd = [sys.executable, "sweeps/llama_finetome.py", "--preset", "smoke", "--dataset", str(data),
            "--num-samples", "5", "--max-tokens", "30000", "--grace-tokens", "8000",
+           "--lm-eval", LM_EVAL_TASK, "--lm-eval-include", str(tasks), "--lm-eval-args", '{"apply_chat_template": true}',
            "--callbacks", "tests.faults:seed_faults,tests.faults:thread_timeout", "--wandb-project", "lorasweep-tests",
            "--mlflow-tracking-uri", mlflow_uri, "--mlflow-experiment", "lorasweep-tests", "--tensorboard",
            "--storage-path", str(storage), "--name", "shared"]
@@ -159,6 +161,39 @@ def _run_shared_sweep(tiny_assets, tmp_path_factory) -> dict:
     # ray_tmp stays (the other worker's tests may still read its session); it is under /tmp
     return {"dir": str(storage / "shared"), "storage": str(storage), "probe": str(probe), "stdout": r.stdout, "stderr": r.stderr,
             "wall_s": time.time() - t0, "ray_session": str(sessions[0]), "data": str(data), "mlflow": str(mlflow_dir)}
+
+
+LM_EVAL_TASK = "lorasweep_capitals"
+
+
+def write_lm_eval_task(folder: Path) -> Path:
+    """An lm-evaluation-harness task of our own over a local file, so ``--lm-eval`` runs offline: the
+    capital of each invented country of the flagship smoke sample (stand_ins' world, seed 0), four
+    choices, as a multiple-choice question (lm-eval's ``acc``: the likeliest choice right)."""
+    import json
+    import random
+
+    from stand_ins._words import _world
+
+    world = _world(0)
+    rng = random.Random(1)
+    rows = []
+    for country in sorted(world):
+        choices = [world[country], *rng.sample([world[c] for c in sorted(world) if c != country], 3)]
+        rng.shuffle(choices)
+        # the answer as the sample's chats give it, straight after the assistant header
+        rows.append({"country": country, "choices": [f"The capital of {country} is {c}." for c in choices],
+                     "label": choices.index(world[country])})
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "capitals.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (folder / f"{LM_EVAL_TASK}.yaml").write_text(
+        f"task: {LM_EVAL_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ntarget_delimiter: \"\"\n"
+        'doc_to_text: "What is the capital of {{country}}?"\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n'
+        "    higher_is_better: true\n", encoding="utf-8")
+    return folder
 
 
 def mlflow_server(folder: Path):

@@ -44,6 +44,7 @@ class Task:
     can_pack: bool = False
     has_test_metrics: bool = False  # score() gives a baseline vs tuned table
     takes_shots: bool = False  # score() puts k solved examples in the prompt (--shots); else 0-shot only
+    needs_chat_template: bool = False  # rows are rendered with the tokenizer's chat template
     reference_forwards: int = 0  # forward passes per training token beyond the model's own (cost estimates)
 
     def metric_names(self, settings) -> tuple[str, ...]:
@@ -79,6 +80,8 @@ class Task:
         from trainers.data import hf_token
 
         tok = AutoTokenizer.from_pretrained(settings.model, token=hf_token())
+        if self.needs_chat_template and not tok.chat_template:
+            raise ConfigError(f"`model` {settings.model!r} has no chat template; use an instruct/chat checkpoint")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         return tok

@@ -14,14 +14,7 @@ class ChatSFT(Task):
     metrics = ("eval_loss",)
     objective = "eval_loss"
     can_pack = True
-
-    def load_tokenizer(self, settings):
-        from common.errors import ConfigError
-
-        tok = super().load_tokenizer(settings)
-        if not tok.chat_template:
-            raise ConfigError(f"`model` {settings.model!r} has no chat template; use an instruct/chat checkpoint")
-        return tok
+    needs_chat_template = True
 
     def check_columns(self, columns, settings):
         require_chat_columns(columns, settings.dataset)

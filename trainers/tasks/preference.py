@@ -15,7 +15,6 @@ Scored on held-out pairs, every trial by the same measures whatever loss it trai
 
 from __future__ import annotations
 
-from common.errors import ConfigError
 from trainers.evaluation import EVAL_BATCH_SIZE, all_gather_lists, eval_mode, model_device, shard_calls
 from trainers.preference import (PairCollator, PairLoss, completion_logps, preference_loss,
                                  require_pair_columns, tokenize_pairs)
@@ -31,12 +30,7 @@ class Preference(Task):
     objective = "reward_accuracy"
     has_test_metrics = True
     reference_forwards = 1  # the reference model's pass (the adapter off), without gradients
-
-    def load_tokenizer(self, settings):
-        tok = super().load_tokenizer(settings)
-        if not tok.chat_template:
-            raise ConfigError(f"`model` {settings.model!r} has no chat template; use an instruct/chat checkpoint")
-        return tok
+    needs_chat_template = True
 
     def check_columns(self, columns, settings):
         require_pair_columns(columns, settings.dataset)
