@@ -195,6 +195,7 @@ def write_sentiment_sample(path, n_rows: int, seed: int = 0, snippets=None) -> P
 
 
 PREFERENCE_PROMPT = "Write one sentence of a {tone} movie review."
+PREFERENCE_SYSTEM = "You write film reviews."
 
 
 def write_preference_sample(path, n_rows: int, seed: int = 0) -> Path:
@@ -217,10 +218,11 @@ def write_preference_sample(path, n_rows: int, seed: int = 0) -> Path:
         tone = "positive" if i % 2 == 0 else "negative"
         good, bad = (pos[i], neg[i]) if tone == "positive" else (neg[i], pos[i])
         prompt = PREFERENCE_PROMPT.format(tone=tone)
-        user = {"role": "user", "content": prompt}
-        chosen = [user, {"role": "assistant", "content": good}]
+        # a short system turn: SmolLM2's template adds a 20-token one of its own when there is none
+        turns = [{"role": "system", "content": PREFERENCE_SYSTEM}, {"role": "user", "content": prompt}]
+        chosen = [*turns, {"role": "assistant", "content": good}]
         rows.append({"prompt": prompt, "prompt_id": hashlib.sha256(f"{prompt}{i}".encode()).hexdigest(),
-                     "chosen": chosen, "rejected": [user, {"role": "assistant", "content": bad}],
+                     "chosen": chosen, "rejected": [*turns, {"role": "assistant", "content": bad}],
                      "messages": chosen, "score_chosen": 8.0, "score_rejected": 2.0})
     rng.shuffle(rows)
     path = Path(path)

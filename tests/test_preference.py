@@ -123,7 +123,7 @@ def test_every_loss_type_trains_the_adapter_towards_the_chosen_replies(settings,
     from trainers.loop import train_func
 
     s = dataclasses.replace(settings, max_tokens=12_000, eval_every=8)
-    history = train_func(TrialConfig(s, knobs={**KNOBS, "loss_type": loss_type}).to_tune({}))
+    history = train_func(TrialConfig(s).to_tune({**KNOBS, "loss_type": loss_type}))
     last = history[-1]
     assert last["finished"] and last["tokens_seen"] >= 12_000
     assert last["reward_margin"] > 0 and last["reward_accuracy"] > 0.55, [
@@ -147,16 +147,18 @@ def test_a_sweep_searches_loss_type_and_beta_and_its_best_adapter_scores_what_it
     from tests.test_knobs import _run
     from trainers.loop import evaluate_folder
 
-    args = ["--max-tokens", "8000", "--eval-every", "5", "--scheduler", "none"]
-    r = _run("llama_ultrafeedback.py", tmp_path, "pref", *args, "--num-samples", "10", "--no-known-points",
-             "--top-k", "2", "--searcher", "grid", "--space", "loss_type=sigmoid,ipo,hinge,orpo,kto",
+    # every loss type trains in test_every_loss_type_trains_...; here two of them (one with a
+    # reference, KTO with its KL pass) x two betas go through the whole sweep
+    args = ["--max-tokens", "6000", "--eval-every", "5", "--scheduler", "none"]
+    r = _run("llama_ultrafeedback.py", tmp_path, "pref", *args, "--num-samples", "4", "--no-known-points",
+             "--top-k", "2", "--searcher", "grid", "--space", "loss_type=sigmoid,kto",
              "--space", "beta=0.05,0.3", "--space", "r=16", "--space", "lora_alpha=32",
              "--space", "learning_rate=0.003", "--space", "warmup_ratio=0")
     sweep = tmp_path / "pref"
     with open(sweep / "leaderboard.csv", newline="") as f:
         rows = {row["trial_id"]: row for row in csv.DictReader(f)}
     assert {(row["loss_type"], float(row["beta"])) for row in rows.values()} == \
-        {(t, b) for t in ("sigmoid", "ipo", "hinge", "orpo", "kto") for b in (0.05, 0.3)}, rows
+        {(t, b) for t in ("sigmoid", "kto") for b in (0.05, 0.3)}, rows
     assert all(row["status"] == "completed" for row in rows.values()), rows
     values = [float(row["best_reward_accuracy"]) for row in rows.values()]
     assert max(values) > 0.6, values
