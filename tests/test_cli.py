@@ -81,7 +81,7 @@ BAD_INPUTS = [
     (["--storage-path", "/proc/nosuch"], "`--storage-path` '/proc/nosuch' is not writable (FileNotFoundError"),
     (["--resume"], "`--resume`: no sweep named 'llama_finetome-smoke'"),
     (["--objective", "accuracy"], "`--objective` is 'accuracy'; task `chat_sft` reports: eval_loss, device_hours"),
-    (["--task", "nosuch"], "`task` is 'nosuch'; known tasks: chat_sft, classification, extractive_qa, instruct_classification, instruction_sft, summarization"),
+    (["--task", "nosuch"], "`task` is 'nosuch'; known tasks: chat_sft, classification, extractive_qa, instruct_classification, instruction_sft, preference, summarization"),
     (["--method", "full"], "`method` full trains every weight, which a 4bit base cannot hold"),
     (["--shots", "0,-1"], "`--shots` is 0,-1"),
     (["--family", "gpt5"], "`family` is 'gpt5'; known families:"),
