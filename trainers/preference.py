@@ -193,9 +193,9 @@ def reference_logps(model, batch: dict, loss_type: str) -> tuple[torch.Tensor, t
 
 def preference_loss(loss_type: str, beta: float, policy: tuple, reference: tuple | None,
                     n_pairs: int) -> tuple[torch.Tensor, dict]:
-    """Per pair: the loss, and what evaluation reads (the implicit rewards' margin, whether the
-    policy ranks the pair right by its own likelihood). ``policy``/``reference``: (summed logps,
-    token counts) of the collated sequences (``PairCollator`` order)."""
+    """Per pair: the loss, and the policy's own per-token log-likelihood margin of chosen over
+    rejected (what evaluation reads). ``policy``/``reference``: (summed logps, token counts) of the
+    collated sequences (``PairCollator`` order)."""
     sums, counts = policy
     mean = sums / counts.clamp(min=1)
     logps = mean if loss_type in MEAN_LOGPS else sums
@@ -225,9 +225,8 @@ def preference_loss(loss_type: str, beta: float, policy: tuple, reference: tuple
         loss = ((1 - torch.sigmoid(beta * (ratio_c - z))) + (1 - torch.sigmoid(beta * (z - ratio_r)))) / 2
     else:
         raise ConfigError(f"`loss_type` is {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
-    own = sums / counts.clamp(min=1)  # the policy's own preference: per-token mean log-prob, chosen vs rejected
-    return loss, {"margin": (beta * margin).detach(), "logratio_margin": margin.detach(),
-                  "own_margin": (own[:n_pairs] - own[n_pairs : 2 * n_pairs]).detach()}
+    own = sums / counts.clamp(min=1)  # per-token mean log-prob
+    return loss, (own[:n_pairs] - own[n_pairs : 2 * n_pairs]).detach()
 
 
 def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:

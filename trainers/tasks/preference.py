@@ -65,37 +65,35 @@ class Preference(Task):
                         reference = completion_logps(model, batch)
                 else:
                     reference = policy
-                loss, parts = preference_loss(settings.loss_type, settings.beta, policy,
+                loss, own_margin = preference_loss(settings.loss_type, settings.beta, policy,
                                               None if settings.loss_type == "orpo" else reference, len(idx))
                 # the reward margin from summed log-ratios whatever the loss uses (one measure for all trials)
                 n = len(idx)
                 margin = (policy[0][:n] - reference[0][:n]) - (policy[0][n : 2 * n] - reference[0][n : 2 * n])
                 if keep:
-                    rows = list(zip(loss.tolist(), margin.tolist(), parts["own_margin"].tolist()))
+                    rows = list(zip(loss.tolist(), margin.tolist(), own_margin.tolist()))
                     out += rows[: len(set(idx))]
         return all_gather_lists(out)
 
     @staticmethod
-    def metrics_of(stats) -> dict:
-        win = lambda m: 1.0 if m > 0 else 0.5 if m == 0 else 0.0  # noqa: E731  a tie counts half
-        n = max(len(stats), 1)
-        return {"eval_loss": sum(s[0] for s in stats) / n,
-                "reward_accuracy": sum(win(s[1]) for s in stats) / n,
-                "reward_margin": sum(s[1] for s in stats) / n,
-                "preference_accuracy": sum(win(s[2]) for s in stats) / n}
+    def per_pair(stats) -> dict[str, list[float]]:
+        """Each pair's value of every metric; the two accuracies count a tie half."""
+        return {"eval_loss": [s[0] for s in stats], "reward_accuracy": [_win(s[1]) for s in stats],
+                "reward_margin": [s[1] for s in stats], "preference_accuracy": [_win(s[2]) for s in stats]}
 
     def evaluate(self, model, tokenizer, settings, prepared, shard=(0, 1)):
-        return self.metrics_of(self.pair_stats(model, tokenizer, settings, prepared.eval.examples, shard))
+        stats = self.pair_stats(model, tokenizer, settings, prepared.eval.examples, shard)
+        return {k: sum(v) / max(len(v), 1) for k, v in self.per_pair(stats).items()}
 
     def score(self, model, tokenizer, settings, rows, shots_from, shots):
         examples = self.tokenize(settings, tokenizer, rows).examples
-        stats = self.pair_stats(model, tokenizer, settings, examples)
-        win = lambda m: 1.0 if m > 0 else 0.5 if m == 0 else 0.0  # noqa: E731
-        return {"n": len(stats), **self.metrics_of(stats),
-                "per_example": {"reward_accuracy": [win(s[1]) for s in stats],
-                                "reward_margin": [s[1] for s in stats],
-                                "preference_accuracy": [win(s[2]) for s in stats],
-                                "eval_loss": [s[0] for s in stats]}}
+        each = self.per_pair(self.pair_stats(model, tokenizer, settings, examples))
+        return {"n": len(each["eval_loss"]), **{k: sum(v) / max(len(v), 1) for k, v in each.items()},
+                "per_example": each}
+
+
+def _win(margin: float) -> float:
+    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
 
 
 PREFERENCE = register(Preference())
